@@ -1,0 +1,222 @@
+"""The consumer runtime against the real local Kafka: commits, restarts, DLQ, metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.echo_worker import ECHO_DLQ_TOPIC
+from tests.support.kafka import (
+    Record,
+    make_topics,
+    produce,
+    read_all,
+    read_available,
+    unique_name,
+)
+from tests.support.waiting import wait_for
+from workers.common.kafka_offsets import committed_offsets, high_watermarks
+from workers.common.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+LOADER = "tests.support.echo_worker:build_registry"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class EchoProcess:
+    """`workers run test-echo` in a subprocess, exactly as production starts it."""
+
+    def __init__(self, input_topic: str, output_topic: str, group: str, *extra: str) -> None:
+        self.metrics_port = _free_port()
+        self.log = ROOT / ".stack" / "logs" / f"test-{group}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "workers.registry_cli", LOADER, "run", "test-echo",
+            "--topic", input_topic, "--consumer-group", group, "--output-topic", output_topic,
+            "--metrics-port", str(self.metrics_port), "--commit-interval-ms", "200",
+            "--join-timeout", "10", *extra,
+        ]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "WORKERS_LOG_FORMAT": "json"},
+            )  # fmt: skip
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60.0) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+    def scrape(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            body: bytes = response.read()
+            return body.decode()
+
+    def scrape_or_none(self) -> str | None:
+        try:
+            return self.scrape()
+        except OSError:
+            return None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _echoed(records: list[Record]) -> list[tuple[int, int]]:
+    return [
+        (int(r.headers["echo_partition"]), int(r.headers["echo_offset"])) for r in records
+    ]
+
+
+def _input_positions(settings: Settings, topic: str) -> set[tuple[int, int]]:
+    return {
+        (partition, offset)
+        for partition, high in high_watermarks(settings, topic).items()
+        for offset in range(high)
+    }
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture
+def topics(settings: Settings) -> Iterator[tuple[str, str, str]]:
+    names = (unique_name("echo-in"), unique_name("echo-out"), unique_name("echo-group"))
+    make_topics(settings, names[0], names[1], ECHO_DLQ_TOPIC, partitions=2)
+    yield names
+
+
+def test_graceful_restart_resumes_from_committed_offset_without_gaps_or_repeats(
+    settings: Settings, topics: tuple[str, str, str]
+) -> None:
+    input_topic, output_topic, group = topics
+    produce(settings, input_topic, ((f"k{i}".encode(), f"v{i}".encode()) for i in range(300)))
+
+    first = EchoProcess(input_topic, output_topic, group)
+    assert len(read_all(settings, output_topic, 300)) == 300
+    assert first.stop() == 0
+    assert committed_offsets(settings, group, input_topic) == high_watermarks(settings, input_topic)
+
+    produce(settings, input_topic, ((f"k{i}".encode(), f"w{i}".encode()) for i in range(150)))
+    second = EchoProcess(input_topic, output_topic, group)
+    records = read_all(settings, output_topic, 450)
+    assert second.stop() == 0
+
+    echoed = _echoed(records)
+    assert Counter(echoed).most_common(1)[0][1] == 1, "a message was processed twice"
+    assert set(echoed) == _input_positions(settings, input_topic)
+    assert committed_offsets(settings, group, input_topic) == high_watermarks(settings, input_topic)
+
+
+def test_kill_9_reprocesses_only_the_uncommitted_tail(
+    settings: Settings, topics: tuple[str, str, str]
+) -> None:
+    input_topic, output_topic, group = topics
+    produce(settings, input_topic, ((None, f"v{i}".encode()) for i in range(2000)))
+
+    victim = EchoProcess(input_topic, output_topic, group)
+    read_all(settings, output_topic, 500)
+    victim.stop(signal.SIGKILL)
+    committed_at_kill = committed_offsets(settings, group, input_topic)
+    before_restart = _echoed(read_available(settings, output_topic))
+
+    survivor = EchoProcess(input_topic, output_topic, group)
+    wait_for(
+        lambda: committed_offsets(settings, group, input_topic)
+        == high_watermarks(settings, input_topic),
+        60,
+        "the restarted consumer to commit everything",
+    )
+    assert survivor.stop() == 0
+
+    echoed = _echoed(read_all(settings, output_topic, 2000))
+    assert set(echoed) == _input_positions(settings, input_topic), "a message was skipped"
+    repeated = [position for position, count in Counter(echoed).items() if count > 1]
+    for partition, offset in repeated:
+        assert offset >= committed_at_kill.get(partition, 0), "a committed message was redone"
+    # Only what the killed process had produced but not yet committed can repeat.
+    assert len(repeated) <= len(before_restart)
+
+
+def test_poison_message_goes_to_the_dlq_and_later_messages_are_processed(
+    settings: Settings, topics: tuple[str, str, str]
+) -> None:
+    input_topic, output_topic, group = topics
+    values = [b"ok-1", b"poison-a", b"ok-2", b"ok-3", b"poison-b", b"ok-4"]
+    produce(settings, input_topic, ((b"same-key", value) for value in values))
+
+    echo = EchoProcess(input_topic, output_topic, group)
+    try:
+        copied = read_all(settings, output_topic, 4)
+        assert sorted(r.value for r in copied) == [b"ok-1", b"ok-2", b"ok-3", b"ok-4"]
+
+        def dead_letters() -> list[Record] | None:
+            found = [
+                r
+                for r in read_available(settings, ECHO_DLQ_TOPIC)
+                if r.headers.get("original_topic") == input_topic.encode()
+            ]
+            return found if len(found) >= 2 else None
+
+        dead = wait_for(dead_letters, 30, "two DLQ messages")
+        assert sorted(r.value for r in dead) == [b"poison-a", b"poison-b"]
+        for record in dead:
+            assert record.headers["reason"] == b"poison_pill: value starts with poison"
+            assert record.headers["worker"] == b"test-echo"
+            assert int(record.headers["original_offset"]) in (1, 4)
+        assert echo.process.poll() is None, "the worker stopped after a poison message"
+
+        metrics = wait_for(
+            lambda: (text := echo.scrape_or_none())
+            and 'workers_dlq_messages_total{reason="poison_pill",worker="test-echo"} 2.0' in text
+            and text,
+            30,
+            "DLQ metrics",
+        )
+        assert "arroyo_consumer_run_total" in metrics
+        assert 'workers_step_messages_in_total{step="validate",worker="test-echo"} 6.0' in metrics
+        assert 'workers_step_messages_out_total{step="validate",worker="test-echo"} 4.0' in metrics
+        assert "workers_consumer_lag_messages" in metrics
+    finally:
+        assert echo.stop() == 0
+
+
+def test_processes_share_partitions_and_metrics_are_aggregated(
+    settings: Settings,
+) -> None:
+    input_topic, output_topic, group = (
+        unique_name("echo-in"), unique_name("echo-out"), unique_name("echo-group")
+    )  # fmt: skip
+    make_topics(settings, input_topic, output_topic, partitions=4)
+    produce(settings, input_topic, ((f"k{i}".encode(), b"v") for i in range(400)))
+
+    echo = EchoProcess(input_topic, output_topic, group, "--processes", "2")
+    try:
+        assert len(read_all(settings, output_topic, 400)) == 400
+        wait_for(
+            lambda: (text := echo.scrape_or_none())
+            and 'workers_step_messages_in_total{step="validate",worker="test-echo"} 400.0'
+            in text,
+            30,
+            "aggregated step metrics from both processes",
+        )
+    finally:
+        assert echo.stop() == 0
+    assert committed_offsets(settings, group, input_topic) == high_watermarks(settings, input_topic)

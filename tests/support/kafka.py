@@ -1,0 +1,92 @@
+"""Real-Kafka helpers for integration tests: unique topics, producing, reading back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from workers.common.settings import Settings
+from workers.common.topics import TopicSpec, create_topics
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def make_topics(settings: Settings, *names: str, partitions: int = 2) -> None:
+    create_topics(settings, [TopicSpec(name, partitions) for name in names])
+
+
+def produce(settings: Settings, topic: str, values: Iterable[tuple[bytes | None, bytes]]) -> int:
+    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "acks": "all"})
+    failures: list[str] = []
+
+    def delivered(error: object, _message: object) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    count = 0
+    for key, value in values:
+        producer.produce(topic, value=value, key=key, on_delivery=delivered)
+        producer.poll(0)
+        count += 1
+    assert producer.flush(30) == 0, "messages left undelivered"
+    assert failures == [], failures
+    return count
+
+
+def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60.0) -> list[Record]:
+    """Every record of `topic` from the beginning, once at least `expected` are there."""
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": unique_name("reader"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, index, 0) for index in partitions])
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=1000, timeout=0.2):
+                if message.error() is not None:
+                    continue
+                records.append(
+                    Record(
+                        partition=message.partition(),
+                        offset=message.offset(),
+                        key=message.key(),
+                        value=message.value(),
+                        headers=dict(message.headers() or []),
+                    )
+                )
+        return records
+    finally:
+        consumer.close()
+
+
+def read_available(settings: Settings, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every record of `topic` up to the high watermarks as of now."""
+    from workers.common.kafka_offsets import high_watermarks
+
+    expected = sum(high_watermarks(settings, topic).values())
+    records = read_all(settings, topic, expected, timeout)
+    assert len(records) >= expected, f"read {len(records)} of {expected} records of {topic}"
+    return records

@@ -1,0 +1,59 @@
+"""The README's configuration table and the Procfile stay true to the code."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from workers.cli import make_cli
+from workers.common import run_command
+from workers.common.runner import RunOptions
+from workers.common.settings import ENVIRONMENT_VARIABLES
+from workers.fleet import FLEET_REGISTRY_LOADER, build_registry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_readme_configuration_table_lists_every_variable_with_its_default() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for variable in ENVIRONMENT_VARIABLES:
+        row = f"| `{variable.name}` | `{variable.default}` | {variable.meaning} |"
+        assert row in readme, f"README configuration table is missing or stale: {variable.name}"
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+    assert [line.split("#")[0].strip() for line in first_block] == [
+        "./dev.sh demo",
+        "./dev.sh test",
+    ]
+    assert "./dev.sh test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_procfile_runs_every_registered_worker_with_valid_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[tuple[str, RunOptions]] = []
+
+    def fake_run_consumer(definition: Any, options: RunOptions, *args: Any, **kw: Any) -> None:
+        started.append((definition.name, options))
+
+    monkeypatch.setattr(run_command, "run_consumer", fake_run_consumer)
+    processes = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip():
+            name, _, command = line.partition(":")
+            processes[name.strip()] = shlex.split(command)
+    assert set(processes) == set(build_registry().names())
+    for name, argv in processes.items():
+        assert argv[:3] == ["workers", "run", name]
+        result = CliRunner().invoke(make_cli(FLEET_REGISTRY_LOADER), argv[1:])
+        assert result.exit_code == 0, result.output
+    assert [name for name, _ in started] == list(processes)
+    assert all(options.healthcheck_file is not None for _, options in started)
+    assert all(options.metrics_port is not None for _, options in started)

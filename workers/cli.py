@@ -1,0 +1,76 @@
+"""The `workers` command line: run consumers, manage the local stack, migrate, create topics."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from workers.common.database import MigrationError, apply_migrations
+from workers.common.logs import configure_logging
+from workers.common.run_command import make_run_command
+from workers.common.settings import Settings, SettingsError
+from workers.common.supervisor import load_registry
+from workers.common.topics import create_topics, fleet_topics
+from workers.fleet import FLEET_REGISTRY_LOADER
+from workers.stack.cli import stack
+
+
+def make_cli(registry_loader: str) -> click.Group:
+    @click.group(help=__doc__)
+    def cli() -> None:
+        pass
+
+    @cli.command(help="Apply pending PostgreSQL migrations (idempotent).")
+    def migrate() -> None:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level, settings.log_format)
+        try:
+            applied = apply_migrations(settings.database_url)
+        except MigrationError as error:
+            raise click.ClickException(str(error)) from None
+        if applied:
+            for migration in applied:
+                click.echo(f"applied {migration.version:04d}_{migration.name}")
+        else:
+            click.echo("database is up to date")
+
+    @cli.group(help="Kafka topics of the fleet.")
+    def topics() -> None:
+        pass
+
+    @topics.command("create", help="Create every topic the registered workers use.")
+    @click.option("--partitions", type=click.IntRange(min=1), help="Partitions per new topic.")
+    @click.option("--replication-factor", type=click.IntRange(min=1), default=1, show_default=True)
+    def topics_create(partitions: int | None, replication_factor: int) -> None:
+        settings = Settings.from_env()
+        configure_logging(settings.log_level, settings.log_format)
+        specs = fleet_topics(load_registry(registry_loader), partitions or settings.topic_partitions)
+        for result in create_topics(settings, specs, replication_factor):
+            line = f"{result.name:<40} {result.state:<8} partitions={result.partitions}"
+            click.echo(line + (f"  WARNING: {result.warning}" if result.warning else ""))
+
+    @cli.command("config", help="Print the effective settings (credentials masked).")
+    def show_config() -> None:
+        for key, value in Settings.from_env().redacted().items():
+            click.echo(f"{key} = {value}")
+
+    @cli.command(help="The main job: stack, migrations, topics, every worker, sample traffic.")
+    @click.option("--messages", type=click.IntRange(min=1), default=20_000, show_default=True)
+    @click.option("--timeout", type=click.FloatRange(min=1.0), default=180.0, show_default=True)
+    def demo(messages: int, timeout: float) -> None:
+        from workers.demo import run_demo
+
+        sys.exit(run_demo(registry_loader, messages, timeout))
+
+    cli.add_command(make_run_command(registry_loader))
+    cli.add_command(stack)
+    return cli
+
+
+def main() -> None:
+    try:
+        make_cli(FLEET_REGISTRY_LOADER)()
+    except SettingsError as error:
+        click.echo(f"Error: {error}", err=True)
+        sys.exit(2)

@@ -1,0 +1,89 @@
+"""Dead-letter queue: invalid messages go to the worker's DLQ topic with their reason.
+
+Arroyo's `KafkaDlqProducer` drops the `reason` of an `InvalidMessage`; this producer keeps
+it in a `reason` header (plus the original topic, partition and offset), counts every DLQ
+message by reason code, and the policy bounds Arroyo's raw-message buffer so a long stretch
+of uncommitted messages cannot grow memory without limit.
+
+A reason is `"<code>"` or `"<code>: <detail>"`, where the code is a short fixed identifier
+such as `invalid_json`; only the code becomes a metric label.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from arroyo.backends.abstract import Producer
+from arroyo.backends.kafka import KafkaPayload
+from arroyo.dlq import DlqLimit, DlqLimitState, DlqPolicy, DlqProducer, KafkaDlqProducer
+from arroyo.types import BrokerValue, Partition, Topic
+from arroyo.utils.concurrent import Future
+
+from workers.common.metrics import FleetMetrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BUFFERED_MESSAGES_PER_PARTITION = 10_000
+MAX_REASON_HEADER_BYTES = 1024
+
+
+def reason_code(reason: str | None) -> str:
+    if not reason:
+        return "unspecified"
+    return reason.split(":", 1)[0].strip() or "unspecified"
+
+
+class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
+    def __init__(
+        self, producer: Producer[KafkaPayload], topic: Topic, worker: str, metrics: FleetMetrics
+    ) -> None:
+        self.__producer = producer
+        self.__topic = topic
+        self.__worker = worker
+        self.__metrics = metrics
+
+    def produce(
+        self, value: BrokerValue[KafkaPayload], reason: str | None = None
+    ) -> Future[BrokerValue[KafkaPayload]]:
+        text = reason or "unspecified"
+        headers = [
+            *value.payload.headers,
+            ("original_topic", value.partition.topic.name.encode()),
+            ("original_partition", str(value.partition.index).encode()),
+            ("original_offset", str(value.offset).encode()),
+            ("reason", text.encode()[:MAX_REASON_HEADER_BYTES]),
+            ("worker", self.__worker.encode()),
+        ]
+        self.__metrics.dlq_message(reason_code(reason))
+        logger.warning(
+            "message sent to DLQ",
+            extra={
+                "dlq_topic": self.__topic.name,
+                "partition": value.partition.index,
+                "offset": value.offset,
+                "reason": text[:MAX_REASON_HEADER_BYTES],
+            },
+        )
+        payload = KafkaPayload(value.payload.key, value.payload.value, headers)
+        return self.__producer.produce(self.__topic, payload)
+
+    @classmethod
+    def build_initial_state(
+        cls, limit: DlqLimit | None, assignment: Mapping[Partition, int]
+    ) -> DlqLimitState:
+        return KafkaDlqProducer.build_initial_state(limit, assignment)
+
+
+def build_dlq_policy(
+    producer: Producer[KafkaPayload],
+    topic: str,
+    worker: str,
+    metrics: FleetMetrics,
+    max_buffered_messages_per_partition: int = DEFAULT_MAX_BUFFERED_MESSAGES_PER_PARTITION,
+) -> DlqPolicy[KafkaPayload]:
+    return DlqPolicy(
+        ReasonRecordingDlqProducer(producer, Topic(topic), worker, metrics),
+        limit=None,
+        max_buffered_messages_per_partition=max_buffered_messages_per_partition,
+    )

@@ -1,0 +1,71 @@
+"""Serving `/metrics`, and prometheus-client's multiprocess mode (see the package doc)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import multiprocess as _multiprocess
+
+#: The variable that switches prometheus-client to multiprocess mode at import time.
+MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+_SHUTDOWN_JOIN_SECONDS: Final = 5.0
+
+
+@dataclass(frozen=True)
+class MetricsServer:
+    """A running `/metrics` HTTP server (a daemon thread); `shutdown()` stops it."""
+
+    host: str
+    port: int
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/metrics"
+
+    def shutdown(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(_SHUTDOWN_JOIN_SECONDS)
+
+
+def start_metrics_server(
+    port: int,
+    registry: CollectorRegistry,
+    host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the pod from outside
+) -> MetricsServer:
+    """Serve `registry` on `http://host:port/metrics`; port 0 picks a free port (see `.port`)."""
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsServer(host=host, port=int(server.server_port), _server=server, _thread=thread)
+
+
+def prepare_multiprocess_dir(path: Path) -> None:
+    """Create `path`, or empty it of a previous run's `*.db` files (required at every start).
+
+    Only `*.db` files are removed, so pointing it at a wrong directory cannot delete anything
+    else. Call it in the parent before any child starts.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    for db_file in path.glob("*.db"):
+        db_file.unlink(missing_ok=True)
+
+
+def multiprocess_registry(path: Path) -> CollectorRegistry:
+    """A registry aggregating every process's metric files in `path` (the parent serves it)."""
+    registry = CollectorRegistry()
+    _multiprocess.MultiProcessCollector(registry, path=str(path))  # type: ignore[no-untyped-call]
+    return registry
+
+
+def mark_process_dead(pid: int, path: Path) -> None:
+    """Drop a dead child's live gauges (`live*` modes); its counters and histograms stay."""
+    _multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]

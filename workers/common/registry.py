@@ -1,0 +1,100 @@
+"""The consumer registry: every worker the fleet can run, by name.
+
+Modelled on Sentry's `KAFKA_CONSUMERS`: a definition names the input topic, the DLQ topic,
+the strategy factory builder, default batching and any worker-specific CLI options.
+`workers run NAME` looks the name up here; `workers run --list` prints the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from arroyo.backends.kafka import KafkaPayload
+from arroyo.processing.strategies.abstract import ProcessingStrategyFactory
+
+from workers.common.settings import Settings
+from workers.common.metrics import FleetMetrics
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy factory builder receives when a worker process starts."""
+
+    worker: str
+    settings: Settings
+    input_topic: str
+    max_batch_size: int
+    max_batch_time_ms: int
+    metrics: FleetMetrics
+    # Values of the definition's own `click_options`, keyed by parameter name.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_batch_time_seconds(self) -> float:
+        return self.max_batch_time_ms / 1000.0
+
+
+StrategyFactoryBuilder = Callable[[StrategyContext], ProcessingStrategyFactory[KafkaPayload]]
+
+
+@dataclass(frozen=True)
+class ConsumerDefinition:
+    name: str
+    description: str
+    topic: str
+    build_strategy_factory: StrategyFactoryBuilder
+    dlq_topic: str | None = None
+    default_consumer_group: str | None = None
+    max_batch_size: int = 1000
+    max_batch_time_ms: int = 1000
+    # Topics the worker writes besides its DLQ (created by `workers topics create`).
+    output_topics: Sequence[str] = ()
+    # Topic-level configs for the input topic (`workers topics create`).
+    topic_config: Mapping[str, str] = field(default_factory=dict)
+    click_options: Sequence[click.Option] = ()
+    # Sample input for the demo (`workers demo`): (count, seed) → messages, a few invalid.
+    sample_traffic: Callable[[int, int], Sequence[KafkaPayload]] | None = None
+
+    @property
+    def consumer_group(self) -> str:
+        return self.default_consumer_group or self.name
+
+
+class UnknownConsumerError(KeyError):
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        return f"no consumer named {self.name!r}; known: {', '.join(self.known) or 'none'}"
+
+
+class ConsumerRegistry:
+    def __init__(self, definitions: Sequence[ConsumerDefinition] = ()) -> None:
+        self._definitions: dict[str, ConsumerDefinition] = {}
+        for definition in definitions:
+            self.register(definition)
+
+    def register(self, definition: ConsumerDefinition) -> None:
+        if definition.name in self._definitions:
+            raise ValueError(f"consumer {definition.name!r} is registered twice")
+        self._definitions[definition.name] = definition
+
+    def get(self, name: str) -> ConsumerDefinition:
+        try:
+            return self._definitions[name]
+        except KeyError:
+            raise UnknownConsumerError(name, sorted(self._definitions)) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._definitions)
+
+    def __iter__(self) -> Iterator[ConsumerDefinition]:
+        return iter(self._definitions[name] for name in self.names())
+
+    def __len__(self) -> int:
+        return len(self._definitions)

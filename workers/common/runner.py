@@ -1,0 +1,229 @@
+"""One consumer process: a Kafka consumer, the worker's strategy chain and Arroyo's loop.
+
+`run_consumer` builds everything from a `ConsumerDefinition` and `RunOptions`, runs
+Arroyo's `StreamProcessor` until SIGTERM/SIGINT, then shuts down gracefully: the strategy
+chain is closed and joined (in-flight work finishes, bounded by `join_timeout`), the DLQ
+producer is flushed and the final offsets are committed synchronously before the consumer
+leaves the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from arroyo.backends.abstract import Consumer
+from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
+from arroyo.commit import CommitPolicy
+from arroyo.dlq import DlqPolicy
+from arroyo.processing import StreamProcessor
+from arroyo.processing.strategies import Healthcheck
+from arroyo.processing.strategies.abstract import ProcessingStrategy, ProcessingStrategyFactory
+from arroyo.types import Commit, Partition, Topic
+from arroyo.utils.metrics import configure_metrics
+from prometheus_client import CollectorRegistry
+
+from workers.common.dlq import build_dlq_policy
+from workers.common.kafka_config import (
+    DEFAULT_COMMIT_INTERVAL_MS,
+    DEFAULT_MAX_POLL_INTERVAL_MS,
+    ConsumerOptions,
+    consumer_configuration,
+    producer_configuration,
+)
+from workers.common.metrics import (
+    ArroyoPrometheusBackend,
+    ConsumerLagReporter,
+    FleetMetrics,
+    start_metrics_server,
+)
+from workers.common.registry import ConsumerDefinition, StrategyContext
+from workers.common.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_JOIN_TIMEOUT_SECONDS = 25.0
+DLQ_FLUSH_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `workers run` decides about one consumer, independent of the CLI."""
+
+    input_topic: str
+    consumer_group: str
+    max_batch_size: int
+    max_batch_time_ms: int
+    auto_offset_reset: str = "earliest"
+    processes: int = 1
+    healthcheck_file: Path | None = None
+    enable_dlq: bool = True
+    join_timeout_seconds: float = DEFAULT_JOIN_TIMEOUT_SECONDS
+    max_poll_interval_ms: int = DEFAULT_MAX_POLL_INTERVAL_MS
+    commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS
+    group_instance_id: str | None = None
+    metrics_port: int | None = None
+    worker_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def defaults_for(cls, definition: ConsumerDefinition) -> RunOptions:
+        return cls(
+            input_topic=definition.topic,
+            consumer_group=definition.consumer_group,
+            max_batch_size=definition.max_batch_size,
+            max_batch_time_ms=definition.max_batch_time_ms,
+        )
+
+
+class HealthcheckFirst(ProcessingStrategyFactory[KafkaPayload]):
+    """Puts Arroyo's `Healthcheck` at the head of every chain the inner factory builds."""
+
+    def __init__(
+        self, healthcheck_file: Path, inner: ProcessingStrategyFactory[KafkaPayload]
+    ) -> None:
+        self.__healthcheck_file = str(healthcheck_file)
+        self.__inner = inner
+
+    def create_with_partitions(
+        self, commit: Commit, partitions: Mapping[Partition, int]
+    ) -> ProcessingStrategy[KafkaPayload]:
+        return Healthcheck(
+            self.__healthcheck_file, self.__inner.create_with_partitions(commit, partitions)
+        )
+
+    def shutdown(self) -> None:
+        self.__inner.shutdown()
+
+
+class ShutdownSignals:
+    """SIGTERM/SIGINT ask the processor to stop; a second signal exits at once."""
+
+    def __init__(self, processor: StreamProcessor[KafkaPayload]) -> None:
+        self.__processor = processor
+        self.__previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.__previous[signum] = signal.signal(signum, self.__handle)
+
+    def restore(self) -> None:
+        for signum, handler in self.__previous.items():
+            signal.signal(signum, handler)
+        self.__previous.clear()
+
+    def __handle(self, signum: int, frame: FrameType | None) -> None:
+        logger.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
+        self.__processor.signal_shutdown()
+
+
+def build_strategy_factory(
+    definition: ConsumerDefinition,
+    options: RunOptions,
+    settings: Settings,
+    metrics: FleetMetrics,
+) -> ProcessingStrategyFactory[KafkaPayload]:
+    context = StrategyContext(
+        worker=definition.name,
+        settings=settings,
+        input_topic=options.input_topic,
+        max_batch_size=options.max_batch_size,
+        max_batch_time_ms=options.max_batch_time_ms,
+        metrics=metrics,
+        options=options.worker_options,
+    )
+    factory = definition.build_strategy_factory(context)
+    if options.healthcheck_file is not None:
+        factory = HealthcheckFirst(options.healthcheck_file, factory)
+    return factory
+
+
+def build_processor(
+    consumer: Consumer[KafkaPayload],
+    definition: ConsumerDefinition,
+    options: RunOptions,
+    settings: Settings,
+    metrics: FleetMetrics,
+    dlq_policy: DlqPolicy[KafkaPayload] | None,
+) -> StreamProcessor[KafkaPayload]:
+    return StreamProcessor(
+        consumer,
+        Topic(options.input_topic),
+        build_strategy_factory(definition, options, settings, metrics),
+        commit_policy=CommitPolicy(
+            min_commit_frequency_sec=options.commit_interval_ms / 1000.0,
+            min_commit_messages=None,
+        ),
+        dlq_policy=dlq_policy,
+        join_timeout=options.join_timeout_seconds,
+    )
+
+
+def run_until_shutdown(processor: StreamProcessor[KafkaPayload]) -> None:
+    """Run the loop; SIGTERM/SIGINT end it gracefully (in-flight work joined and committed)."""
+    signals = ShutdownSignals(processor)
+    signals.install()
+    try:
+        processor.run()
+    finally:
+        signals.restore()
+
+
+def run_consumer(
+    definition: ConsumerDefinition,
+    options: RunOptions,
+    settings: Settings,
+    registry: CollectorRegistry,
+    serve_metrics: bool = True,
+) -> None:
+    """Run one Kafka consumer until a shutdown signal; returns after a graceful shutdown."""
+    configure_metrics(ArroyoPrometheusBackend(registry, definition.name), force=True)
+    metrics = FleetMetrics(registry, definition.name)
+    metrics_server = None
+    if serve_metrics and options.metrics_port is not None:
+        metrics_server = start_metrics_server(options.metrics_port, registry)
+
+    consumer = KafkaConsumer(
+        consumer_configuration(
+            settings,
+            ConsumerOptions(
+                group_id=options.consumer_group,
+                auto_offset_reset=options.auto_offset_reset,
+                max_poll_interval_ms=options.max_poll_interval_ms,
+                group_instance_id=options.group_instance_id,
+            ),
+            stats_callback=ConsumerLagReporter(registry, definition.name),
+        )
+    )
+    dlq_producer: KafkaProducer | None = None
+    dlq_policy: DlqPolicy[KafkaPayload] | None = None
+    if options.enable_dlq and definition.dlq_topic:
+        dlq_producer = KafkaProducer(
+            producer_configuration(settings, client_id=f"{definition.name}-dlq")
+        )
+        dlq_policy = build_dlq_policy(dlq_producer, definition.dlq_topic, definition.name, metrics)
+
+    processor = build_processor(consumer, definition, options, settings, metrics, dlq_policy)
+    logger.info(
+        "consumer starting",
+        extra={
+            "worker": definition.name,
+            "topic": options.input_topic,
+            "group": options.consumer_group,
+            "dlq_topic": definition.dlq_topic if dlq_policy else None,
+        },
+    )
+    try:
+        run_until_shutdown(processor)
+    finally:
+        if dlq_producer is not None:
+            dlq_producer.close().result(timeout=DLQ_FLUSH_TIMEOUT_SECONDS)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        logger.info("consumer stopped", extra={"worker": definition.name})

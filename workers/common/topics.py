@@ -1,0 +1,105 @@
+"""The fleet's Kafka topics and `workers topics create`.
+
+Every topic a registered consumer reads, writes or dead-letters to is derived from the
+registry, so a new worker gets its topics without editing a list. Creation is idempotent:
+existing topics are left alone and reported (with a warning when they have fewer
+partitions than asked, since partitions cap how far a consumer group scales out).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from workers.common.kafka_config import MAX_MESSAGE_BYTES, admin_configuration
+from workers.common.registry import ConsumerRegistry
+from workers.common.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_SECONDS = 30.0
+DLQ_RETENTION_MS = 14 * 24 * 3600 * 1000
+
+# Every topic accepts the largest message any worker handles, so a DLQ copy always fits.
+DEFAULT_TOPIC_CONFIG: Mapping[str, str] = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    name: str
+    state: Literal["created", "exists"]
+    partitions: int
+    warning: str | None = None
+
+
+def fleet_topics(registry: ConsumerRegistry, partitions: int) -> list[TopicSpec]:
+    specs: dict[str, TopicSpec] = {}
+
+    def add(name: str, config: Mapping[str, str]) -> None:
+        if name not in specs:
+            specs[name] = TopicSpec(name, partitions, {**DEFAULT_TOPIC_CONFIG, **config})
+
+    for definition in registry:
+        add(definition.topic, definition.topic_config)
+        for output in definition.output_topics:
+            add(output, {})
+        if definition.dlq_topic:
+            add(definition.dlq_topic, {"retention.ms": str(DLQ_RETENTION_MS)})
+    return [specs[name] for name in sorted(specs)]
+
+
+def create_topics(
+    settings: Settings, specs: list[TopicSpec], replication_factor: int = 1
+) -> list[TopicResult]:
+    admin = AdminClient(admin_configuration(settings))
+    existing = admin.list_topics(timeout=ADMIN_TIMEOUT_SECONDS).topics
+    results: dict[str, TopicResult] = {}
+    missing: list[NewTopic] = []
+    for spec in specs:
+        if spec.name in existing:
+            results[spec.name] = _existing(spec, len(existing[spec.name].partitions))
+        else:
+            missing.append(
+                NewTopic(
+                    spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=replication_factor,
+                    config=dict(spec.config),
+                )
+            )
+    if missing:
+        futures = admin.create_topics(missing, request_timeout=ADMIN_TIMEOUT_SECONDS)
+        for name, future in futures.items():
+            spec = next(spec for spec in specs if spec.name == name)
+            try:
+                future.result()
+                results[name] = TopicResult(name, "created", spec.partitions)
+                logger.info("topic created", extra={"topic": name})
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                # Another process created it between our listing and our request.
+                results[name] = TopicResult(name, "exists", spec.partitions)
+    return [results[spec.name] for spec in specs]
+
+
+def _existing(spec: TopicSpec, partitions: int) -> TopicResult:
+    warning = None
+    if partitions < spec.partitions:
+        warning = (
+            f"has {partitions} partitions, fewer than {spec.partitions}: "
+            "consumers of it scale out only to that many members"
+        )
+    return TopicResult(spec.name, "exists", partitions, warning)

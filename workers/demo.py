@@ -1,0 +1,258 @@
+"""The fleet's main job (`workers demo`), what the README's first command runs.
+
+Brings the local stack up, migrates, creates topics, starts every registered worker as a
+real `workers run` process, feeds each its sample traffic (a few messages deliberately
+malformed), waits until every worker has committed everything, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Producer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from workers.common.database import apply_migrations
+from workers.common.kafka_config import producer_configuration
+from workers.common.kafka_offsets import committed_offsets, high_watermarks, total
+from workers.common.logs import configure_logging
+from workers.common.registry import ConsumerDefinition
+from workers.common.settings import Settings
+from workers.common.supervisor import load_registry
+from workers.common.topics import create_topics, fleet_topics
+from workers.stack import StackError, stack_up
+
+WORKER_STOP_TIMEOUT_SECONDS = 60.0
+POLL_INTERVAL_SECONDS = 0.25
+
+
+@dataclass
+class DemoWorker:
+    definition: ConsumerDefinition
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+    committed_before: int
+    dlq_before: int
+    outputs_before: dict[str, int]
+    produced: int = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _start_worker(
+    definition: ConsumerDefinition, settings: Settings, registry_loader: str
+) -> DemoWorker:
+    port = _free_port()
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"demo-{definition.name}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "workers.registry_cli",
+        registry_loader,
+        "run",
+        definition.name,
+        "--metrics-port",
+        str(port),
+        "--healthcheck-file",
+        str(settings.state_dir / f"{definition.name}.healthcheck"),
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "WORKERS_LOG_FORMAT": "json"},
+        )
+    return DemoWorker(
+        definition=definition,
+        process=process,
+        metrics_port=port,
+        log_path=log_path,
+        committed_before=total(committed_offsets(settings, definition.consumer_group, definition.topic)),
+        dlq_before=total(high_watermarks(settings, definition.dlq_topic))
+        if definition.dlq_topic
+        else 0,
+        outputs_before={
+            topic: total(high_watermarks(settings, topic)) for topic in definition.output_topics
+        },
+    )
+
+
+def _produce(settings: Settings, workers: list[DemoWorker], count: int, progress: Progress) -> None:
+    producer = Producer(producer_configuration(settings, client_id="workers-demo"))
+    for worker in workers:
+        assert worker.definition.sample_traffic is not None
+        messages = worker.definition.sample_traffic(count, 42)
+        task = progress.add_task(f"produce → {worker.definition.topic}", total=len(messages))
+        errors: list[str] = []
+
+        def delivered(error: object, _message: object, task: int = task) -> None:
+            if error is not None:
+                errors.append(str(error))
+            progress.advance(task)
+
+        for message in messages:
+            while True:
+                try:
+                    producer.produce(
+                        worker.definition.topic,
+                        value=message.value,
+                        key=message.key,
+                        headers=list(message.headers),
+                        on_delivery=delivered,
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+        remaining = producer.flush(60.0)
+        if remaining or errors:
+            raise RuntimeError(
+                f"{worker.definition.topic}: {remaining} undelivered, {len(errors)} failed"
+                + (f" (first: {errors[0]})" if errors else "")
+            )
+        worker.produced = len(messages)
+
+
+def _wait_for_commits(
+    settings: Settings, workers: list[DemoWorker], timeout: float, progress: Progress
+) -> bool:
+    tasks = {
+        worker.definition.name: progress.add_task(
+            f"{worker.definition.name} processed", total=worker.produced
+        )
+        for worker in workers
+    }
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = True
+        for worker in workers:
+            if worker.process.poll() is not None:
+                raise RuntimeError(
+                    f"worker {worker.definition.name} exited with {worker.process.returncode}; "
+                    f"see {worker.log_path}"
+                )
+            committed = total(
+                committed_offsets(settings, worker.definition.consumer_group, worker.definition.topic)
+            )
+            progress.update(
+                tasks[worker.definition.name], completed=committed - worker.committed_before
+            )
+            done = done and committed - worker.committed_before >= worker.produced
+        if done:
+            return True
+        time.sleep(POLL_INTERVAL_SECONDS)
+    return False
+
+
+def _stop(workers: list[DemoWorker]) -> None:
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.process.wait(WORKER_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+        body: bytes = response.read()
+        return body.decode()
+
+
+def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, str]) -> Table:
+    table = Table(title="workers demo")
+    for column in ("worker", "produced", "processed", "DLQ", "output", "/metrics", "log"):
+        table.add_column(column)
+    for worker in workers:
+        definition = worker.definition
+        processed = (
+            total(committed_offsets(settings, definition.consumer_group, definition.topic))
+            - worker.committed_before
+        )
+        dlq = (
+            total(high_watermarks(settings, definition.dlq_topic)) - worker.dlq_before
+            if definition.dlq_topic
+            else 0
+        )
+        outputs = ", ".join(
+            f"{topic}: {total(high_watermarks(settings, topic)) - before}"
+            for topic, before in worker.outputs_before.items()
+        )
+        step_lines = sum(
+            1 for line in metrics.get(definition.name, "").splitlines() if "workers_step_" in line
+        )
+        table.add_row(
+            definition.name,
+            str(worker.produced),
+            str(processed),
+            str(dlq),
+            outputs or "-",
+            f"http://127.0.0.1:{worker.metrics_port}/metrics ({step_lines} step series)",
+            str(worker.log_path),
+        )
+    return table
+
+
+def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
+    settings = Settings.from_env()
+    configure_logging("WARNING", "console")
+    console = Console()
+    try:
+        for status in stack_up(settings, console.print):
+            console.print(f"  {status.name:<10} {status.state:<8} {status.url}")
+    except StackError as error:
+        console.print(f"[red]stack: {error}[/red]")
+        return 1
+    for migration in apply_migrations(settings.database_url):
+        console.print(f"migration applied: {migration.version:04d}_{migration.name}")
+    registry = load_registry(registry_loader)
+    create_topics(settings, fleet_topics(registry, settings.topic_partitions))
+
+    definitions = [d for d in registry if d.sample_traffic is not None]
+    workers = [_start_worker(d, settings, registry_loader) for d in definitions]
+    metrics: dict[str, str] = {}
+    try:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console) as progress:
+            _produce(settings, workers, messages, progress)
+            finished = _wait_for_commits(settings, workers, timeout, progress)
+        if not finished:
+            console.print(f"[red]workers did not finish within {timeout:.0f} s[/red]")
+        for worker in workers:
+            metrics[worker.definition.name] = _scrape(worker.metrics_port)
+    finally:
+        _stop(workers)
+    console.print(_summary(settings, workers, metrics))
+    failed = [w.definition.name for w in workers if w.process.returncode != 0]
+    if failed:
+        console.print(f"[red]workers exited uncleanly: {', '.join(failed)}[/red]")
+        return 1
+    return 0 if finished else 1

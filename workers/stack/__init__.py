@@ -1,0 +1,219 @@
+"""The local stack: Kafka, PostgreSQL and Redis on 127.0.0.1, run without Docker.
+
+`stack_up` starts whatever is not running (installing and downloading on the first run),
+`stack_status` health-checks every service and `stack_down` stops what `stack_up` started.
+Services the user pointed elsewhere (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `REDIS_URL`)
+are "external": only health-checked, never started or stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from workers.common.settings import Settings
+from workers.stack.kafka import KafkaService
+from workers.stack.postgres import PostgresService
+from workers.stack.processes import (
+    LOCALHOST,
+    Echo,
+    Service,
+    ServiceStatus,
+    StackError,
+    StackPaths,
+    port_open,
+    port_user,
+    stack_lock,
+)
+from workers.stack.redis import RedisService
+
+__all__ = [
+    "ServiceStatus",
+    "StackError",
+    "format_status",
+    "stack_down",
+    "stack_status",
+    "stack_up",
+]
+
+log = logging.getLogger(__name__)
+
+
+def services(settings: Settings) -> list[Service]:
+    paths = StackPaths.under(settings.state_dir)
+    return [
+        KafkaService(settings, paths),
+        PostgresService(settings, paths),
+        RedisService(settings, paths),
+    ]
+
+
+def format_status(status: ServiceStatus) -> str:
+    """One aligned line per service: name, state, URL and detail."""
+    line = f"{status.name:<9} {status.state:<8} {status.url}"
+    return f"{line}  ({status.detail})" if status.detail else line
+
+
+def _is_external(settings: Settings, service: Service) -> bool:
+    return service.name in settings.external_services
+
+
+def _status(settings: Settings, service: Service) -> ServiceStatus:
+    problem = service.probe()
+    if _is_external(settings, service):
+        if problem is None:
+            return ServiceStatus(service.name, "external", service.url, "not managed by the stack")
+        return ServiceStatus(service.name, "down", service.url, f"external: {problem}")
+    pid = service.own_pid()
+    if problem is None:
+        detail = f"pid {pid}" if pid is not None else "answering, but not started by this stack"
+        return ServiceStatus(service.name, "running", service.url, detail)
+    if pid is not None:
+        detail = f"pid {pid} does not answer: {problem}"
+    else:
+        taken = [port for port in service.ports if port_open(LOCALHOST, port)]
+        detail = (
+            f"not running; port {taken[0]} is used by {port_user(taken[0])}"
+            if taken
+            else "not running"
+        )
+    return ServiceStatus(service.name, "down", service.url, detail)
+
+
+def stack_status(settings: Settings) -> list[ServiceStatus]:
+    """Health-check every service (nothing is started or stopped)."""
+    return [_status(settings, service) for service in services(settings)]
+
+
+@dataclass
+class _Pending:
+    service: Service
+    started: float
+    launched: bool
+    deadline: float
+
+
+def stack_up(settings: Settings, echo: Echo) -> list[ServiceStatus]:
+    """Start every local service that is not running and wait until all answer.
+
+    Idempotent: running services are only health-checked. Echoes one line per service;
+    raises `StackError` (after echoing) when any service could not be brought up.
+    """
+    paths = StackPaths.under(settings.state_dir)
+    results: dict[str, ServiceStatus] = {}
+    failures: list[str] = []
+    pending: list[_Pending] = []
+    all_services = services(settings)
+    with stack_lock(paths, echo):
+        # Phase 1, one service after the other (apt and Maven must not run concurrently):
+        # decide, prepare and launch. Nothing waits for readiness here, so the JVM, the
+        # postmaster and Redis boot in parallel.
+        for service in all_services:
+            started = time.monotonic()
+            try:
+                outcome = _begin(settings, service, echo)
+            except StackError as error:
+                failures.append(f"{service.name}: {error}")
+                results[service.name] = _failed(service, started, "could not start")
+                continue
+            if isinstance(outcome, ServiceStatus):
+                results[service.name] = outcome
+                if outcome.state == "down":
+                    failures.append(f"{service.name}: {outcome.detail}")
+            else:
+                deadline = time.monotonic() + service.ready_timeout
+                pending.append(_Pending(service, started, outcome, deadline))
+        # Phase 2: wait for what was launched (or found running but not answering yet),
+        # all at once so that each service's time is its own.
+        if pending:
+            with ThreadPoolExecutor(len(pending), thread_name_prefix="stack-up") as pool:
+                waits = [(item, pool.submit(_wait, item)) for item in pending]
+                for item, future in waits:
+                    status, failure = future.result()
+                    results[item.service.name] = status
+                    if failure is not None:
+                        failures.append(failure)
+    statuses = [results[service.name] for service in all_services]
+    for status in statuses:
+        echo(format_status(status))
+    if failures:
+        raise StackError("\n".join(failures))
+    return statuses
+
+
+def _wait(item: _Pending) -> tuple[ServiceStatus, str | None]:
+    service = item.service
+    try:
+        service.wait_ready(item.deadline)
+    except StackError as error:
+        return _failed(service, item.started, "not ready"), f"{service.name}: {error}"
+    took = time.monotonic() - item.started
+    verb = "started" if item.launched else "became ready"
+    detail = f"pid {service.own_pid()}, {verb} in {took:.1f} s"
+    return ServiceStatus(service.name, "running", service.url, detail), None
+
+
+def _begin(settings: Settings, service: Service, echo: Echo) -> ServiceStatus | bool:
+    """A final status for services needing no start; else launch and say if it was launched.
+
+    `True`: launched now, `False`: our process runs but does not answer yet (wait for it).
+    """
+    started = time.monotonic()
+    if _is_external(settings, service):
+        status = _status(settings, service)
+        return _timed(status, started)
+    pid = service.own_pid()
+    if pid is not None:
+        if service.probe() is None:
+            return _timed(
+                ServiceStatus(service.name, "running", service.url, f"pid {pid}, already running"),
+                started,
+            )
+        log.info("%s (pid %d) runs but does not answer yet; waiting for it", service.name, pid)
+        return False
+    for port in service.ports:
+        if port_open(LOCALHOST, port):
+            raise StackError(
+                f"port {port} on {LOCALHOST} is already in use by {port_user(port)}, which this "
+                f"stack did not start (state dir {settings.state_dir}); stop it, or set "
+                f"{service.url_variable} to use an existing {service.name} instead"
+            )
+    service.prepare(echo)
+    service.launch()
+    return True
+
+
+def _timed(status: ServiceStatus, started: float) -> ServiceStatus:
+    took = time.monotonic() - started
+    return ServiceStatus(status.name, status.state, status.url, f"{status.detail}, {took:.2f} s")
+
+
+def _failed(service: Service, started: float, what: str) -> ServiceStatus:
+    took = time.monotonic() - started
+    return ServiceStatus(service.name, "down", service.url, f"{what} after {took:.1f} s")
+
+
+def stack_down(settings: Settings, echo: Echo) -> None:
+    """Stop the services this stack started; external ones and strangers are left alone."""
+    paths = StackPaths.under(settings.state_dir)
+    failures: list[str] = []
+    with stack_lock(paths, echo):
+        for service in services(settings):
+            if _is_external(settings, service):
+                echo(f"{service.name:<9} external, left alone")
+                continue
+            started = time.monotonic()
+            try:
+                stopped = service.stop()
+            except StackError as error:
+                failures.append(f"{service.name}: {error}")
+                echo(f"{service.name:<9} could not be stopped")
+                continue
+            if stopped:
+                echo(f"{service.name:<9} stopped in {time.monotonic() - started:.1f} s")
+            else:
+                echo(f"{service.name:<9} not running")
+    if failures:
+        raise StackError("\n".join(failures))
