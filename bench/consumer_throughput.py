@@ -100,7 +100,8 @@ def arroyo_chain(topic: str, count: int, config: dict[str, Any]) -> float:
     processor = StreamProcessor(KafkaConsumer(config), Topic(topic), factory, ONCE_PER_SECOND)
     holder.append(processor)
     processor.run()
-    assert factory.started is not None and factory.finished is not None
+    assert factory.started is not None
+    assert factory.finished is not None
     return factory.seen / (factory.finished - factory.started)
 
 
@@ -133,7 +134,9 @@ def main() -> None:
     results["fleet_vs_arroyo_default_ratio"] = (
         results["arroyo_fleet_config_msg_per_s"] / results["arroyo_default_config_msg_per_s"]
     )
-    print(orjson.dumps({"messages": count, **{k: round(v, 2) for k, v in results.items()}}).decode())
+    print(
+        orjson.dumps({"messages": count, **{k: round(v, 2) for k, v in results.items()}}).decode()
+    )
 
 
 if __name__ == "__main__":

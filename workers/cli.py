@@ -45,7 +45,9 @@ def make_cli(registry_loader: str) -> click.Group:
     def topics_create(partitions: int | None, replication_factor: int) -> None:
         settings = Settings.from_env()
         configure_logging(settings.log_level, settings.log_format)
-        specs = fleet_topics(load_registry(registry_loader), partitions or settings.topic_partitions)
+        specs = fleet_topics(
+            load_registry(registry_loader), partitions or settings.topic_partitions
+        )
         for result in create_topics(settings, specs, replication_factor):
             line = f"{result.name:<40} {result.state:<8} partitions={result.partitions}"
             click.echo(line + (f"  WARNING: {result.warning}" if result.warning else ""))

@@ -18,7 +18,14 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from workers.common.database import apply_migrations
@@ -33,6 +40,7 @@ from workers.stack import StackError, stack_up
 
 WORKER_STOP_TIMEOUT_SECONDS = 60.0
 POLL_INTERVAL_SECONDS = 0.25
+SAMPLE_SEED = 42
 
 
 @dataclass
@@ -85,7 +93,9 @@ def _start_worker(
         process=process,
         metrics_port=port,
         log_path=log_path,
-        committed_before=total(committed_offsets(settings, definition.consumer_group, definition.topic)),
+        committed_before=total(
+            committed_offsets(settings, definition.consumer_group, definition.topic)
+        ),
         dlq_before=total(high_watermarks(settings, definition.dlq_topic))
         if definition.dlq_topic
         else 0,
@@ -99,11 +109,13 @@ def _produce(settings: Settings, workers: list[DemoWorker], count: int, progress
     producer = Producer(producer_configuration(settings, client_id="workers-demo"))
     for worker in workers:
         assert worker.definition.sample_traffic is not None
-        messages = worker.definition.sample_traffic(count, 42)
+        messages = worker.definition.sample_traffic(count, SAMPLE_SEED)
         task = progress.add_task(f"produce → {worker.definition.topic}", total=len(messages))
         errors: list[str] = []
 
-        def delivered(error: object, _message: object, task: int = task) -> None:
+        def delivered(
+            error: object, _message: object, task: TaskID = task, errors: list[str] = errors
+        ) -> None:
             if error is not None:
                 errors.append(str(error))
             progress.advance(task)
@@ -150,7 +162,9 @@ def _wait_for_commits(
                     f"see {worker.log_path}"
                 )
             committed = total(
-                committed_offsets(settings, worker.definition.consumer_group, worker.definition.topic)
+                committed_offsets(
+                    settings, worker.definition.consumer_group, worker.definition.topic
+                )
             )
             progress.update(
                 tasks[worker.definition.name], completed=committed - worker.committed_before
@@ -177,15 +191,15 @@ def _stop(workers: list[DemoWorker]) -> None:
 def _scrape(port: int) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body: bytes = response.read()
         return body.decode()
 
 
 def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, str]) -> Table:
     table = Table(title="workers demo")
-    for column in ("worker", "produced", "processed", "DLQ", "output", "/metrics", "log"):
-        table.add_column(column)
+    for column in ("worker", "produced", "processed", "DLQ", "output", "step series"):
+        table.add_column(column, overflow="fold")
     for worker in workers:
         definition = worker.definition
         processed = (
@@ -210,8 +224,7 @@ def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, s
             str(processed),
             str(dlq),
             outputs or "-",
-            f"http://127.0.0.1:{worker.metrics_port}/metrics ({step_lines} step series)",
-            str(worker.log_path),
+            str(step_lines),
         )
     return table
 
@@ -221,8 +234,7 @@ def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
     configure_logging("WARNING", "console")
     console = Console()
     try:
-        for status in stack_up(settings, console.print):
-            console.print(f"  {status.name:<10} {status.state:<8} {status.url}")
+        stack_up(settings, console.print)
     except StackError as error:
         console.print(f"[red]stack: {error}[/red]")
         return 1
@@ -251,6 +263,13 @@ def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
     finally:
         _stop(workers)
     console.print(_summary(settings, workers, metrics))
+    for worker in workers:
+        name = worker.definition.name
+        console.print(
+            f"{name}: /metrics was served on http://127.0.0.1:{worker.metrics_port}/metrics "
+            f"while it ran (see it live: workers run {name} --metrics-port 9101, then "
+            f"curl http://127.0.0.1:9101/metrics); log: {worker.log_path}"
+        )
     failed = [w.definition.name for w in workers if w.process.returncode != 0]
     if failed:
         console.print(f"[red]workers exited uncleanly: {', '.join(failed)}[/red]")

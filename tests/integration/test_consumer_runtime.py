@@ -8,7 +8,6 @@ import subprocess
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,7 +56,7 @@ class EchoProcess:
 
     def scrape(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=5) as response:
             body: bytes = response.read()
             return body.decode()
 
@@ -78,9 +77,7 @@ def _free_port() -> int:
 
 
 def _echoed(records: list[Record]) -> list[tuple[int, int]]:
-    return [
-        (int(r.headers["echo_partition"]), int(r.headers["echo_offset"])) for r in records
-    ]
+    return [(int(r.headers["echo_partition"]), int(r.headers["echo_offset"])) for r in records]
 
 
 def _input_positions(settings: Settings, topic: str) -> set[tuple[int, int]]:
@@ -97,10 +94,10 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def topics(settings: Settings) -> Iterator[tuple[str, str, str]]:
+def topics(settings: Settings) -> tuple[str, str, str]:
     names = (unique_name("echo-in"), unique_name("echo-out"), unique_name("echo-group"))
     make_topics(settings, names[0], names[1], ECHO_DLQ_TOPIC, partitions=2)
-    yield names
+    return names
 
 
 def test_graceful_restart_resumes_from_committed_offset_without_gaps_or_repeats(
@@ -129,24 +126,30 @@ def test_kill_9_reprocesses_only_the_uncommitted_tail(
     settings: Settings, topics: tuple[str, str, str]
 ) -> None:
     input_topic, output_topic, group = topics
-    produce(settings, input_topic, ((None, f"v{i}".encode()) for i in range(2000)))
+    total = 30_000
+    produce(settings, input_topic, ((None, f"v{i}".encode()) for i in range(total)))
 
-    victim = EchoProcess(input_topic, output_topic, group)
+    # Static membership: the restarted member takes over the dead one's partitions at once
+    # instead of waiting for its session to time out.
+    victim = EchoProcess(input_topic, output_topic, group, "--group-instance-id", "echo-0")
     read_all(settings, output_topic, 500)
     victim.stop(signal.SIGKILL)
     committed_at_kill = committed_offsets(settings, group, input_topic)
+    assert sum(committed_at_kill.values()) < total, "killed too late: nothing left in flight"
     before_restart = _echoed(read_available(settings, output_topic))
 
-    survivor = EchoProcess(input_topic, output_topic, group)
+    survivor = EchoProcess(input_topic, output_topic, group, "--group-instance-id", "echo-0")
     wait_for(
-        lambda: committed_offsets(settings, group, input_topic)
-        == high_watermarks(settings, input_topic),
+        lambda: (
+            committed_offsets(settings, group, input_topic)
+            == high_watermarks(settings, input_topic)
+        ),
         60,
         "the restarted consumer to commit everything",
     )
     assert survivor.stop() == 0
 
-    echoed = _echoed(read_all(settings, output_topic, 2000))
+    echoed = _echoed(read_available(settings, output_topic))
     assert set(echoed) == _input_positions(settings, input_topic), "a message was skipped"
     repeated = [position for position, count in Counter(echoed).items() if count > 1]
     for partition, offset in repeated:
@@ -156,14 +159,21 @@ def test_kill_9_reprocesses_only_the_uncommitted_tail(
 
 
 def test_poison_message_goes_to_the_dlq_and_later_messages_are_processed(
-    settings: Settings, topics: tuple[str, str, str]
+    settings: Settings, topics: tuple[str, str, str], tmp_path: Path
 ) -> None:
     input_topic, output_topic, group = topics
     values = [b"ok-1", b"poison-a", b"ok-2", b"ok-3", b"poison-b", b"ok-4"]
     produce(settings, input_topic, ((b"same-key", value) for value in values))
+    health = tmp_path / "health"
 
-    echo = EchoProcess(input_topic, output_topic, group)
+    echo = EchoProcess(input_topic, output_topic, group, "--healthcheck-file", str(health))
     try:
+        # The liveness probe removes the file; a live loop touches it again within seconds.
+        wait_for(health.exists, 30, "the healthcheck file")
+        probe = [sys.executable, "-m", "arroyo.healthcheck", str(health)]
+        assert subprocess.run(probe, check=False).returncode == 0
+        assert not health.exists()
+        wait_for(health.exists, 10, "the healthcheck file to be touched again")
         copied = read_all(settings, output_topic, 4)
         assert sorted(r.value for r in copied) == [b"ok-1", b"ok-2", b"ok-3", b"ok-4"]
 
@@ -183,13 +193,12 @@ def test_poison_message_goes_to_the_dlq_and_later_messages_are_processed(
             assert int(record.headers["original_offset"]) in (1, 4)
         assert echo.process.poll() is None, "the worker stopped after a poison message"
 
-        metrics = wait_for(
-            lambda: (text := echo.scrape_or_none())
-            and 'workers_dlq_messages_total{reason="poison_pill",worker="test-echo"} 2.0' in text
-            and text,
-            30,
-            "DLQ metrics",
-        )
+        def scraped_with_dlq_counts() -> str | None:
+            text = echo.scrape_or_none()
+            dlq_line = 'workers_dlq_messages_total{reason="poison_pill",worker="test-echo"} 2.0'
+            return text if text and dlq_line in text else None
+
+        metrics = wait_for(scraped_with_dlq_counts, 30, "DLQ metrics")
         assert "arroyo_consumer_run_total" in metrics
         assert 'workers_step_messages_in_total{step="validate",worker="test-echo"} 6.0' in metrics
         assert 'workers_step_messages_out_total{step="validate",worker="test-echo"} 4.0' in metrics
@@ -199,7 +208,7 @@ def test_poison_message_goes_to_the_dlq_and_later_messages_are_processed(
 
 
 def test_processes_share_partitions_and_metrics_are_aggregated(
-    settings: Settings,
+    settings: Settings, tmp_path: Path
 ) -> None:
     input_topic, output_topic, group = (
         unique_name("echo-in"), unique_name("echo-out"), unique_name("echo-group")
@@ -207,16 +216,50 @@ def test_processes_share_partitions_and_metrics_are_aggregated(
     make_topics(settings, input_topic, output_topic, partitions=4)
     produce(settings, input_topic, ((f"k{i}".encode(), b"v") for i in range(400)))
 
-    echo = EchoProcess(input_topic, output_topic, group, "--processes", "2")
+    health = tmp_path / "health"
+    echo = EchoProcess(
+        input_topic, output_topic, group, "--processes", "2", "--healthcheck-file", str(health)
+    )
     try:
         assert len(read_all(settings, output_topic, 400)) == 400
+        # The parent's file is touched only while both children's files are fresh.
+        wait_for(health.exists, 30, "the parent's healthcheck file")
+        assert (tmp_path / "health.0").exists()
+        assert (tmp_path / "health.1").exists()
         wait_for(
-            lambda: (text := echo.scrape_or_none())
-            and 'workers_step_messages_in_total{step="validate",worker="test-echo"} 400.0'
-            in text,
+            lambda: (
+                (text := echo.scrape_or_none())
+                and 'workers_step_messages_in_total{step="validate",worker="test-echo"} 400.0'
+                in text
+            ),
             30,
             "aggregated step metrics from both processes",
         )
     finally:
         assert echo.stop() == 0
     assert committed_offsets(settings, group, input_topic) == high_watermarks(settings, input_topic)
+
+
+def test_a_dead_child_stops_the_others_and_the_parent_fails(settings: Settings) -> None:
+    input_topic, output_topic, group = (
+        unique_name("echo-in"), unique_name("echo-out"), unique_name("echo-group")
+    )  # fmt: skip
+    make_topics(settings, input_topic, output_topic, partitions=2)
+    echo = EchoProcess(input_topic, output_topic, group, "--processes", "2")
+    children_file = Path(f"/proc/{echo.process.pid}/task/{echo.process.pid}/children")
+
+    def child_pids() -> list[int] | None:
+        pids = [int(pid) for pid in children_file.read_text().split()]
+        # The spawn start method also runs a resource tracker child; consumers import workers.
+        consumers = [
+            pid
+            for pid in pids
+            if b"multiprocessing.spawn" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        return consumers if len(consumers) == 2 else None
+
+    victim, survivor = wait_for(child_pids, 30, "two consumer processes")
+    wait_for(echo.scrape_or_none, 30, "the parent's metrics endpoint")
+    os.kill(victim, signal.SIGKILL)
+    assert echo.process.wait(60) == 1
+    assert not Path(f"/proc/{survivor}").exists()

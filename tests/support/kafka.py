@@ -22,6 +22,10 @@ class Record:
     headers: dict[str, bytes]
 
 
+def _as_bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -68,13 +72,22 @@ def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60.
             for message in consumer.consume(num_messages=1000, timeout=0.2):
                 if message.error() is not None:
                     continue
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None
+                assert offset is not None
+                headers = message.headers() or []
                 records.append(
                     Record(
-                        partition=message.partition(),
-                        offset=message.offset(),
-                        key=message.key(),
-                        value=message.value(),
-                        headers=dict(message.headers() or []),
+                        partition=partition,
+                        offset=offset,
+                        key=_as_bytes(message.key()),
+                        value=_as_bytes(message.value()) or b"",
+                        headers={
+                            name: _as_bytes(value) or b""
+                            for name, value in (
+                                headers.items() if isinstance(headers, dict) else headers
+                            )
+                        },
                     )
                 )
         return records

@@ -158,6 +158,7 @@ def test_config_command_masks_credentials(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("KAFKA_CONFIG_sasl.password", "hunter2")
     result = CliRunner().invoke(make_cli(LOADER), ["config"])
     assert result.exit_code == 0, result.output
-    assert "secretpw" not in result.output and "hunter2" not in result.output
+    assert "secretpw" not in result.output
+    assert "hunter2" not in result.output
     assert "database_url = postgresql://u:***@db:5432/x" in result.output
     assert Settings.from_env().external_services == {"postgres"}

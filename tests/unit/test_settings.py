@@ -18,9 +18,7 @@ def test_defaults_point_at_the_local_stack_and_nothing_is_external() -> None:
     assert settings.kafka_bootstrap_servers == DEFAULT_KAFKA_BOOTSTRAP_SERVERS
     assert settings.database_url == DEFAULT_DATABASE_URL
     assert settings.external_services == frozenset()
-    assert settings.kafka_client_config() == {
-        "bootstrap.servers": DEFAULT_KAFKA_BOOTSTRAP_SERVERS
-    }
+    assert settings.kafka_client_config() == {"bootstrap.servers": DEFAULT_KAFKA_BOOTSTRAP_SERVERS}
 
 
 def test_explicit_services_are_external() -> None:

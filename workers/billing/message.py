@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import partial
 from math import isfinite
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, NoReturn
 
 from orjson import JSONDecodeError, loads
 
@@ -115,6 +116,10 @@ class MetricBucket(NamedTuple):
     mapping_meta: Mapping[str, Any]
 
 
+# `MetricBucket(...)` runs a Python-level `__new__`; building the tuple directly is cheaper.
+_new_bucket: Final = partial(tuple.__new__, MetricBucket)
+
+
 def parse_bucket(raw: bytes) -> MetricBucket:
     """Decode and validate one message value; raises `BucketError` for anything invalid."""
     try:
@@ -162,9 +167,7 @@ def parse_bucket(raw: bytes) -> MetricBucket:
     value_type = type(value)
     if value_type is int or value_type is float:
         if metric_type != COUNTER:
-            raise BucketError(
-                TYPE_VALUE_MISMATCH, f"value is a number but type is {metric_type!r}"
-            )
+            raise BucketError(TYPE_VALUE_MISMATCH, f"value is a number but type is {metric_type!r}")
         if value_type is float and not isfinite(value):
             raise BucketError(NON_NUMERIC_COUNTER, "counter value is not finite")
         counter = value
@@ -177,24 +180,24 @@ def parse_bucket(raw: bytes) -> MetricBucket:
             NON_NUMERIC_COUNTER, f"counter value is {_json_type(value)}, not a number"
         )
     else:
-        raise BucketError(
-            WRONG_TYPE, f"value must be a list or an object, got {_json_type(value)}"
-        )
+        raise BucketError(WRONG_TYPE, f"value must be a list or an object, got {_json_type(value)}")
 
-    return MetricBucket(
-        org_id,
-        project_id,
-        metric_id,
-        metric_type,
-        timestamp,
-        use_case_id,
-        value,
-        counter,
-        mapping_meta,
+    return _new_bucket(
+        (
+            org_id,
+            project_id,
+            metric_id,
+            metric_type,
+            timestamp,
+            use_case_id,
+            value,
+            counter,
+            mapping_meta,
+        )
     )
 
 
-def _reject_id(field: str, value: object) -> None:
+def _reject_id(field: str, value: object) -> NoReturn:
     if type(value) is float and abs(value) >= _INT64_MAGNITUDE:
         raise BucketError(ID_OUT_OF_RANGE, f"{field} must be in [0, 2**64)")
     if type(value) is not int:
@@ -202,13 +205,11 @@ def _reject_id(field: str, value: object) -> None:
     raise BucketError(ID_OUT_OF_RANGE, f"{field} must be in [0, 2**64)")
 
 
-def _reject_timestamp(value: object) -> None:
+def _reject_timestamp(value: object) -> NoReturn:
     if type(value) is float and abs(value) >= _INT64_MAGNITUDE:
         raise BucketError(TIMESTAMP_OUT_OF_RANGE, "timestamp must be in [0, 2**64)")
     if type(value) is not int:
-        raise BucketError(
-            WRONG_TYPE, f"timestamp must be an integer, got {_json_type(value)}"
-        )
+        raise BucketError(WRONG_TYPE, f"timestamp must be an integer, got {_json_type(value)}")
     raise BucketError(TIMESTAMP_OUT_OF_RANGE, "timestamp must be in [0, 2**64)")
 
 
@@ -230,9 +231,7 @@ def _check_value_object(value: dict[str, Any]) -> None:
         raise BucketError(MISSING_FIELD, "value.data")
     if value_format == "array":
         if type(data) is not list:
-            raise BucketError(
-                WRONG_TYPE, f"value.data must be a list, got {_json_type(data)}"
-            )
+            raise BucketError(WRONG_TYPE, f"value.data must be a list, got {_json_type(data)}")
         _check_numbers(data, "value.data")
         return
     if type(data) is not str:

@@ -73,9 +73,7 @@ def load_migrations() -> list[Migration]:
     return migrations
 
 
-def apply_migrations(
-    conninfo: str, migrations: list[Migration] | None = None
-) -> list[Migration]:
+def apply_migrations(conninfo: str, migrations: list[Migration] | None = None) -> list[Migration]:
     """Apply every pending migration; returns the ones applied now (empty when up to date)."""
     wanted = load_migrations() if migrations is None else migrations
     applied_now: list[Migration] = []

@@ -14,11 +14,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from arroyo.backends.abstract import Producer
+from arroyo.backends.abstract import Producer, ProducerFuture
 from arroyo.backends.kafka import KafkaPayload
 from arroyo.dlq import DlqLimit, DlqLimitState, DlqPolicy, DlqProducer, KafkaDlqProducer
 from arroyo.types import BrokerValue, Partition, Topic
-from arroyo.utils.concurrent import Future
 
 from workers.common.metrics import FleetMetrics
 
@@ -45,7 +44,7 @@ class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
 
     def produce(
         self, value: BrokerValue[KafkaPayload], reason: str | None = None
-    ) -> Future[BrokerValue[KafkaPayload]]:
+    ) -> ProducerFuture[BrokerValue[KafkaPayload]]:
         text = reason or "unspecified"
         headers = [
             *value.payload.headers,

@@ -15,8 +15,8 @@ import click
 from arroyo.backends.kafka import KafkaPayload
 from arroyo.processing.strategies.abstract import ProcessingStrategyFactory
 
-from workers.common.settings import Settings
 from workers.common.metrics import FleetMetrics
+from workers.common.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -229,9 +229,7 @@ ENVIRONMENT_VARIABLES: tuple[EnvironmentVariable, ...] = (
         "-",
         "Any librdkafka property for every client, e.g. `KAFKA_CONFIG_security.protocol=SASL_SSL`.",
     ),
-    EnvironmentVariable(
-        "KAFKA_CONFIG_JSON", "-", "librdkafka properties as one JSON object."
-    ),
+    EnvironmentVariable("KAFKA_CONFIG_JSON", "-", "librdkafka properties as one JSON object."),
     EnvironmentVariable(
         "KAFKA_CONFIG_FILE",
         "-",

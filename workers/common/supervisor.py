@@ -55,9 +55,7 @@ def load_registry(loader: str) -> ConsumerRegistry:
     return builder()
 
 
-def _child_main(
-    registry_loader: str, name: str, options: RunOptions, settings: Settings
-) -> None:
+def _child_main(registry_loader: str, name: str, options: RunOptions, settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     definition = load_registry(registry_loader).get(name)
     run_consumer(definition, options, settings, CollectorRegistry(), serve_metrics=False)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from workers.common.kafka_config import MAX_MESSAGE_BYTES, admin_configuration
 from workers.common.registry import ConsumerRegistry

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from workers.common.settings import Settings
@@ -26,6 +26,7 @@ from workers.stack.processes import (
     port_open,
     port_user,
     stack_lock,
+    tail,
 )
 from workers.stack.redis import RedisService
 
@@ -114,27 +115,22 @@ def stack_up(settings: Settings, echo: Echo) -> list[ServiceStatus]:
             started = time.monotonic()
             try:
                 outcome = _begin(settings, service, echo)
-            except StackError as error:
+            except (StackError, OSError) as error:
                 failures.append(f"{service.name}: {error}")
                 results[service.name] = _failed(service, started, "could not start")
                 continue
             if isinstance(outcome, ServiceStatus):
-                results[service.name] = outcome
+                results[service.name] = _timed(outcome, started)
                 if outcome.state == "down":
                     failures.append(f"{service.name}: {outcome.detail}")
             else:
                 deadline = time.monotonic() + service.ready_timeout
                 pending.append(_Pending(service, started, outcome, deadline))
-        # Phase 2: wait for what was launched (or found running but not answering yet),
-        # all at once so that each service's time is its own.
-        if pending:
-            with ThreadPoolExecutor(len(pending), thread_name_prefix="stack-up") as pool:
-                waits = [(item, pool.submit(_wait, item)) for item in pending]
-                for item, future in waits:
-                    status, failure = future.result()
-                    results[item.service.name] = status
-                    if failure is not None:
-                        failures.append(failure)
+        # Phase 2: wait for what was launched (or found running but not answering yet).
+        for item, status, failure in _wait_for(pending):
+            results[item.service.name] = status
+            if failure is not None:
+                failures.append(failure)
     statuses = [results[service.name] for service in all_services]
     for status in statuses:
         echo(format_status(status))
@@ -143,33 +139,49 @@ def stack_up(settings: Settings, echo: Echo) -> list[ServiceStatus]:
     return statuses
 
 
-def _wait(item: _Pending) -> tuple[ServiceStatus, str | None]:
-    service = item.service
-    try:
-        service.wait_ready(item.deadline)
-    except StackError as error:
-        return _failed(service, item.started, "not ready"), f"{service.name}: {error}"
-    took = time.monotonic() - item.started
-    verb = "started" if item.launched else "became ready"
-    detail = f"pid {service.own_pid()}, {verb} in {took:.1f} s"
-    return ServiceStatus(service.name, "running", service.url, detail), None
+def _wait_for(
+    pending: list[_Pending],
+) -> Iterator[tuple[_Pending, ServiceStatus, str | None]]:
+    """Poll every pending service in turn until each answers, fails or runs out of time."""
+    waiting = list(pending)
+    while waiting:
+        for item in list(waiting):
+            service = item.service
+            try:
+                problem = service.poll_ready()
+            except (StackError, OSError) as error:
+                waiting.remove(item)
+                yield item, _failed(service, item.started, "not ready"), f"{service.name}: {error}"
+                continue
+            now = time.monotonic()
+            if problem is None:
+                waiting.remove(item)
+                verb = "started" if item.launched else "became ready"
+                detail = f"pid {service.own_pid()}, {verb} in {now - item.started:.1f} s"
+                yield item, ServiceStatus(service.name, "running", service.url, detail), None
+            elif now >= item.deadline:
+                waiting.remove(item)
+                failure = (
+                    f"{service.name}: not ready within {service.ready_timeout:.0f} s ({problem}); "
+                    f"the last lines of {service.log_file}:\n{tail(service.log_file)}"
+                )
+                yield item, _failed(service, item.started, "not ready"), failure
+        if waiting:
+            time.sleep(0.2)
 
 
 def _begin(settings: Settings, service: Service, echo: Echo) -> ServiceStatus | bool:
-    """A final status for services needing no start; else launch and say if it was launched.
+    """The status of a service that needs no start; else launch it and say whether it was.
 
     `True`: launched now, `False`: our process runs but does not answer yet (wait for it).
     """
-    started = time.monotonic()
     if _is_external(settings, service):
-        status = _status(settings, service)
-        return _timed(status, started)
+        return _status(settings, service)
     pid = service.own_pid()
     if pid is not None:
         if service.probe() is None:
-            return _timed(
-                ServiceStatus(service.name, "running", service.url, f"pid {pid}, already running"),
-                started,
+            return ServiceStatus(
+                service.name, "running", service.url, f"pid {pid}, already running"
             )
         log.info("%s (pid %d) runs but does not answer yet; waiting for it", service.name, pid)
         return False
@@ -207,7 +219,7 @@ def stack_down(settings: Settings, echo: Echo) -> None:
             started = time.monotonic()
             try:
                 stopped = service.stop()
-            except StackError as error:
+            except (StackError, OSError) as error:
                 failures.append(f"{service.name}: {error}")
                 echo(f"{service.name:<9} could not be stopped")
                 continue

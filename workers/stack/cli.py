@@ -44,7 +44,10 @@ def up(context: click.Context) -> None:
 @click.pass_context
 def status(context: click.Context) -> None:
     """Health-check every service; exit status 1 when any is down."""
-    statuses = stack_status(_settings(context))
+    try:
+        statuses = stack_status(_settings(context))
+    except StackError as error:
+        raise click.ClickException(str(error)) from None
     for service in statuses:
         click.echo(format_status(service))
     if any(service.state == "down" for service in statuses):

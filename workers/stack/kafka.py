@@ -29,9 +29,9 @@ from workers.stack.processes import (
     port_open,
     process_cmdline,
     remove_file,
-    rotate_log,
     run_command,
     spawn_detached,
+    start_log,
     tail,
     terminate,
     write_pid,
@@ -93,15 +93,21 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def parse_bootstrap(servers: str) -> tuple[str, int]:
-    """The first `host:port` of a bootstrap list (`[v6]:port` allowed)."""
-    first = servers.split(",")[0].strip()
-    for prefix in ("PLAINTEXT://", "SSL://", "SASL_PLAINTEXT://", "SASL_SSL://"):
-        first = first.removeprefix(prefix)
-    host, separator, port = first.rpartition(":")
-    if not separator or not port.isdigit():
-        raise StackError(f"KAFKA_BOOTSTRAP_SERVERS: expected host:port, got {servers!r}")
-    return host.strip("[]") or LOCALHOST, int(port)
+def parse_bootstrap(servers: str) -> list[tuple[str, int]]:
+    """The `(host, port)` pairs of a bootstrap list (`[v6]:port` allowed)."""
+    parsed: list[tuple[str, int]] = []
+    for entry in servers.split(","):
+        address = entry.strip()
+        if not address:
+            continue
+        address = address.rpartition("://")[2]
+        host, separator, port = address.rpartition(":")
+        if not separator or not port.isdigit():
+            raise StackError(f"KAFKA_BOOTSTRAP_SERVERS: expected host:port, got {entry.strip()!r}")
+        parsed.append((host.strip("[]") or LOCALHOST, int(port)))
+    if not parsed:
+        raise StackError("KAFKA_BOOTSTRAP_SERVERS is empty")
+    return parsed
 
 
 def new_cluster_id() -> str:
@@ -183,8 +189,8 @@ class KafkaService:
 
     def __init__(self, settings: Settings, paths: StackPaths) -> None:
         self._settings = settings
-        self._paths = paths
-        self._host, self._port = parse_bootstrap(settings.kafka_bootstrap_servers)
+        self._servers = parse_bootstrap(settings.kafka_bootstrap_servers)
+        self._host, self._port = self._servers[0]
         self._controller_port = DEFAULT_KAFKA_CONTROLLER_PORT
         self._dir = paths.kafka
         self._libs = self._dir / "libs"
@@ -192,7 +198,7 @@ class KafkaService:
         self._config = self._dir / "server.properties"
         self._cluster_id_file = self._dir / "cluster.id"
         self._pid_file = paths.pid_file(self.name)
-        self._log = paths.log_file(self.name)
+        self.log_file = paths.log_file(self.name)
         self._java: str | None = None
 
     @property
@@ -209,9 +215,9 @@ class KafkaService:
         return self._probe(timeout=10.0)
 
     def _probe(self, timeout: float) -> str | None:
-        external = "kafka" in self._settings.external_services
-        if not external and not port_open(self._host, self._port):
-            return f"nothing listens on {self._host}:{self._port}"
+        # A quick TCP check first: librdkafka would spend the whole timeout retrying.
+        if not any(port_open(host, port, timeout=2.0) for host, port in self._servers):
+            return f"nothing listens on {self._settings.kafka_bootstrap_servers}"
         config: dict[str, str | int | float | bool] = dict(self._settings.kafka_client_config())
         try:
             admin = AdminClient(config, logger=_client_log)
@@ -350,7 +356,7 @@ class KafkaService:
 
     def launch(self) -> None:
         assert self._java is not None, "prepare() first"
-        rotate_log(self._log)
+        start_log(self.log_file, self.name)
         argv = [
             self._java,
             *JVM_OPTIONS,
@@ -359,32 +365,20 @@ class KafkaService:
             "kafka.Kafka",
             str(self._config),
         ]
-        pid = spawn_detached(argv, log_path=self._log, cwd=self._dir)
+        pid = spawn_detached(argv, log_path=self.log_file, cwd=self._dir)
         write_pid(self._pid_file, pid)
-        log.info("started Kafka as pid %d, logging to %s", pid, self._log)
+        log.info("started Kafka as pid %d, logging to %s", pid, self.log_file)
 
-    def wait_ready(self, deadline: float) -> None:
-        problem = "not started"
-        while True:
-            pid = self.own_pid()
-            if pid is None or not pid_alive(pid):
-                raise StackError(
-                    "Kafka exited while starting; "
-                    f"the last lines of {self._log}:\n{tail(self._log)}"
-                )
-            remaining = deadline - time.monotonic()
-            if port_open(self._host, self._port):
-                problem = self._probe(timeout=max(1.0, min(5.0, remaining))) or ""
-                if not problem:
-                    return
-            else:
-                problem = f"nothing listens on {self._host}:{self._port} yet"
-            if time.monotonic() >= deadline:
-                raise StackError(
-                    f"Kafka did not become ready within {READY_TIMEOUT:.0f} s ({problem}); "
-                    f"the last lines of {self._log}:\n{tail(self._log)}"
-                )
-            time.sleep(0.2)
+    def poll_ready(self) -> str | None:
+        pid = self.own_pid()
+        if pid is None or not pid_alive(pid):
+            raise StackError(
+                "Kafka exited while starting; "
+                f"the last lines of {self.log_file}:\n{tail(self.log_file)}"
+            )
+        if not port_open(self._host, self._port):
+            return f"nothing listens on {self._host}:{self._port} yet"
+        return self._probe(timeout=5.0)
 
     # --- stop ---
 

@@ -13,7 +13,6 @@ import pwd
 import shlex
 import shutil
 import stat
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -29,14 +28,18 @@ from workers.stack.processes import (
     StackError,
     StackPaths,
     apt_install,
+    describe_process,
     is_root,
     pid_alive,
+    pid_exists,
     process_name,
+    processes_in,
     read_pid,
     remove_file,
-    rotate_log,
     run_command,
+    start_log,
     tail,
+    wait_until,
     write_pid,
 )
 
@@ -47,6 +50,8 @@ DEBIAN_ROOT = Path("/usr/lib/postgresql")
 START_TIMEOUT = 60
 STOP_TIMEOUT = 60
 READY_TIMEOUT = 30.0
+# How long orphans of a killed postmaster may take to notice and exit.
+STALE_PROCESS_TIMEOUT = 15.0
 # Unix socket paths are limited to 107 bytes; longer ones disable the socket (TCP still works).
 _MAX_SOCKET_PATH = 100
 
@@ -71,7 +76,7 @@ class PostgresService:
         self._data = self._dir / "data"
         self._socket_dir = self._dir / "socket"
         self._pid_file = paths.pid_file(self.name)
-        self._log = paths.log_file(self.name)
+        self.log_file = paths.log_file(self.name)
         self._logs_dir = paths.logs
         self._bin: Path | None = None
 
@@ -128,12 +133,12 @@ class PostgresService:
         self._logs_dir.mkdir(parents=True, exist_ok=True)
         for directory in (self._data, self._socket_dir):
             directory.mkdir(mode=0o700, exist_ok=True)
-        self._log.touch(exist_ok=True)
+        start_log(self.log_file, self.name)
         if is_root():
             account = _ensure_system_user(SYSTEM_USER)
             for path in (self._data, self._socket_dir):
                 _chown_tree(path, account)
-            os.chown(self._log, account.pw_uid, account.pw_gid)
+            os.chown(self.log_file, account.pw_uid, account.pw_gid)
             _make_traversable(self._data, account)
         if not (self._data / "PG_VERSION").exists():
             if any(self._data.iterdir()):
@@ -159,10 +164,30 @@ class PostgresService:
                 cwd=Path("/"),
                 as_user=self._run_as(),
             )
+        self._clear_stale_lock()
+
+    def _clear_stale_lock(self) -> None:
+        """Remove the lock file a killed postmaster left, once its processes are gone.
+
+        PostgreSQL itself refuses to start while the old pid exists (even as a zombie) or
+        while orphaned backends, which run in the data directory, still hold shared memory.
+        """
         lock_file = self._data / "postmaster.pid"
-        if lock_file.exists() and self._postmaster_pid() is None:
-            log.info("removing stale %s", lock_file)
-            remove_file(lock_file)
+        if not lock_file.exists() or self._postmaster_pid() is not None:
+            return
+        old_pid = read_pid(lock_file)
+
+        def gone() -> bool:
+            return (old_pid is None or not pid_exists(old_pid)) and not processes_in(self._data)
+
+        if not wait_until(gone, STALE_PROCESS_TIMEOUT, interval=0.1):
+            leftovers = ", ".join(describe_process(pid) for pid in processes_in(self._data))
+            raise StackError(
+                f"processes of a crashed PostgreSQL still run in {self._data}: "
+                f"{leftovers or f'pid {old_pid}'}; stop them and run `workers stack up` again"
+            )
+        log.info("removing stale %s", lock_file)
+        remove_file(lock_file)
 
     def _find_binaries(self, echo: Echo) -> Path:
         wanted = _cluster_version(self._data)
@@ -181,7 +206,6 @@ class PostgresService:
 
     def launch(self) -> None:
         assert self._bin is not None, "prepare() first"
-        rotate_log(self._log)
         socket_dir = str(self._socket_dir)
         if len(socket_dir) + len(f"/.s.PGSQL.{self._port}") > _MAX_SOCKET_PATH:
             socket_dir = ""
@@ -203,7 +227,7 @@ class PostgresService:
                     "-D",
                     str(self._data),
                     "-l",
-                    str(self._log),
+                    str(self.log_file),
                     "-o",
                     options,
                     "-w",
@@ -218,40 +242,31 @@ class PostgresService:
             )
         except StackError as error:
             raise StackError(
-                f"{error}\nthe last lines of {self._log}:\n{tail(self._log)}"
+                f"{error}\nthe last lines of {self.log_file}:\n{tail(self.log_file)}"
             ) from None
         pid = self.own_pid()
-        log.info("started PostgreSQL as pid %s, logging to %s", pid, self._log)
+        log.info("started PostgreSQL as pid %s, logging to %s", pid, self.log_file)
 
-    def wait_ready(self, deadline: float) -> None:
+    def poll_ready(self) -> str | None:
+        if self._postmaster_pid() is None:
+            raise StackError(
+                f"PostgreSQL is not running; the last lines of {self.log_file}:\n"
+                f"{tail(self.log_file)}"
+            )
         maintenance = make_conninfo(self._settings.database_url, dbname="postgres")
-        problem = "not started"
-        while True:
-            if self._postmaster_pid() is None:
-                raise StackError(
-                    f"PostgreSQL is not running; the last lines of {self._log}:\n{tail(self._log)}"
-                )
-            try:
-                with psycopg.connect(maintenance, connect_timeout=5, autocommit=True) as conn:
-                    exists = conn.execute(
-                        "SELECT 1 FROM pg_database WHERE datname = %s", (self._database,)
-                    ).fetchone()
-                    if exists is None:
-                        log.info("creating database %s", self._database)
-                        conn.execute(
-                            sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self._database))
-                        )
-                problem = self.probe() or ""
-                if not problem:
-                    return
-            except psycopg.Error as error:
-                problem = _first_line(error)
-            if time.monotonic() >= deadline:
-                raise StackError(
-                    f"PostgreSQL did not become ready ({problem}); "
-                    f"the last lines of {self._log}:\n{tail(self._log)}"
-                )
-            time.sleep(0.2)
+        try:
+            with psycopg.connect(maintenance, connect_timeout=5, autocommit=True) as connection:
+                exists = connection.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (self._database,)
+                ).fetchone()
+                if exists is None:
+                    log.info("creating database %s", self._database)
+                    connection.execute(
+                        sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self._database))
+                    )
+        except psycopg.Error as error:
+            return _first_line(error)
+        return self.probe()
 
     # --- stop ---
 

@@ -86,8 +86,14 @@ class Service(Protocol):
         """Start the service's process without waiting for it to become ready."""
         ...
 
-    def wait_ready(self, deadline: float) -> None:
-        """Return once the service answers; raise `StackError` at `deadline` (monotonic)."""
+    @property
+    def log_file(self) -> Path:
+        """Where the service's output goes."""
+        ...
+
+    def poll_ready(self) -> str | None:
+        """One readiness check after `launch`: `None` once the service answers, else what
+        it is waiting for; `StackError` when it can no longer come up (it exited)."""
         ...
 
     def stop(self) -> bool:
@@ -158,6 +164,27 @@ def pid_alive(pid: int) -> bool:
     # The state letter follows the parenthesised command name, which may contain spaces.
     state = stat.rpartition(")")[2].split()[:1]
     return state != ["Z"]
+
+
+def pid_exists(pid: int) -> bool:
+    """True while `pid` exists at all, zombies included (what `kill -0` sees)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def processes_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is `directory` (Linux procfs, best effort)."""
+    target = directory.resolve()
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and process_cwd(int(entry.name)) == target:
+            found.append(int(entry.name))
+    return found
 
 
 def process_cmdline(pid: int) -> list[str]:
@@ -357,13 +384,15 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(f"  {line}" for line in selected) if selected else f"({path} is empty)"
 
 
-def rotate_log(path: Path, max_bytes: int = 20 * 1024 * 1024) -> None:
-    """Move a log that grew past `max_bytes` to `<name>.1` before a new start appends to it."""
-    try:
+def start_log(path: Path, service: str, max_bytes: int = 20 * 1024 * 1024) -> None:
+    """Begin a start's section of a service log: rotate a big log to `<name>.1`, add a marker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
         if path.stat().st_size > max_bytes:
             path.replace(path.with_name(path.name + ".1"))
-    except FileNotFoundError:
-        pass
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with path.open("a") as file:
+        file.write(f"----- {stamp} workers stack up: starting {service} -----\n")
 
 
 def run_command(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -22,9 +21,8 @@ from workers.stack.processes import (
     process_cwd,
     process_name,
     remove_file,
-    rotate_log,
     run_command,
-    tail,
+    start_log,
     terminate,
     write_pid,
 )
@@ -52,7 +50,7 @@ class RedisService:
         self._port = port or 6379
         self._dir = paths.redis
         self._pid_file = paths.pid_file(self.name)
-        self._log = paths.log_file(self.name)
+        self.log_file = paths.log_file(self.name)
         self._logs_dir = paths.logs
         self._server: str | None = None
 
@@ -112,7 +110,7 @@ class RedisService:
 
     def launch(self) -> None:
         assert self._server is not None, "prepare() first"
-        rotate_log(self._log)
+        start_log(self.log_file, self.name)
         # Redis writes its own pid file once daemonized; a leftover one would confuse us.
         remove_file(self._pid_file)
         run_command(
@@ -131,7 +129,7 @@ class RedisService:
                 "--pidfile",
                 str(self._pid_file),
                 "--logfile",
-                str(self._log),
+                str(self.log_file),
                 "--appendonly",
                 "yes",
             ],
@@ -140,23 +138,11 @@ class RedisService:
             cwd=self._dir,
         )
 
-    def wait_ready(self, deadline: float) -> None:
-        deadline = min(deadline, time.monotonic() + READY_TIMEOUT)
-        problem = "not started"
-        while True:
-            pid = live_pid(self._pid_file, self._is_ours) if self._pid_file.exists() else None
-            if pid is not None:
-                problem = self.probe() or ""
-                if not problem:
-                    return
-            else:
-                problem = "no redis-server process yet"
-            if time.monotonic() >= deadline:
-                raise StackError(
-                    f"Redis did not become ready ({problem}); "
-                    f"the last lines of {self._log}:\n{tail(self._log)}"
-                )
-            time.sleep(0.1)
+    def poll_ready(self) -> str | None:
+        # The daemonized server writes its pid file once it runs.
+        if live_pid(self._pid_file, self._is_ours) is None:
+            return "no redis-server process yet"
+        return self.probe()
 
     # --- stop ---
 

@@ -1,0 +1,141 @@
+"""The billing registry entry, its worker options and its sample traffic."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import click
+import pytest
+from prometheus_client import CollectorRegistry
+
+from workers.billing.counting import BillingCounter
+from workers.billing.definition import (
+    BILLING_CONSUMER,
+    CLICK_OPTIONS,
+    build_strategy_factory,
+    sample_traffic,
+)
+from workers.billing.message import BucketError, parse_bucket
+from workers.billing.strategy import BillingStrategyFactory
+from workers.common.metrics import FleetMetrics
+from workers.common.registry import StrategyContext
+from workers.common.settings import Settings
+
+
+def test_definition() -> None:
+    d = BILLING_CONSUMER
+    assert d.name == "billing"
+    assert d.topic == "snuba-generic-metrics"
+    assert d.dlq_topic == "snuba-generic-metrics-dlq"
+    assert d.consumer_group == "billing-metrics-consumer"
+    assert list(d.output_topics) == ["outcomes-billing"]
+    assert dict(d.topic_config) == {"compression.type": "lz4", "max.message.bytes": "10000000"}
+    assert d.sample_traffic is sample_traffic
+    assert d.build_strategy_factory is build_strategy_factory
+
+
+def _parse(*args: str) -> dict[str, Any]:
+    command = click.Command("billing", params=list(CLICK_OPTIONS), callback=lambda **kw: kw)
+    parsed: dict[str, Any] = command.main(args=list(args), standalone_mode=False)
+    return parsed
+
+
+def test_worker_options() -> None:
+    assert _parse() == {
+        "outcomes_topic": "outcomes-billing",
+        "billable_metric": None,
+        "max_pending_outcomes": 10_000,
+    }
+    parsed = _parse(
+        "--outcomes-topic",
+        "outcomes-test",
+        "--billable-metric",
+        "42=span",
+        "--billable-metric",
+        "43=2",
+        "--max-pending-outcomes",
+        "5",
+    )
+    assert parsed == {
+        "outcomes_topic": "outcomes-test",
+        "billable_metric": {42: 12, 43: 2},
+        "max_pending_outcomes": 5,
+    }
+    with pytest.raises(click.BadParameter):
+        _parse("--billable-metric", "nonsense")
+
+
+def _context(**options: Any) -> StrategyContext:
+    return StrategyContext(
+        worker="billing",
+        settings=Settings(),
+        input_topic="snuba-generic-metrics",
+        max_batch_size=1000,
+        max_batch_time_ms=1000,
+        metrics=FleetMetrics(CollectorRegistry(), "billing"),
+        options=options,
+    )
+
+
+def test_build_strategy_factory_uses_the_options_and_connects_lazily() -> None:
+    factory = build_strategy_factory(
+        _context(outcomes_topic="outcomes-x", billable_metric={7: 12}, max_pending_outcomes=3)
+    )
+    assert isinstance(factory, BillingStrategyFactory)
+    assert factory.outcomes_topic.name == "outcomes-x"
+    assert factory.counter.categories == {7: 12}
+    factory.shutdown()  # no producer was built: nothing to close, no network
+
+    defaults = build_strategy_factory(_context())
+    assert defaults.outcomes_topic.name == "outcomes-billing"
+    assert defaults.counter.categories == BillingCounter().categories
+    strings = build_strategy_factory(_context(billable_metric=("9=transaction",)))
+    assert strings.counter.categories == {9: 2}
+    json_keys = build_strategy_factory(_context(billable_metric={"9": "12"}))
+    assert json_keys.counter.categories == {9: 12}
+
+
+def test_sample_traffic_is_deterministic_and_realistic() -> None:
+    traffic = sample_traffic(5000, 42)
+    assert len(traffic) == 5000
+    assert [p.value for p in traffic] == [p.value for p in sample_traffic(5000, 42)]
+    assert [p.value for p in traffic] != [p.value for p in sample_traffic(5000, 43)]
+    assert all(p.key is None for p in traffic)
+
+    kinds: Counter[str] = Counter()
+    orgs: set[int] = set()
+    counter = BillingCounter()
+    for payload in traffic:
+        try:
+            bucket = parse_bucket(payload.value)
+        except BucketError as error:
+            kinds[f"invalid:{error.code}"] += 1
+            kinds["invalid"] += 1
+            continue
+        value = bucket.value
+        if isinstance(value, dict):
+            kinds[f"{bucket.type}:{value.get('format', 'gauge')}"] += 1
+        else:
+            kinds[f"{bucket.type}:{type(value).__name__}"] += 1
+        outcome = counter.count(bucket)
+        if outcome is not None:
+            kinds[f"category:{outcome.category}"] += 1
+            orgs.add(outcome.org_id)
+    assert 20 <= kinds["invalid"] <= 100  # about 1 %
+    assert len([k for k in kinds if k.startswith("invalid:")]) >= 5
+    assert kinds["category:2"] + kinds["category:12"] > 3500  # mostly billable
+    assert kinds["category:2"] > 0
+    assert kinds["category:12"] > 0
+    assert 2 <= len(orgs) <= 10
+    for kind in ("d:list", "d:array", "d:base64", "d:zstd", "s:list", "s:array", "s:base64"):
+        assert kinds[kind] > 0, kind
+    assert kinds["s:zstd"] > 0
+    assert kinds["g:gauge"] > 0
+    unpadded = [
+        p
+        for p in traffic
+        if b'"format":"base64"' in p.value
+        and not p.value.split(b'"data":"')[1].split(b'"')[0].endswith(b"=")
+    ]
+    assert unpadded
