@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from workers.common.settings import Settings
 from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
 from workers.stack import StackError, stack_up
+from workers.stack.processes import free_port
 
 WORKER_STOP_TIMEOUT_SECONDS = 60.0
 POLL_INTERVAL_SECONDS = 0.25
@@ -55,17 +55,10 @@ class DemoWorker:
     produced: int = 0
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _start_worker(
     definition: ConsumerDefinition, settings: Settings, registry_loader: str
 ) -> DemoWorker:
-    port = _free_port()
+    port = free_port()
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"demo-{definition.name}.log"

@@ -24,6 +24,7 @@ from tests.support.kafka import (
 from tests.support.waiting import wait_for
 from workers.common.kafka_offsets import committed_offsets, high_watermarks
 from workers.common.settings import Settings
+from workers.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ class EchoProcess:
     """`workers run test-echo` in a subprocess, exactly as production starts it."""
 
     def __init__(self, input_topic: str, output_topic: str, group: str, *extra: str) -> None:
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         self.log = ROOT / ".stack" / "logs" / f"test-{group}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         command = [
@@ -65,15 +66,6 @@ class EchoProcess:
             return self.scrape()
         except OSError:
             return None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _echoed(records: list[Record]) -> list[tuple[int, int]]:

@@ -5,8 +5,6 @@ The stack is shared with the other integration tests, so it is never stopped her
 
 from __future__ import annotations
 
-import socket
-
 import psycopg
 import pytest
 import redis
@@ -16,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 from workers.common.settings import Settings, redact_url
 from workers.stack import ServiceStatus, stack_up
 from workers.stack.cli import stack
+from workers.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -95,17 +94,10 @@ def test_status_command_exits_0_and_shows_the_urls(
         assert url in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def test_status_reports_unreachable_external_redis_as_down(
     first_up: list[ServiceStatus],
 ) -> None:
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     result = CliRunner().invoke(stack, ["status"], env={"REDIS_URL": url})
     assert result.exit_code == 1, result.output
     redis_lines = [line for line in result.output.splitlines() if line.startswith("redis")]

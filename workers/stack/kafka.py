@@ -23,8 +23,7 @@ from workers.stack.processes import (
     StackError,
     StackPaths,
     apt_install,
-    listening_pids,
-    live_pid,
+    find_own_pid,
     pid_alive,
     port_open,
     process_cmdline,
@@ -235,16 +234,7 @@ class KafkaService:
         return "kafka.Kafka" in command and str(self._config) in command
 
     def own_pid(self) -> int | None:
-        pid = live_pid(self._pid_file, self._is_ours)
-        if pid is not None:
-            return pid
-        # The pid file is gone but our broker may still run (started from this state dir).
-        for candidate in listening_pids(self._port):
-            if self._is_ours(candidate):
-                log.info("found the stack's Kafka running as pid %d, recording it", candidate)
-                write_pid(self._pid_file, candidate)
-                return candidate
-        return None
+        return find_own_pid(self._pid_file, self._port, self._is_ours, "Kafka")
 
     # --- start ---
 

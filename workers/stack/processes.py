@@ -255,6 +255,30 @@ def live_pid(pid_file: Path, is_ours: Callable[[int], bool]) -> int | None:
     return None
 
 
+def find_own_pid(
+    pid_file: Path, port: int, is_ours: Callable[[int], bool], service: str
+) -> int | None:
+    """The stack's own process for a service: from its pid file, or else by who holds the
+    port (a pid file can be lost while the process keeps running); records what it finds."""
+    pid = live_pid(pid_file, is_ours)
+    if pid is not None:
+        return pid
+    for candidate in listening_pids(port):
+        if is_ours(candidate):
+            log.info("found the stack's %s running as pid %d, recording it", service, candidate)
+            write_pid(pid_file, candidate)
+            return candidate
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def spawn_detached(
     argv: Sequence[str], *, log_path: Path, cwd: Path, env: Mapping[str, str] | None = None
 ) -> int:

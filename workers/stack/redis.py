@@ -16,7 +16,7 @@ from workers.stack.processes import (
     StackError,
     StackPaths,
     apt_install,
-    listening_pids,
+    find_own_pid,
     live_pid,
     process_cwd,
     process_name,
@@ -24,7 +24,6 @@ from workers.stack.processes import (
     run_command,
     start_log,
     terminate,
-    write_pid,
 )
 
 log = logging.getLogger(__name__)
@@ -84,15 +83,7 @@ class RedisService:
         return process_name(pid).startswith("redis-server") and process_cwd(pid) == self._dir
 
     def own_pid(self) -> int | None:
-        pid = live_pid(self._pid_file, self._is_ours)
-        if pid is not None:
-            return pid
-        for candidate in listening_pids(self._port):
-            if self._is_ours(candidate):
-                log.info("found the stack's Redis running as pid %d, recording it", candidate)
-                write_pid(self._pid_file, candidate)
-                return candidate
-        return None
+        return find_own_pid(self._pid_file, self._port, self._is_ours, "Redis")
 
     # --- start ---
 
