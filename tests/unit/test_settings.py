@@ -91,3 +91,16 @@ def test_urls_are_redacted() -> None:
     assert redact_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
     assert redact_url("redis://:pw@h/0") == "redis://:***@h/0"
+
+
+@pytest.mark.parametrize("raw", ["-1", "4096", "eu"])
+def test_snowflake_region_is_validated(raw: str) -> None:
+    with pytest.raises(
+        SettingsError, match=r"WORKERS_SNOWFLAKE_REGION must be an integer 0\.\.4095"
+    ):
+        Settings.from_env({"WORKERS_SNOWFLAKE_REGION": raw})
+
+
+def test_snowflake_region_bounds_are_accepted() -> None:
+    assert Settings.from_env({"WORKERS_SNOWFLAKE_REGION": "4095"}).snowflake_region == 4095
+    assert Settings.from_env({}).snowflake_region == 0

@@ -62,6 +62,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
     topic_partitions: int = 4
+    # Snowflake region (SPEC §6): 12 bits, 0 = single region.
+    snowflake_region: int = 0
     # Which services were configured explicitly: the local stack leaves those alone.
     external_services: frozenset[str] = frozenset()
 
@@ -88,6 +90,7 @@ class Settings:
             log_level=_log_level(environ.get("WORKERS_LOG_LEVEL") or "INFO"),
             log_format=_log_format(environ.get("WORKERS_LOG_FORMAT") or "auto"),
             topic_partitions=_positive_int(environ, "WORKERS_TOPIC_PARTITIONS", 4),
+            snowflake_region=_snowflake_region(environ.get("WORKERS_SNOWFLAKE_REGION") or "0"),
             external_services=external,
         )
 
@@ -198,6 +201,21 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+MAX_SNOWFLAKE_REGION = 4095
+
+
+def _snowflake_region(raw: str) -> int:
+    try:
+        region = int(raw)
+    except ValueError:
+        region = -1
+    if not 0 <= region <= MAX_SNOWFLAKE_REGION:
+        raise SettingsError(
+            f"WORKERS_SNOWFLAKE_REGION must be an integer 0..{MAX_SNOWFLAKE_REGION}, got {raw!r}"
+        )
+    return region
+
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -259,5 +277,10 @@ ENVIRONMENT_VARIABLES: tuple[EnvironmentVariable, ...] = (
     ),
     EnvironmentVariable(
         "WORKERS_TOPIC_PARTITIONS", "4", "Partitions of each topic `workers topics create` makes."
+    ),
+    EnvironmentVariable(
+        "WORKERS_SNOWFLAKE_REGION",
+        "0",
+        "Region (0..4095) encoded in Sentry-layout snowflake ids; 0 = single region.",
     ),
 )
