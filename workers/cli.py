@@ -6,10 +6,13 @@ import sys
 
 import click
 
+from workers.blob_ingest.cli import blobs, chunks
 from workers.common.database import MigrationError, apply_migrations
 from workers.common.logs import configure_logging
+from workers.common.projects.cli import orgs, projects
 from workers.common.run_command import make_run_command
 from workers.common.settings import Settings, SettingsError
+from workers.common.snowflake.cli import ids
 from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
 from workers.fleet import FLEET_REGISTRY_LOADER
@@ -67,6 +70,11 @@ def make_cli(registry_loader: str) -> click.Group:
 
     cli.add_command(make_run_command(registry_loader))
     cli.add_command(stack)
+    cli.add_command(ids)
+    cli.add_command(orgs)
+    cli.add_command(projects)
+    cli.add_command(chunks)
+    cli.add_command(blobs)
     return cli
 
 

@@ -10,5 +10,6 @@ FLEET_REGISTRY_LOADER = "workers.fleet:build_registry"
 
 def build_registry() -> ConsumerRegistry:
     from workers.billing.definition import BILLING_CONSUMER
+    from workers.blob_ingest.definition import BLOB_INGEST_CONSUMER
 
-    return ConsumerRegistry([BILLING_CONSUMER])
+    return ConsumerRegistry([BILLING_CONSUMER, BLOB_INGEST_CONSUMER])

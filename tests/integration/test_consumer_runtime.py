@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from tests.support.kafka import (
     unique_name,
 )
 from tests.support.waiting import wait_for
+from tests.support.worker_process import WorkerProcess
 from workers.common.kafka_offsets import committed_offsets, high_watermarks
 from workers.common.settings import Settings
-from workers.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -32,40 +31,17 @@ LOADER = "tests.support.echo_worker:build_registry"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class EchoProcess:
-    """`workers run test-echo` in a subprocess, exactly as production starts it."""
+class EchoProcess(WorkerProcess):
+    """The test-only echo consumer, run through the production CLI."""
 
     def __init__(self, input_topic: str, output_topic: str, group: str, *extra: str) -> None:
-        self.metrics_port = free_port()
-        self.log = ROOT / ".stack" / "logs" / f"test-{group}.log"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "workers.registry_cli", LOADER, "run", "test-echo",
+        super().__init__(
+            "test-echo",
             "--topic", input_topic, "--consumer-group", group, "--output-topic", output_topic,
-            "--metrics-port", str(self.metrics_port), "--commit-interval-ms", "200",
-            "--join-timeout", "10", *extra,
-        ]  # fmt: skip
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, "WORKERS_LOG_FORMAT": "json"},
-            )  # fmt: skip
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60.0) -> int:
-        self.process.send_signal(sig)
-        return self.process.wait(timeout)
-
-    def scrape(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body: bytes = response.read()
-            return body.decode()
-
-    def scrape_or_none(self) -> str | None:
-        try:
-            return self.scrape()
-        except OSError:
-            return None
+            *extra,
+            loader=LOADER,
+            log_name=group,
+        )  # fmt: skip
 
 
 def _echoed(records: list[Record]) -> list[tuple[int, int]]:

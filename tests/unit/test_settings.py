@@ -104,3 +104,22 @@ def test_snowflake_region_is_validated(raw: str) -> None:
 def test_snowflake_region_bounds_are_accepted() -> None:
     assert Settings.from_env({"WORKERS_SNOWFLAKE_REGION": "4095"}).snowflake_region == 4095
     assert Settings.from_env({}).snowflake_region == 0
+
+
+def test_s3_settings_are_read_and_the_secret_is_masked() -> None:
+    settings = Settings.from_env(
+        {
+            "BLOB_STORAGE_URL": "s3://bucket/prefix",
+            "S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "S3_ACCESS_KEY_ID": "AKIA",
+            "S3_SECRET_ACCESS_KEY": "very-secret",
+            "S3_ADDRESSING_STYLE": "path",
+        }
+    )
+    assert settings.blob_storage_url == "s3://bucket/prefix"
+    assert settings.s3_addressing_style == "path"
+    shown = settings.redacted()
+    assert shown["s3_secret_access_key"] == "***"
+    assert "very-secret" not in repr(shown)
+    with pytest.raises(SettingsError, match="S3_ADDRESSING_STYLE must be one of auto, path"):
+        Settings.from_env({"S3_ADDRESSING_STYLE": "sideways"})

@@ -64,6 +64,13 @@ class Settings:
     topic_partitions: int = 4
     # Snowflake region (SPEC §6): 12 bits, 0 = single region.
     snowflake_region: int = 0
+    # Blob storage: `file:///path` or `s3://bucket/prefix`; None = `<state_dir>/blobs`.
+    blob_storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_addressing_style: str = "auto"
     # Which services were configured explicitly: the local stack leaves those alone.
     external_services: frozenset[str] = frozenset()
 
@@ -91,6 +98,14 @@ class Settings:
             log_format=_log_format(environ.get("WORKERS_LOG_FORMAT") or "auto"),
             topic_partitions=_positive_int(environ, "WORKERS_TOPIC_PARTITIONS", 4),
             snowflake_region=_snowflake_region(environ.get("WORKERS_SNOWFLAKE_REGION") or "0"),
+            blob_storage_url=environ.get("BLOB_STORAGE_URL") or None,
+            s3_endpoint_url=environ.get("S3_ENDPOINT_URL") or None,
+            s3_region=environ.get("S3_REGION") or None,
+            s3_access_key_id=environ.get("S3_ACCESS_KEY_ID") or None,
+            s3_secret_access_key=environ.get("S3_SECRET_ACCESS_KEY") or None,
+            s3_addressing_style=_choice(
+                environ, "S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"
+            ),
             external_services=external,
         )
 
@@ -121,6 +136,8 @@ class Settings:
                 shown[f.name] = redact_url(value)
             elif f.name == "external_services":
                 shown[f.name] = ",".join(sorted(value)) or "-"
+            elif any(marker in f.name for marker in _SECRET_MARKERS):
+                shown[f.name] = "-" if value is None else "***"
             else:
                 shown[f.name] = str(value)
         return shown
@@ -201,6 +218,13 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _choice(environ: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = environ.get(name) or default
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 MAX_SNOWFLAKE_REGION = 4095
 
 
@@ -277,6 +301,22 @@ ENVIRONMENT_VARIABLES: tuple[EnvironmentVariable, ...] = (
     ),
     EnvironmentVariable(
         "WORKERS_TOPIC_PARTITIONS", "4", "Partitions of each topic `workers topics create` makes."
+    ),
+    EnvironmentVariable(
+        "BLOB_STORAGE_URL",
+        "file://<WORKERS_STATE_DIR>/blobs",
+        "Where blob bytes live: `file:///absolute/path` or `s3://bucket/optional/prefix`.",
+    ),
+    EnvironmentVariable(
+        "S3_ENDPOINT_URL", "-", "S3-compatible server, e.g. `http://127.0.0.1:9000`; unset = AWS."
+    ),
+    EnvironmentVariable("S3_REGION", "-", "S3 region name."),
+    EnvironmentVariable(
+        "S3_ACCESS_KEY_ID", "-", "S3 access key; unset = boto3's default credential chain."
+    ),
+    EnvironmentVariable("S3_SECRET_ACCESS_KEY", "-", "S3 secret key (never logged)."),
+    EnvironmentVariable(
+        "S3_ADDRESSING_STYLE", "auto", "`path` for most self-hosted servers, `virtual` or `auto`."
     ),
     EnvironmentVariable(
         "WORKERS_SNOWFLAKE_REGION",

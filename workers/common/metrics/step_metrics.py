@@ -185,6 +185,7 @@ class FleetMetrics:
         max_reasons: int = DEFAULT_MAX_REASONS,
     ) -> None:
         self._worker = worker
+        self._registry = registry
         self._max_reasons = max_reasons
         labels = ("worker", "step")
         self._messages_in = Counter(
@@ -234,6 +235,11 @@ class FleetMetrics:
     @property
     def worker(self) -> str:
         return self._worker
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """Where a worker registers metrics of its own (with a `worker` label)."""
+        return self._registry
 
     def step(self, name: str) -> StepMetrics:
         """The metrics of step `name` (`[a-z0-9_]{1,64}`); the same object on every call."""

@@ -1,0 +1,119 @@
+"""`workers chunks produce` and `workers blobs sweep`."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import click
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from workers.blob_ingest.definition import INPUT_TOPIC
+from workers.blob_ingest.resources import open_blob_storage
+from workers.blob_ingest.sweep import delete_garbage, find_garbage
+from workers.blob_ingest.upload import ChunkProducer, iter_chunks
+from workers.common.database import create_pool
+from workers.common.kafka_config import producer_configuration
+from workers.common.projects import RegistryError, find_organization
+from workers.common.settings import Settings
+
+_DURATION = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> timedelta:
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise click.BadParameter(f"{text!r}: use a number and s, m, h or d, e.g. 24h")
+    return timedelta(**{_UNITS[match["unit"]]: int(match["amount"])})
+
+
+@click.group(help="Chunk-upload events.")
+def chunks() -> None:
+    pass
+
+
+@chunks.command("produce", help="Split files into 8 MiB chunks and produce them to Kafka.")
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--org", "organization", required=True, help="Organization slug.")
+@click.option("--gzip/--no-gzip", "use_gzip", default=False, help="Compress each chunk.")
+@click.option("--topic", default=INPUT_TOPIC, show_default=True)
+def chunks_produce(paths: tuple[Path, ...], organization: str, use_gzip: bool, topic: str) -> None:
+    settings = Settings.from_env()
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        try:
+            organization_id = find_organization(connection, organization).id
+        except RegistryError as error:
+            raise click.ClickException(str(error)) from None
+    producer = ChunkProducer(
+        producer_configuration(settings, client_id="workers-chunks-produce"), topic
+    )
+    total = sum(path.stat().st_size for path in paths)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task("acknowledged", total=total)
+        for path in paths:
+            for chunk in iter_chunks(path, use_gzip):
+                producer.send(
+                    chunk,
+                    organization_id,
+                    "gzip" if use_gzip else "identity",
+                    lambda size: progress.advance(task, size),
+                )
+        report = producer.finish()
+    click.echo(
+        f"files={len(paths)} chunks={report.chunks} bytes={report.bytes} failed={report.failed}"
+    )
+    if report.failed:
+        raise click.ClickException(
+            f"{report.failed} chunks were not acknowledged: {report.first_error}"
+        )
+
+
+@click.group(help="Blobs in storage and PostgreSQL.")
+def blobs() -> None:
+    pass
+
+
+@blobs.command(
+    "sweep", help="Find (and with --apply delete) orphan objects and unreferenced blobs."
+)
+@click.option(
+    "--older-than", default="24h", show_default=True, help="Only garbage older than this."
+)
+@click.option("--apply", "apply_changes", is_flag=True, help="Delete; without it, only report.")
+@click.option("--storage-url", help="Blob storage URL (default: BLOB_STORAGE_URL).")
+def blobs_sweep(older_than: str, apply_changes: bool, storage_url: str | None) -> None:
+    window = parse_duration(older_than)
+    settings = Settings.from_env()
+    pool = create_pool(settings, name="blobs-sweep")
+    storage = open_blob_storage(settings, storage_url)
+    try:
+        report = find_garbage(pool, storage, window)
+        for stored in report.orphan_objects:
+            click.echo(
+                f"orphan object   {stored.path}  {stored.size} bytes  {stored.modified.isoformat()}"
+            )
+        for blob_id, path in report.unreferenced_blobs:
+            click.echo(f"unreferenced blob {blob_id}  {path}")
+        if apply_changes:
+            delete_garbage(pool, storage, report, window)
+            click.echo(f"deleted objects={report.deleted_objects} blobs={report.deleted_blobs}")
+        else:
+            click.echo(
+                f"would delete objects={len(report.orphan_objects)} "
+                f"blobs={len(report.unreferenced_blobs)} (dry run; --apply deletes)"
+            )
+    finally:
+        storage.close()
+        pool.close()

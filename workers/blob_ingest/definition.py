@@ -1,0 +1,81 @@
+"""The blob-ingest worker's registry entry: `workers run blob-ingest`.
+
+Worker options (after the shared ones):
+- `--max-batch-bytes N` (default 64 MiB): a batch is also full at about this many bytes;
+- `--storage-url URL`: overrides `BLOB_STORAGE_URL` for this worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Final
+
+import click
+from redis import Redis
+
+from workers.blob_ingest.metrics import BlobIngestMetrics
+from workers.blob_ingest.organizations import KnownOrganizations
+from workers.blob_ingest.persist import BlobWriter
+from workers.blob_ingest.resources import open_blob_storage
+from workers.blob_ingest.strategy import BatchPersister, BlobIngestStrategyFactory, ChunkValidator
+from workers.common.database import create_pool
+from workers.common.registry import ConsumerDefinition, StrategyContext
+from workers.common.snowflake import LeasedSnowflakeGenerator, WorkerIdLeases
+
+INPUT_TOPIC: Final = "chunk-uploads"
+DLQ_TOPIC: Final = "chunk-uploads-dlq"
+CONSUMER_GROUP: Final = "blob-ingest"
+BLOB_ID_NAMESPACE: Final = "blobs"
+DEFAULT_MAX_BATCH_BYTES: Final = 64 * 1024 * 1024
+
+CLICK_OPTIONS: Final = (
+    click.Option(
+        ["--max-batch-bytes"],
+        type=click.IntRange(min=1024 * 1024),
+        default=DEFAULT_MAX_BATCH_BYTES,
+        show_default=True,
+        help="A batch is also full at about this many decompressed bytes.",
+    ),
+    click.Option(["--storage-url"], help="Blob storage URL (default: BLOB_STORAGE_URL)."),
+)
+
+
+def build_strategy_factory(context: StrategyContext) -> BlobIngestStrategyFactory:
+    settings = context.settings
+    resources = contextlib.ExitStack()
+    try:
+        pool = create_pool(settings, name="blob-ingest")
+        resources.callback(pool.close)
+        storage = open_blob_storage(settings, context.options.get("storage_url"))
+        resources.callback(storage.close)
+        redis = Redis.from_url(settings.redis_url)
+        resources.callback(redis.close)
+        ids = LeasedSnowflakeGenerator(WorkerIdLeases(redis, BLOB_ID_NAMESPACE)).start()
+        resources.callback(ids.release)
+    except BaseException:
+        resources.close()
+        raise
+    blob_metrics = BlobIngestMetrics(context.metrics.registry, context.worker)
+    return BlobIngestStrategyFactory(
+        validator=ChunkValidator(KnownOrganizations(pool).exists, context.metrics, blob_metrics),
+        persister=BatchPersister(
+            BlobWriter(pool, storage, ids.generate), context.metrics, blob_metrics
+        ),
+        max_batch_size=context.max_batch_size,
+        max_batch_time_seconds=context.max_batch_time_seconds,
+        max_batch_bytes=int(context.options.get("max_batch_bytes") or DEFAULT_MAX_BATCH_BYTES),
+        on_shutdown=resources.close,
+    )
+
+
+BLOB_INGEST_CONSUMER: Final = ConsumerDefinition(
+    name="blob-ingest",
+    description="Chunk-upload events → deduplicated, durable blobs with snowflake ids.",
+    topic=INPUT_TOPIC,
+    build_strategy_factory=build_strategy_factory,
+    dlq_topic=DLQ_TOPIC,
+    default_consumer_group=CONSUMER_GROUP,
+    max_batch_size=1000,
+    max_batch_time_ms=200,
+    click_options=CLICK_OPTIONS,
+)

@@ -1,0 +1,106 @@
+"""The chunk-upload event: one Kafka message per chunk on `chunk-uploads`.
+
+- value: the chunk's bytes, raw or gzip-compressed;
+- key: the claimed sha1 (so one chunk always lands on the same partition);
+- headers (all ASCII):
+  - `organization-id`: decimal id of the owning organization;
+  - `sha1`: the claimed sha1 of the *decompressed* bytes, 40 lowercase hex characters;
+  - `content-encoding`: `identity` or `gzip`;
+  - `uploaded-at`: when the chunk was accepted, milliseconds since the Unix epoch.
+
+Chunks are at most 8 MiB (8388608 bytes) decompressed; topic and producers allow 16 MiB
+messages so a gzip chunk that grew slightly still fits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+MAX_CHUNK_SIZE: Final = 8 * 1024 * 1024
+
+ORGANIZATION_HEADER: Final = "organization-id"
+CHECKSUM_HEADER: Final = "sha1"
+ENCODING_HEADER: Final = "content-encoding"
+UPLOADED_AT_HEADER: Final = "uploaded-at"
+
+Encoding = Literal["identity", "gzip"]
+ENCODINGS: Final = ("identity", "gzip")
+_CHECKSUM = re.compile(rb"^[0-9a-f]{40}$")
+_MAX_ORGANIZATION_ID = 2**63 - 1
+
+
+class ChunkEventError(ValueError):
+    """Bad input: `code` is a fixed identifier (DLQ reason and metric label)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    @property
+    def reason(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class ChunkHeaders:
+    organization_id: int
+    checksum: str
+    encoding: Encoding
+    uploaded_at_ms: int
+
+
+def encode_headers(
+    organization_id: int, checksum: str, encoding: Encoding, uploaded_at_ms: int
+) -> list[tuple[str, bytes]]:
+    return [
+        (ORGANIZATION_HEADER, str(organization_id).encode()),
+        (CHECKSUM_HEADER, checksum.encode()),
+        (ENCODING_HEADER, encoding.encode()),
+        (UPLOADED_AT_HEADER, str(uploaded_at_ms).encode()),
+    ]
+
+
+def _single(headers: Sequence[tuple[str, bytes | None]], name: str) -> bytes:
+    values = [value for key, value in headers if key == name]
+    if not values or values[0] is None:
+        raise ChunkEventError("missing_header", f"header {name!r} is missing")
+    if len(values) > 1:
+        raise ChunkEventError("invalid_header", f"header {name!r} appears {len(values)} times")
+    return values[0]
+
+
+def _decimal(raw: bytes, name: str, maximum: int) -> int:
+    if not raw.isdigit() or len(raw) > 19:
+        raise ChunkEventError("invalid_header", f"header {name!r} must be a decimal integer")
+    value = int(raw)
+    if value > maximum:
+        raise ChunkEventError("invalid_header", f"header {name!r} is out of range")
+    return value
+
+
+def parse_headers(headers: Sequence[tuple[str, bytes | None]]) -> ChunkHeaders:
+    organization_id = _decimal(
+        _single(headers, ORGANIZATION_HEADER), ORGANIZATION_HEADER, _MAX_ORGANIZATION_ID
+    )
+    if organization_id == 0:
+        raise ChunkEventError("invalid_header", f"header {ORGANIZATION_HEADER!r} must be > 0")
+    checksum = _single(headers, CHECKSUM_HEADER)
+    if _CHECKSUM.match(checksum) is None:
+        raise ChunkEventError(
+            "invalid_checksum", "claimed sha1 must be 40 lowercase hexadecimal characters"
+        )
+    encoding = _single(headers, ENCODING_HEADER)
+    if encoding == b"identity":
+        parsed_encoding: Encoding = "identity"
+    elif encoding == b"gzip":
+        parsed_encoding = "gzip"
+    else:
+        raise ChunkEventError("unknown_encoding", "content-encoding must be identity or gzip")
+    uploaded_at = _decimal(
+        _single(headers, UPLOADED_AT_HEADER), UPLOADED_AT_HEADER, _MAX_ORGANIZATION_ID
+    )
+    return ChunkHeaders(organization_id, checksum.decode(), parsed_encoding, uploaded_at)

@@ -1,0 +1,176 @@
+"""Persisting a batch of verified chunks as blobs, set-based (SPEC §3).
+
+For a batch, in this order:
+1. de-duplicate by checksum within the batch (keeping every (checksum, organization) pair);
+2. one `SELECT ... WHERE checksum = ANY(...)` finds blobs that already exist;
+3. new chunks are written to storage under random paths (`put_many`: durable on return);
+4. one transaction: `INSERT ... ON CONFLICT (checksum) DO NOTHING RETURNING` for the new
+   blobs; the checksums not returned lost a race to another writer, whose rows are adopted;
+   reused blobs older than 12 h get a fresh `timestamp` (the sweep deletes unreferenced
+   blobs after 24 h, so a chunk just confirmed present cannot vanish); owners are inserted
+   with `ON CONFLICT DO NOTHING`;
+5. after the commit, objects written for lost races are deleted. If the transaction fails
+   for any other reason the objects just written are deleted too (best effort; what a
+   crash leaves behind is found by `workers blobs sweep`).
+About five round trips per batch, whatever its size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from workers.blob_ingest.decode import VerifiedChunk
+from workers.common.storage import BlobStorage, random_blob_path
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+# Reused blobs get a fresh timestamp when it is older than this (half the sweep's 24 h).
+REUSE_TOUCH_AFTER_HOURS = 12
+
+
+@dataclass(frozen=True)
+class PersistResult:
+    chunks: int
+    duplicates_in_batch: int
+    already_stored: int
+    new_blobs: int
+    races: int
+    bytes_stored: int
+    owners_added: int
+
+
+@dataclass(frozen=True)
+class _NewBlob:
+    id: int
+    path: str
+    size: int
+    checksum: str
+
+
+class BlobWriter:
+    def __init__(
+        self, pool: ConnectionPool, storage: BlobStorage, generate_id: Callable[[], int]
+    ) -> None:
+        self.__pool = pool
+        self.__storage = storage
+        self.__generate_id = generate_id
+
+    def persist(self, chunks: Sequence[VerifiedChunk]) -> PersistResult:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return self.__persist_once(chunks)
+            except psycopg.errors.ForeignKeyViolation:
+                # The sweep deleted an unreferenced blob between our lookup and our owner
+                # insert; the next attempt no longer finds it and stores the chunk anew.
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                logger.info("blob swept while being reused; retrying the batch")
+        raise AssertionError("unreachable")
+
+    def __persist_once(self, chunks: Sequence[VerifiedChunk]) -> PersistResult:
+        unique: dict[str, VerifiedChunk] = {}
+        owners: set[tuple[str, int]] = set()
+        for chunk in chunks:
+            unique.setdefault(chunk.checksum, chunk)
+            owners.add((chunk.checksum, chunk.organization_id))
+        checksums = list(unique)
+
+        with self.__pool.connection() as connection:
+            rows = connection.execute(
+                "SELECT checksum, id FROM blobs WHERE checksum = ANY(%s)", (checksums,)
+            ).fetchall()
+        blob_ids: dict[str, int] = {checksum.strip(): blob_id for checksum, blob_id in rows}
+        reused_ids = list(blob_ids.values())
+
+        # Sorted by checksum: concurrent writers then take unique-index entries in one order
+        # and cannot deadlock on each other.
+        new_blobs = [
+            _NewBlob(self.__generate_id(), random_blob_path(), len(unique[checksum].data), checksum)
+            for checksum in sorted(unique)
+            if checksum not in blob_ids
+        ]
+        if new_blobs:
+            self.__storage.put_many([(blob.path, unique[blob.checksum].data) for blob in new_blobs])
+
+        try:
+            lost, owners_added = self.__write_rows(new_blobs, reused_ids, blob_ids, owners)
+        except BaseException:
+            if new_blobs:
+                self.__delete_quietly([blob.path for blob in new_blobs])
+            raise
+        if lost:
+            self.__delete_quietly([blob.path for blob in lost])
+        return PersistResult(
+            chunks=len(chunks),
+            duplicates_in_batch=len(chunks) - len(unique),
+            already_stored=len(reused_ids),
+            new_blobs=len(new_blobs) - len(lost),
+            races=len(lost),
+            bytes_stored=sum(blob.size for blob in new_blobs) - sum(blob.size for blob in lost),
+            owners_added=owners_added,
+        )
+
+    def __write_rows(
+        self,
+        new_blobs: Sequence[_NewBlob],
+        reused_ids: Sequence[int],
+        blob_ids: dict[str, int],
+        owners: set[tuple[str, int]],
+    ) -> tuple[list[_NewBlob], int]:
+        """Rows for one batch in one transaction; returns the blobs that lost a race and the
+        number of owner rows added."""
+        lost: list[_NewBlob] = []
+        with self.__pool.connection() as connection, connection.transaction():
+            if new_blobs:
+                inserted = connection.execute(
+                    "INSERT INTO blobs (id, path, size, checksum) "
+                    "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::integer[], "
+                    "%s::char(40)[]) "
+                    "ON CONFLICT (checksum) DO NOTHING RETURNING checksum, id",
+                    (
+                        [blob.id for blob in new_blobs],
+                        [blob.path for blob in new_blobs],
+                        [blob.size for blob in new_blobs],
+                        [blob.checksum for blob in new_blobs],
+                    ),
+                ).fetchall()
+                won = {checksum.strip(): blob_id for checksum, blob_id in inserted}
+                blob_ids.update(won)
+                lost = [blob for blob in new_blobs if blob.checksum not in won]
+                if lost:
+                    winners = connection.execute(
+                        "SELECT checksum, id FROM blobs WHERE checksum = ANY(%s)",
+                        ([blob.checksum for blob in lost],),
+                    ).fetchall()
+                    blob_ids.update({checksum.strip(): blob_id for checksum, blob_id in winners})
+                    # Adopted rows are reused blobs: they get the 12 h touch as well.
+                    reused_ids = [*reused_ids, *(blob_id for _, blob_id in winners)]
+            if reused_ids:
+                connection.execute(
+                    "UPDATE blobs SET timestamp = now() WHERE id = ANY(%s) "
+                    "AND timestamp < now() - make_interval(hours => %s)",
+                    (sorted(reused_ids), REUSE_TOUCH_AFTER_HOURS),
+                )
+            owner_rows = sorted((blob_ids[checksum], org) for checksum, org in owners)
+            added = connection.execute(
+                "INSERT INTO blob_owners (blob_id, organization_id) "
+                "SELECT * FROM unnest(%s::bigint[], %s::bigint[]) "
+                "ON CONFLICT (blob_id, organization_id) DO NOTHING",
+                ([blob_id for blob_id, _ in owner_rows], [org for _, org in owner_rows]),
+            )
+            return lost, added.rowcount
+
+    def __delete_quietly(self, paths: Sequence[str]) -> None:
+        try:
+            self.__storage.delete_many(paths)
+        except Exception:
+            logger.exception(
+                "could not delete objects left by a failed or lost write; the sweep will",
+                extra={"objects": len(paths)},
+            )

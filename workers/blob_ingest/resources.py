@@ -1,0 +1,34 @@
+"""Per-process resources of the blob pipeline, built from settings and closed together."""
+
+from __future__ import annotations
+
+from workers.common.settings import Settings
+from workers.common.storage import (
+    BlobStorage,
+    S3Options,
+    default_storage_url,
+    open_storage,
+    parse_addressing_style,
+)
+
+
+def storage_url(settings: Settings) -> str:
+    return settings.blob_storage_url or default_storage_url(settings.state_dir)
+
+
+def open_blob_storage(settings: Settings, url: str | None = None) -> BlobStorage:
+    """The storage backend of `url` (default: the configured one), one per process."""
+    s3_options = S3Options(
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key_id=settings.s3_access_key_id,
+        secret_access_key=settings.s3_secret_access_key,
+        addressing_style=parse_addressing_style(settings.s3_addressing_style),
+    )
+    storage = open_storage(url or storage_url(settings), s3_options=s3_options)
+    try:
+        storage.check()
+    except BaseException:
+        storage.close()
+        raise
+    return storage

@@ -1,0 +1,325 @@
+"""Blob storage in a local (or mounted) directory.
+
+A key `ab/cdef/0123...` is the file `<root>/ab/cdef/0123...`. `put_many` makes a batch
+durable with as few `fsync` calls as correctness allows:
+
+1. write every object to a temporary file `.tmp-<uuid hex>` in its final directory;
+2. `fsync` each temporary file (once per file);
+3. rename each one over its final name (atomic: a reader sees the old object or the whole
+   new one, never a part);
+4. `fsync` each distinct directory that gained an entry, once per batch: the objects'
+   directories, plus the parent of every directory this process has not yet seen durable
+   (a directory made by this batch, or by another process, needs its own entry synced).
+
+Temporary files never appear in `iter_objects` (names starting with `.` are not keys). A
+failed batch removes its temporary files; a crash can leave some behind, which
+`remove_temporary_files` deletes. Deletes are not synced: an object deleted just before a
+power loss may come back, and the orphan sweep deletes it again. Empty directories are
+kept (at most 256 + 65 536 for random paths) so that concurrent writers never race a
+directory removal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from workers.common.storage.base import (
+    BlobNotFoundError,
+    BlobStorage,
+    StorageError,
+    StoredObject,
+    is_blob_path,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Name prefix of the files `put_many` writes before renaming them.
+TEMPORARY_PREFIX: Final = ".tmp-"
+
+
+def describe_os_error(error: OSError) -> str:
+    """`No space left on device (ENOSPC)`: the reason without the file name."""
+    if error.errno is None:
+        return str(error)
+    text = os.strerror(error.errno)
+    name = errno.errorcode.get(error.errno)
+    return f"{text} ({name})" if name else text
+
+
+class FilesystemBlobStorage(BlobStorage):
+    """Objects as files under an absolute `root` directory (created if missing)."""
+
+    def __init__(self, root: Path) -> None:
+        if not root.is_absolute():
+            raise ValueError(f"blob storage root must be an absolute path, got {str(root)!r}")
+        super().__init__()
+        self._root = root
+        # Directories whose own entry in their parent is known to be on disk.
+        self._durable_directories: set[Path] = set()
+        self._lock = threading.Lock()
+        self._create_root()
+        logger.info("blob storage opened", extra={"backend": "file", "root": str(root)})
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def __repr__(self) -> str:
+        return f"FilesystemBlobStorage({str(self._root)!r})"
+
+    # -- BlobStorage ----------------------------------------------------------------------------
+
+    def _do_put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        pending: list[tuple[Path, Path]] = []  # (temporary file, final name)
+        renamed = 0
+        current = items[0][0]
+        try:
+            directories: set[Path] = set()
+            new_directories: set[Path] = set()
+            for path, data in items:
+                current = path
+                final = self._root / path
+                directories.add(final.parent)
+                directories |= self._make_directories(final.parent, new_directories)
+                temporary = final.parent / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+                # Recorded before the write so that a failed write is cleaned up too.
+                pending.append((temporary, final))
+                _write_new_file(temporary, data)
+            for (temporary, _), (path, _) in zip(pending, items, strict=True):
+                current = path
+                _fsync_file(temporary)
+            for (temporary, final), (path, _) in zip(pending, items, strict=True):
+                current = path
+                os.replace(temporary, final)
+                renamed += 1
+            for directory in sorted(directories):
+                current = self._key_of(directory)
+                _fsync_directory(directory)
+        except OSError as error:
+            self._remove_quietly(temporary for temporary, _ in pending[renamed:])
+            raise StorageError("put_many", current, describe_os_error(error)) from error
+        with self._lock:
+            self._durable_directories |= new_directories
+        logger.debug(
+            "blobs written",
+            extra={
+                "objects": len(items),
+                "bytes": sum(len(data) for _, data in items),
+                "directories_synced": len(directories),
+            },
+        )
+
+    def _do_get(self, path: str) -> bytes:
+        try:
+            return (self._root / path).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BlobNotFoundError(path) from None
+        except OSError as error:
+            raise StorageError("get", path, describe_os_error(error)) from error
+
+    def _do_exists(self, path: str) -> bool:
+        try:
+            status = os.stat(self._root / path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as error:
+            raise StorageError("exists", path, describe_os_error(error)) from error
+        return stat.S_ISREG(status.st_mode)
+
+    def _do_delete_many(self, paths: Sequence[str]) -> None:
+        failures: list[tuple[str, OSError]] = []
+        for path in paths:
+            try:
+                os.unlink(self._root / path)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                continue
+            except OSError as error:
+                failures.append((path, error))
+        if failures:
+            first_path, first_error = failures[0]
+            detail = describe_os_error(first_error)
+            if len(failures) > 1:
+                detail += f" ({len(failures)} of {len(paths)} deletes failed)"
+            raise StorageError("delete_many", first_path, detail) from first_error
+
+    def _do_iter_objects(self, prefix: str) -> Iterator[StoredObject]:
+        for key, status in self._walk(prefix):
+            if key.startswith(prefix) and is_blob_path(key):
+                yield StoredObject(
+                    path=key,
+                    size=status.st_size,
+                    modified=datetime.fromtimestamp(status.st_mtime, UTC),
+                )
+
+    def _do_check(self) -> None:
+        if not self._root.is_dir():
+            raise StorageError("check", None, f"{self._root} is not a directory")
+        if not os.access(self._root, os.W_OK | os.X_OK):
+            raise StorageError("check", None, f"{self._root} is not writable")
+
+    def _do_close(self) -> None:
+        logger.debug("blob storage closed", extra={"backend": "file", "root": str(self._root)})
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def remove_temporary_files(self, older_than: timedelta, now: datetime | None = None) -> int:
+        """Delete temporary files a crashed writer left, older than `older_than`; the count.
+
+        Keep `older_than` far above the longest `put_many` (an hour is plenty), so that a
+        batch still being written is never touched.
+        """
+        self._check_open()
+        cutoff = (now or datetime.now(UTC)) - older_than
+        removed = 0
+        for directory, entry in self._walk_entries(""):
+            if not entry.name.startswith(TEMPORARY_PREFIX):
+                continue
+            try:
+                status = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(status.st_mode):
+                    continue
+                if datetime.fromtimestamp(status.st_mtime, UTC) >= cutoff:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise StorageError(
+                    "remove_temporary_files", self._key_of(directory), describe_os_error(error)
+                ) from error
+            removed += 1
+        if removed:
+            logger.info(
+                "removed stale temporary blob files",
+                extra={"files": removed, "root": str(self._root)},
+            )
+        return removed
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _create_root(self) -> None:
+        try:
+            missing = [p for p in (self._root, *self._root.parents) if not p.exists()]
+            self._root.mkdir(parents=True, exist_ok=True)
+            if not self._root.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+            for directory in missing:
+                _fsync_directory(directory.parent)
+        except OSError as error:
+            raise StorageError("open", None, f"{self._root}: {describe_os_error(error)}") from error
+        self._durable_directories.add(self._root)
+
+    def _make_directories(self, directory: Path, created: set[Path]) -> set[Path]:
+        """Create `directory` and its missing ancestors below the root.
+
+        Returns the parents to fsync: those of every directory not yet known durable. The
+        directories themselves are added to `created`, to be marked durable after the sync.
+        """
+        to_sync: set[Path] = set()
+        chain = [directory, *directory.parents]
+        below_root = chain[: chain.index(self._root)] if self._root in chain else []
+        for current in reversed(below_root):
+            with self._lock:
+                durable = current in self._durable_directories
+            if durable or current in created:
+                continue
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(current)
+            to_sync.add(current.parent)
+            created.add(current)
+        return to_sync
+
+    def _walk_entries(
+        self, start_key: str, descend: Callable[[str], bool] = lambda key: True
+    ) -> Iterator[tuple[Path, os.DirEntry[str]]]:
+        """Every entry below `<root>/<start_key>`, depth first, symlinks not followed.
+
+        A subdirectory is entered only when `descend(its key + "/")` is true.
+        """
+        stack = [self._root / start_key if start_key else self._root]
+        while stack:
+            directory = stack.pop()
+            try:
+                with os.scandir(directory) as scan:
+                    entries = sorted(scan, key=lambda entry: entry.name, reverse=True)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as error:
+                raise StorageError(
+                    "iter_objects", self._key_of(directory), describe_os_error(error)
+                ) from error
+            for entry in entries:
+                yield directory, entry
+                try:
+                    if (
+                        not entry.name.startswith(".")
+                        and entry.is_dir(follow_symlinks=False)
+                        and descend(self._key_of(Path(entry.path)) + "/")
+                    ):
+                        stack.append(Path(entry.path))
+                except OSError:
+                    continue
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        """`(key, stat)` of every regular file below the deepest directory `prefix` names."""
+        start_key = prefix.rpartition("/")[0]
+
+        def descend(directory_key: str) -> bool:
+            return directory_key.startswith(prefix) or prefix.startswith(directory_key)
+
+        for directory, entry in self._walk_entries(start_key, descend):
+            if entry.name.startswith("."):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                status = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                key = self._key_of(directory)
+                raise StorageError("iter_objects", key, describe_os_error(error)) from error
+            yield self._key_of(Path(entry.path)), status
+
+    def _key_of(self, path: Path) -> str:
+        return path.relative_to(self._root).as_posix() if path != self._root else ""
+
+    def _remove_quietly(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                logger.warning("could not remove a temporary blob file", extra={"file": str(path)})
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    with open(path, "xb") as file:
+        file.write(data)
+
+
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
