@@ -8,6 +8,8 @@ malformed), waits until every worker has committed everything, and prints a summ
 from __future__ import annotations
 
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -31,6 +35,7 @@ from workers.common.database import apply_migrations
 from workers.common.kafka_config import producer_configuration
 from workers.common.kafka_offsets import committed_offsets, high_watermarks, total
 from workers.common.logs import configure_logging
+from workers.common.projects import RegistryError, create_organization, find_organization
 from workers.common.registry import ConsumerDefinition
 from workers.common.settings import Settings
 from workers.common.supervisor import load_registry
@@ -41,6 +46,8 @@ from workers.stack.processes import free_port
 WORKER_STOP_TIMEOUT_SECONDS = 60.0
 POLL_INTERVAL_SECONDS = 0.25
 SAMPLE_SEED = 42
+DEMO_ORGANIZATION = "demo"
+BLOB_INGEST_NAME = "blob-ingest"
 
 
 @dataclass
@@ -98,10 +105,13 @@ def _start_worker(
     )
 
 
-def _produce(settings: Settings, workers: list[DemoWorker], count: int, progress: Progress) -> None:
+def _produce_sample_traffic(
+    settings: Settings, workers: list[DemoWorker], count: int, progress: Progress
+) -> None:
     producer = Producer(producer_configuration(settings, client_id="workers-demo"))
     for worker in workers:
-        assert worker.definition.sample_traffic is not None
+        if worker.definition.sample_traffic is None:
+            continue
         messages = worker.definition.sample_traffic(count, SAMPLE_SEED)
         task = progress.add_task(f"produce → {worker.definition.topic}", total=len(messages))
         errors: list[str] = []
@@ -134,6 +144,72 @@ def _produce(settings: Settings, workers: list[DemoWorker], count: int, progress
                 + (f" (first: {errors[0]})" if errors else "")
             )
         worker.produced = len(messages)
+
+
+def _sample_files(directory: Path) -> list[Path]:
+    """Three files, the same on every run: 20 MiB of random bytes, an exact copy of it (every
+    chunk a dedup hit) and 3 MiB of text."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(SAMPLE_SEED)
+    contents = {
+        "firmware.bin": rng.randbytes(20 * 1024 * 1024),
+        "release-notes.txt": b"".join(
+            f"{line:08d} the quick brown fox jumps over the lazy dog\n".encode()
+            for line in range(60_000)
+        ),
+    }
+    contents["firmware-copy.bin"] = contents["firmware.bin"]
+    paths = []
+    for name, data in contents.items():
+        path = directory / name
+        if not path.exists() or path.stat().st_size != len(data):
+            path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def _upload_sample_files(settings: Settings, worker: DemoWorker, console: Console) -> None:
+    """The real `workers chunks produce`, as a user would run it."""
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        try:
+            find_organization(connection, DEMO_ORGANIZATION)
+        except RegistryError:
+            create_organization(connection, DEMO_ORGANIZATION, "Demo organization")
+    files = _sample_files(settings.state_dir / "demo-files")
+    command = [
+        sys.executable, "-m", "workers", "chunks", "produce", *map(str, files),
+        "--org", DEMO_ORGANIZATION, "--gzip", "--topic", worker.definition.topic,
+    ]  # fmt: skip
+    console.print(f"$ workers chunks produce {' '.join(f.name for f in files)} --org demo --gzip")
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    console.print(result.stdout.strip())
+    match = re.search(r"chunks=(\d+)", result.stdout)
+    if result.returncode != 0 or match is None:
+        raise RuntimeError("workers chunks produce failed")
+    worker.produced = int(match.group(1))
+
+
+def _metric_total(metrics_text: str, name: str, **labels: str) -> float:
+    found = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                found += sample.value
+    return found
+
+
+def _details(name: str, metrics_text: str) -> str:
+    if name == BLOB_INGEST_NAME:
+        blobs = _metric_total(metrics_text, "workers_blob_created_total")
+        dedup = _metric_total(metrics_text, "workers_blob_dedup_hits_total")
+        stored = _metric_total(metrics_text, "workers_blob_stored_bytes_total")
+        return f"blobs={blobs:.0f} dedup hits={dedup:.0f} bytes stored={stored:.0f}"
+    steps = {
+        line.split('step="', 1)[1].split('"', 1)[0]
+        for line in metrics_text.splitlines()
+        if line.startswith("workers_step_messages_in_total{")
+    }
+    return "steps: " + ", ".join(sorted(steps)) if steps else "-"
 
 
 def _wait_for_commits(
@@ -191,7 +267,7 @@ def _scrape(port: int) -> str:
 
 def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, str]) -> Table:
     table = Table(title="workers demo")
-    for column in ("worker", "produced", "processed", "DLQ", "output", "step series"):
+    for column in ("worker", "produced", "processed", "DLQ", "output", "details"):
         table.add_column(column, overflow="fold")
     for worker in workers:
         definition = worker.definition
@@ -208,16 +284,13 @@ def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, s
             f"{topic}: {total(high_watermarks(settings, topic)) - before}"
             for topic, before in worker.outputs_before.items()
         )
-        step_lines = sum(
-            1 for line in metrics.get(definition.name, "").splitlines() if "workers_step_" in line
-        )
         table.add_row(
             definition.name,
             str(worker.produced),
             str(processed),
             str(dlq),
             outputs or "-",
-            str(step_lines),
+            _details(definition.name, metrics.get(definition.name, "")),
         )
     return table
 
@@ -236,10 +309,15 @@ def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
     registry = load_registry(registry_loader)
     create_topics(settings, fleet_topics(registry, settings.topic_partitions))
 
-    definitions = [d for d in registry if d.sample_traffic is not None]
+    definitions = [
+        d for d in registry if d.sample_traffic is not None or d.name == BLOB_INGEST_NAME
+    ]
     workers = [_start_worker(d, settings, registry_loader) for d in definitions]
     metrics: dict[str, str] = {}
     try:
+        for worker in workers:
+            if worker.definition.name == BLOB_INGEST_NAME:
+                _upload_sample_files(settings, worker, console)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -247,7 +325,7 @@ def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console) as progress:
-            _produce(settings, workers, messages, progress)
+            _produce_sample_traffic(settings, workers, messages, progress)
             finished = _wait_for_commits(settings, workers, timeout, progress)
         if not finished:
             console.print(f"[red]workers did not finish within {timeout:.0f} s[/red]")

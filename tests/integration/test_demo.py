@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -11,14 +12,28 @@ import pytest
 
 from workers.billing.message import BucketError, parse_bucket
 from workers.billing.traffic import sample_traffic
-from workers.demo import SAMPLE_SEED
+from workers.blob_ingest.event import MAX_CHUNK_SIZE
+from workers.demo import SAMPLE_SEED, _sample_files
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_demo_processes_every_sample_message_and_reports_the_dlq() -> None:
+def _unique_chunk_bytes(files: list[Path]) -> tuple[int, int, int]:
+    """(chunks, unique chunks, bytes of the unique chunks) of the demo's sample files."""
+    sizes: dict[str, int] = {}
+    count = 0
+    for path in files:
+        data = path.read_bytes()
+        for start in range(0, len(data), MAX_CHUNK_SIZE):
+            piece = data[start : start + MAX_CHUNK_SIZE]
+            sizes[hashlib.sha1(piece).hexdigest()] = len(piece)
+            count += 1
+    return count, len(sizes), sum(sizes.values())
+
+
+def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "workers", "demo", "--messages", "3000", "--timeout", "120"],
         cwd=ROOT,
@@ -29,10 +44,14 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq() -> None:
         env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    row = next(line for line in result.stdout.splitlines() if line.startswith("│ billing"))
-    cells = [cell.strip() for cell in row.strip("│").split("│")]
-    worker, produced, processed, dlq, output, step_series = cells
-    assert (worker, produced, processed) == ("billing", "3000", "3000")
+    rows = {
+        cells[0]: cells
+        for line in result.stdout.splitlines()
+        if line.startswith("│ ")
+        for cells in [[cell.strip() for cell in line.strip("│").split("│")]]
+    }
+    _, produced, processed, dlq, output, details = rows["billing"]
+    assert (produced, processed) == ("3000", "3000")
     # Exactly the malformed sample messages reach the DLQ (same seed as the demo).
     malformed = 0
     for message in sample_traffic(3000, SAMPLE_SEED):
@@ -44,4 +63,15 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq() -> None:
     assert int(dlq) == malformed
     assert re.fullmatch(r"outcomes-billing: \d+", output)
     assert int(output.split(": ")[1]) > 0
-    assert int(step_series) > 0
+    assert details == "steps: count, decode, produce"
+
+    # The sample files' chunks; the copy's chunks are dedup hits.
+    chunks, unique, unique_bytes = _unique_chunk_bytes(_sample_files(tmp_path))
+    _, produced, processed, dlq, output, details = rows["blob-ingest"]
+    assert (produced, processed, dlq) == (str(chunks), str(chunks), "0")
+    match = re.fullmatch(r"blobs=(\d+) dedup hits=(\d+) bytes stored=(\d+)", details)
+    assert match is not None, details
+    blobs, dedup, stored = map(int, match.groups())
+    # On a fresh stack 4 blobs are new; on a rerun all 7 chunks are already stored.
+    assert (blobs, dedup) in ((unique, chunks - unique), (0, chunks))
+    assert stored == (unique_bytes if blobs else 0)
