@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -16,6 +17,7 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.support.kafka import make_topics, read_available, unique_name
+from tests.support.s3_server import LocalS3Server
 from tests.support.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
@@ -24,7 +26,7 @@ from workers.blob_ingest.sweep import delete_garbage, find_garbage
 from workers.common.database import create_pool
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
-from workers.common.storage import FilesystemBlobStorage
+from workers.common.storage import FilesystemBlobStorage, S3BlobStorage
 
 pytestmark = pytest.mark.integration
 
@@ -176,13 +178,7 @@ def test_same_chunk_two_organizations_and_a_thousand_repeats_make_one_blob(
         )
         rows = setup.wait_for_rows([sha1(shared), sha1(repeated)])
         metrics = wait_for(
-            lambda: (
-                (text := worker.scrape_or_none())
-                and "workers_blob_dedup_hits_total" in text
-                and text
-            ),
-            30,
-            "metrics",
+            lambda: worker.metrics_containing("workers_blob_dedup_hits_total"), 30, "metrics"
         )
     finally:
         assert worker.stop() == 0
@@ -273,13 +269,10 @@ def test_two_workers_racing_on_the_same_chunks_leave_one_row_and_object_each(
     second = setup.worker(group=f"{setup.topic}-b")
     try:
         setup.wait_for_rows([sha1(d) for d in chunks])
+        persisted_all = 'workers_step_messages_out_total{step="persist",worker="blob-ingest"} 300.0'
         for worker in (first, second):
             wait_for(
-                lambda w=worker: (
-                    (text := w.scrape_or_none())
-                    and 'workers_step_messages_out_total{step="persist",worker="blob-ingest"} 300.0'
-                    in text
-                ),
+                functools.partial(worker.metrics_containing, persisted_all),
                 60,
                 "both workers to persist every chunk",
             )
@@ -339,3 +332,32 @@ def test_kill_9_mid_stream_then_restart_persists_every_chunk_once(setup: Setup) 
             assert storage.get(rows[sha1(data)][1]) == data
     finally:
         storage.close()
+
+
+def test_the_worker_stores_blobs_in_s3_compatible_storage(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LocalS3Server() as server:
+        bucket = server.create_bucket()
+        options = server.options()
+        monkeypatch.setenv("S3_ENDPOINT_URL", server.endpoint_url)
+        monkeypatch.setenv("S3_REGION", options.region or "us-east-1")
+        monkeypatch.setenv("S3_ACCESS_KEY_ID", options.access_key_id or "")
+        monkeypatch.setenv("S3_SECRET_ACCESS_KEY", options.secret_access_key or "")
+        monkeypatch.setenv("S3_ADDRESSING_STYLE", "path")
+        setup.storage_url = f"s3://{bucket}/fleet"
+        chunks = [os.urandom(3000) for _ in range(20)]
+        for data in chunks:
+            setup.send(data, encoding="gzip")
+        setup.flush()
+        worker = setup.worker()
+        try:
+            rows = setup.wait_for_rows([sha1(d) for d in chunks])
+        finally:
+            assert worker.stop() == 0
+        with S3BlobStorage(bucket, prefix="fleet", options=options) as storage:
+            assert sorted(o.path for o in storage.iter_objects()) == sorted(
+                path for _, path, _, _ in rows.values()
+            )
+            for data in chunks[:3]:
+                assert storage.get(rows[sha1(data)][1]) == data

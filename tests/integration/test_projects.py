@@ -125,7 +125,9 @@ def test_the_slug_lock_serialises_creations(
     assert held.acquire(blocking=False)
     try:
         with pytest.raises(RegistryError, match="could not take the slug lock"):
-            create_project(connection, redis, generate_id, organization.slug, "Blocked")
+            create_project(
+                connection, redis, generate_id, organization.slug, "Blocked", lock_wait_seconds=0.5
+            )
     finally:
         held.release()
     assert list_projects(connection, organization.slug) == []

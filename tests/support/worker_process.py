@@ -53,6 +53,11 @@ class WorkerProcess:
         except OSError:
             return None
 
+    def metrics_containing(self, fragment: str) -> str | None:
+        """The scraped metrics if they contain `fragment` (for `wait_for`), else None."""
+        text = self.scrape_or_none()
+        return text if text is not None and fragment in text else None
+
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

@@ -11,7 +11,6 @@ import contextlib
 from typing import Final
 
 import click
-from redis import Redis
 
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
@@ -20,7 +19,11 @@ from workers.blob_ingest.resources import open_blob_storage
 from workers.blob_ingest.strategy import BatchPersister, BlobIngestStrategyFactory, ChunkValidator
 from workers.common.database import create_pool
 from workers.common.registry import ConsumerDefinition, StrategyContext
-from workers.common.snowflake import LeasedSnowflakeGenerator, WorkerIdLeases
+from workers.common.snowflake import (
+    LeasedSnowflakeGenerator,
+    WorkerIdLeases,
+    lease_redis_client,
+)
 
 INPUT_TOPIC: Final = "chunk-uploads"
 DLQ_TOPIC: Final = "chunk-uploads-dlq"
@@ -48,7 +51,8 @@ def build_strategy_factory(context: StrategyContext) -> BlobIngestStrategyFactor
         resources.callback(pool.close)
         storage = open_blob_storage(settings, context.options.get("storage_url"))
         resources.callback(storage.close)
-        redis = Redis.from_url(settings.redis_url)
+        # Bounded socket timeouts: a hung Redis must not stall the lease heartbeat.
+        redis = lease_redis_client(settings.redis_url)
         resources.callback(redis.close)
         ids = LeasedSnowflakeGenerator(WorkerIdLeases(redis, BLOB_ID_NAMESPACE)).start()
         resources.callback(ids.release)

@@ -120,6 +120,7 @@ def create_project(
     organization_slug: str,
     name: str,
     platform: str | None = None,
+    lock_wait_seconds: float = SLUG_LOCK_ACQUIRE_SECONDS,
 ) -> Project:
     if not name.strip():
         raise RegistryError("project name must not be empty")
@@ -131,12 +132,12 @@ def create_project(
     lock = redis.lock(
         project_slug_lock_key(organization.id),
         timeout=SLUG_LOCK_LEASE_SECONDS,
-        blocking_timeout=SLUG_LOCK_ACQUIRE_SECONDS,
+        blocking_timeout=lock_wait_seconds,
     )
     if not lock.acquire():
         raise RegistryError(
             f"could not take the slug lock of organization {organization.slug!r} within "
-            f"{SLUG_LOCK_ACQUIRE_SECONDS:.0f} s; try again"
+            f"{lock_wait_seconds:g} s; try again"
         )
     try:
         return _insert_project(connection, generate_id, organization, name, platform)

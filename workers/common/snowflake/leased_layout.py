@@ -27,11 +27,11 @@ Capacity:
 Ids sort by millisecond across the fleet (then worker id, then sequence): roughly time
 ordered, as far as the hosts' clocks agree. `decode_leased_id` returns the parts.
 
-Why this layout: a Python process cannot issue more than a few million ids/s, so 12 bits of
-sequence are never the limit, and 10 bits of worker id cover far more consumer processes than
-the topics have partitions; 41 bits of milliseconds give the usual ~70 years. Leasing whole
-blocks of sequence numbers instead would need no clock but one Redis round trip per block
-and would lose the decodable timestamp.
+Why this layout: 12 bits of sequence (4.1 million ids/s) match what one Python process can
+issue at best (batches), so a generator is a process and more bits would be wasted; 10 bits
+of worker id cover far more consumer processes than the topics have partitions; 41 bits of
+milliseconds give the usual ~70 years. Leasing whole blocks of sequence numbers instead would
+need no clock, but one Redis round trip per block, and would lose the decodable timestamp.
 
 Uniqueness: a worker id is leased in Redis (`SET NX PX`, `lease.WorkerIdLeases`) and renewed
 every ttl/3 by a daemon thread (`lease.LeaseHeartbeat`). The generator issues an id only
