@@ -111,11 +111,17 @@ def test_sweep_finds_then_deletes_orphans_and_unreferenced_blobs(
     assert fresh not in dry.output
     assert storage.exists(orphan)
 
+    metrics_file = tmp_path / "sweep.prom"
     applied = runner.invoke(
-        blobs, ["sweep", "--older-than", "24h", "--storage-url", url, "--apply"]
+        blobs,
+        ["sweep", "--older-than", "24h", "--storage-url", url, "--apply"]
+        + ["--metrics-file", str(metrics_file)],
     )
     assert applied.exit_code == 0, applied.output
     assert "deleted objects=1 blobs=1" in applied.output
+    exported = metrics_file.read_text()
+    assert 'workers_blob_sweep_deleted{kind="orphan_object"} 1.0' in exported
+    assert 'workers_blob_sweep_deleted{kind="unreferenced_blob"} 1.0' in exported
     assert not storage.exists(orphan)
     assert not storage.exists(unreferenced)
     assert storage.exists(referenced)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from workers.blob_ingest.definition import INPUT_TOPIC
 from workers.blob_ingest.resources import open_blob_storage
-from workers.blob_ingest.sweep import delete_garbage, find_garbage
+from workers.blob_ingest.sweep import delete_garbage, find_garbage, write_sweep_metrics
 from workers.blob_ingest.upload import ChunkProducer, iter_chunks
 from workers.common.database import create_pool
 from workers.common.kafka_config import producer_configuration
@@ -93,7 +93,14 @@ def blobs() -> None:
 )
 @click.option("--apply", "apply_changes", is_flag=True, help="Delete; without it, only report.")
 @click.option("--storage-url", help="Blob storage URL (default: BLOB_STORAGE_URL).")
-def blobs_sweep(older_than: str, apply_changes: bool, storage_url: str | None) -> None:
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the sweep's figures here in Prometheus text format (textfile collector).",
+)
+def blobs_sweep(
+    older_than: str, apply_changes: bool, storage_url: str | None, metrics_file: Path | None
+) -> None:
     window = parse_duration(older_than)
     settings = Settings.from_env()
     pool = create_pool(settings, name="blobs-sweep")
@@ -114,6 +121,8 @@ def blobs_sweep(older_than: str, apply_changes: bool, storage_url: str | None) -
                 f"would delete objects={len(report.orphan_objects)} "
                 f"blobs={len(report.unreferenced_blobs)} (dry run; --apply deletes)"
             )
+        if metrics_file is not None:
+            write_sweep_metrics(metrics_file, report)
     finally:
         storage.close()
         pool.close()

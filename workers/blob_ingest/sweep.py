@@ -16,7 +16,9 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from psycopg_pool import ConnectionPool
 
 from workers.common.storage import BlobStorage, FilesystemBlobStorage, StoredObject
@@ -92,3 +94,31 @@ def delete_garbage(
         # Half-written temporary files of a crashed batch are invisible to iter_objects.
         report.deleted_objects += storage.remove_temporary_files(older_than, now)
     return report
+
+
+def write_sweep_metrics(path: Path, report: SweepReport) -> None:
+    """The sweep's figures for node_exporter's textfile collector (a one-shot job has no
+    endpoint to scrape); written atomically."""
+    registry = CollectorRegistry()
+    found = Gauge(
+        "workers_blob_sweep_found",
+        "Garbage found by the last blob sweep.",
+        ("kind",),
+        registry=registry,
+    )
+    deleted = Gauge(
+        "workers_blob_sweep_deleted",
+        "Garbage deleted by the last blob sweep (0 on a dry run).",
+        ("kind",),
+        registry=registry,
+    )
+    found.labels("orphan_object").set(len(report.orphan_objects))
+    found.labels("unreferenced_blob").set(len(report.unreferenced_blobs))
+    deleted.labels("orphan_object").set(report.deleted_objects)
+    deleted.labels("unreferenced_blob").set(report.deleted_blobs)
+    Gauge(
+        "workers_blob_sweep_last_run_timestamp_seconds",
+        "When the last blob sweep finished.",
+        registry=registry,
+    ).set_to_current_time()
+    write_to_textfile(str(path), registry)
