@@ -23,11 +23,6 @@ from workers.common.storage import FilesystemBlobStorage, random_blob_path
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def settings() -> Settings:
-    return Settings.from_env()
-
-
 def test_produce_splits_files_into_verified_8_mib_chunks(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -114,8 +109,16 @@ def test_sweep_finds_then_deletes_orphans_and_unreferenced_blobs(
     metrics_file = tmp_path / "sweep.prom"
     applied = runner.invoke(
         blobs,
-        ["sweep", "--older-than", "24h", "--storage-url", url, "--apply"]
-        + ["--metrics-file", str(metrics_file)],
+        [
+            "sweep",
+            "--older-than",
+            "24h",
+            "--storage-url",
+            url,
+            "--apply",
+            "--metrics-file",
+            str(metrics_file),
+        ],
     )
     assert applied.exit_code == 0, applied.output
     assert "deleted objects=1 blobs=1" in applied.output

@@ -57,11 +57,6 @@ def _input_positions(settings: Settings, topic: str) -> set[tuple[int, int]]:
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-@pytest.fixture
 def topics(settings: Settings) -> tuple[str, str, str]:
     names = (unique_name("echo-in"), unique_name("echo-out"), unique_name("echo-group"))
     make_topics(settings, names[0], names[1], ECHO_DLQ_TOPIC, partitions=2)

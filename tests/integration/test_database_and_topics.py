@@ -29,11 +29,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-@pytest.fixture
 def scratch_database(settings: Settings) -> Iterator[str]:
     """A new, empty database on the stack's server; dropped afterwards."""
     name = f"workers_test_{uuid.uuid4().hex[:12]}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -26,26 +26,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return Settings.from_env()
-
-
-@pytest.fixture
-def connection(settings: Settings) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(settings.database_url, autocommit=True) as connection:
-        yield connection
-
-
-@pytest.fixture
-def redis(settings: Settings) -> Iterator[Redis[bytes]]:
-    client = Redis.from_url(settings.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def generate_id(redis: Redis[bytes]) -> Callable[[], int]:
-    generator = SentrySnowflakeGenerator(redis, key=f"test-projects-{uuid.uuid4().hex}", region=0)
+def generate_id(redis_client: Redis[bytes]) -> Callable[[], int]:
+    generator = SentrySnowflakeGenerator(
+        redis_client, key=f"test-projects-{uuid.uuid4().hex}", region=0
+    )
     return generator.generate
 
 
@@ -57,12 +41,12 @@ def organization(connection: psycopg.Connection) -> Organization:
 
 def test_project_gets_a_snowflake_id_slug_and_default_flags(
     connection: psycopg.Connection,
-    redis: Redis[bytes],
+    redis_client: Redis[bytes],
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
     project = create_project(
-        connection, redis, generate_id, organization.slug.upper(), "My Backend!", "python"
+        connection, redis_client, generate_id, organization.slug.upper(), "My Backend!", "python"
     )
     assert project.slug == "my-backend"
     assert project.flags == 10
@@ -73,12 +57,12 @@ def test_project_gets_a_snowflake_id_slug_and_default_flags(
 
 def test_same_name_twice_gets_a_suffix_and_case_insensitive_uniqueness_holds(
     connection: psycopg.Connection,
-    redis: Redis[bytes],
+    redis_client: Redis[bytes],
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
-    first = create_project(connection, redis, generate_id, organization.slug, "API")
-    second = create_project(connection, redis, generate_id, organization.slug, "api")
+    first = create_project(connection, redis_client, generate_id, organization.slug, "API")
+    second = create_project(connection, redis_client, generate_id, organization.slug, "api")
     assert first.slug == "api"
     assert second.slug.startswith("api-")
     assert len(second.slug) == len("api-") + 2
@@ -91,7 +75,7 @@ def test_same_name_twice_gets_a_suffix_and_case_insensitive_uniqueness_holds(
 
 def test_twenty_concurrent_creations_of_one_name_get_twenty_distinct_slugs(
     settings: Settings,
-    redis: Redis[bytes],
+    redis_client: Redis[bytes],
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
@@ -117,16 +101,21 @@ def test_twenty_concurrent_creations_of_one_name_get_twenty_distinct_slugs(
 
 def test_the_slug_lock_serialises_creations(
     connection: psycopg.Connection,
-    redis: Redis[bytes],
+    redis_client: Redis[bytes],
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
-    held = redis.lock(f"slug:project:{organization.id}", timeout=30)
+    held = redis_client.lock(f"slug:project:{organization.id}", timeout=30)
     assert held.acquire(blocking=False)
     try:
         with pytest.raises(RegistryError, match="could not take the slug lock"):
             create_project(
-                connection, redis, generate_id, organization.slug, "Blocked", lock_wait_seconds=0.5
+                connection,
+                redis_client,
+                generate_id,
+                organization.slug,
+                "Blocked",
+                lock_wait_seconds=0.5,
             )
     finally:
         held.release()
@@ -139,24 +128,24 @@ def test_the_slug_lock_serialises_creations(
 )
 def test_bad_project_names_are_refused(
     connection: psycopg.Connection,
-    redis: Redis[bytes],
+    redis_client: Redis[bytes],
     generate_id: Callable[[], int],
     organization: Organization,
     name: str,
     message: str,
 ) -> None:
     with pytest.raises(RegistryError, match=message):
-        create_project(connection, redis, generate_id, organization.slug, name)
+        create_project(connection, redis_client, generate_id, organization.slug, name)
 
 
 def test_unknown_organization_and_duplicate_or_invalid_org_slugs(
     connection: psycopg.Connection,
-    redis: Redis[bytes],
+    redis_client: Redis[bytes],
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
     with pytest.raises(RegistryError, match="no organization with slug 'nope-"):
-        create_project(connection, redis, generate_id, f"nope-{uuid.uuid4().hex}", "x")
+        create_project(connection, redis_client, generate_id, f"nope-{uuid.uuid4().hex}", "x")
     with pytest.raises(RegistryError, match="already exists"):
         create_organization(connection, organization.slug.upper().lower(), None)
     for bad in ("Has Space", "123", "-lead", ""):

@@ -116,13 +116,6 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[Redis[bytes]]:
-    client: Redis[bytes] = Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def namespace(redis_client: Redis[bytes]) -> Iterator[str]:
     """A fresh worker-id namespace; its Redis keys are deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"

@@ -32,13 +32,6 @@ T = int(NEW_YEAR_2024) - SENTRY_EPOCH_SECONDS
 
 
 @pytest.fixture
-def redis_client() -> Iterator[Redis[bytes]]:
-    client: Redis[bytes] = Redis.from_url(Settings.from_env().redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def key(redis_client: Redis[bytes]) -> Iterator[str]:
     """A fresh counter key; its Redis keys are deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
