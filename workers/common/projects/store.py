@@ -9,6 +9,7 @@ are Sentry-layout snowflakes (key `project_snowflake_key`), saved with the id-re
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -151,6 +152,21 @@ def create_project(
             )
 
 
+def _insert_project_row(
+    connection: psycopg.Connection,
+    organization_id: int,
+    name: str,
+    slug: str,
+    platform: str | None,
+    project_id: int,
+) -> None:
+    connection.execute(
+        "INSERT INTO projects (id, organization_id, name, slug, platform) "
+        "VALUES (%s, %s, %s, %s, %s)",
+        (project_id, organization_id, name, slug, platform),
+    )
+
+
 def _insert_project(
     connection: psycopg.Connection,
     generate_id: Callable[[], int],
@@ -166,10 +182,8 @@ def _insert_project(
             with connection.transaction():
                 project_id = save_with_snowflake_retry(
                     connection,
-                    lambda new_id: connection.execute(
-                        "INSERT INTO projects (id, organization_id, name, slug, platform) "
-                        "VALUES (%s, %s, %s, %s, %s)",
-                        (new_id, organization.id, name, slug, platform),
+                    functools.partial(
+                        _insert_project_row, connection, organization.id, name, slug, platform
                     ),
                     generate_id,
                 )
