@@ -30,6 +30,7 @@ increments are dropped, and anything else that fails is logged once per name.
 
 from __future__ import annotations
 
+import abc
 import enum
 import logging
 import threading
@@ -543,7 +544,7 @@ ARROYO_METRICS_BY_NAME: Final[Mapping[str, ArroyoMetricSpec]] = types.MappingPro
 )
 
 
-class _Series:
+class _Series(abc.ABC):
     """One labelled child; `record` applies one Arroyo call to it."""
 
     __slots__ = ("scale",)
@@ -551,9 +552,9 @@ class _Series:
     def __init__(self, scale: float) -> None:
         self.scale = scale
 
+    @abc.abstractmethod
     def record(self, value: float, method: Method) -> bool:
         """Apply the value; False if it was rejected (a negative counter increment)."""
-        raise NotImplementedError
 
 
 class _CounterSeries(_Series):
