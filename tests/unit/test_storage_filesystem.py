@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.waiting import wait_for
 from workers.common.storage import (
     BlobNotFoundError,
     FilesystemBlobStorage,
@@ -188,13 +189,13 @@ def test_failure_while_renaming_keeps_finished_objects_whole_and_cleans_the_rest
 def test_failure_in_the_middle_of_a_write_is_never_visible(
     storage: FilesystemBlobStorage, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = filesystem_module._write_new_file
+    real_write = filesystem_module._write_synced_file
 
     def write_half_then_fail(path: Path, data: bytes) -> None:
         real_write(path, data[: len(data) // 2])
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(filesystem_module, "_write_new_file", write_half_then_fail)
+    monkeypatch.setattr(filesystem_module, "_write_synced_file", write_half_then_fail)
     path = random_blob_path()
     with pytest.raises(StorageError, match="Input/output error"):
         storage.put(path, SECRET_PAYLOAD)
@@ -231,7 +232,8 @@ def test_a_batch_in_flight_is_invisible_until_renamed(
     writer.start()
     try:
         assert reached_sync.wait(timeout=30), "put_many never reached its fsync phase"
-        assert len(temporary_files(root)) == len(items)  # written, under temporary names
+        # Written (by the sync threads), under temporary names; no rename before every sync.
+        wait_for(lambda: len(temporary_files(root)) == len(items), 10, "every temporary file")
         assert list(storage.iter_objects()) == []
         assert not any(storage.exists(path) for path, _ in items)
     finally:

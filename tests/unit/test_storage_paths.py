@@ -13,6 +13,7 @@ from workers.common.storage import (
     StorageError,
     is_blob_path,
     random_blob_path,
+    random_blob_paths,
     validate_blob_path,
     validate_prefix,
 )
@@ -110,3 +111,12 @@ def test_validation_never_accepts_an_escaping_path(path: str) -> None:
         assert not path.startswith("/")
         assert all(part and not part.startswith(".") for part in parts)
         assert "\\" not in path
+
+
+def test_random_blob_paths_share_one_random_directory_and_have_unique_names() -> None:
+    paths = random_blob_paths(500)
+    assert len(set(paths)) == 500
+    assert len({path.rsplit("/", 1)[0] for path in paths}) == 1
+    assert all(re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{4}/[0-9a-f]{26}", path) for path in paths)
+    assert random_blob_paths(3)[0].rsplit("/", 1)[0] != paths[0].rsplit("/", 1)[0]
+    assert random_blob_paths(0) == []

@@ -25,7 +25,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from workers.blob_ingest.decode import VerifiedChunk
-from workers.common.storage import BlobStorage, random_blob_path
+from workers.common.storage import BlobStorage, random_blob_paths
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +90,10 @@ class BlobWriter:
 
         # Sorted by checksum: concurrent writers then take unique-index entries in one order
         # and cannot deadlock on each other.
+        missing = [checksum for checksum in sorted(unique) if checksum not in blob_ids]
         new_blobs = [
-            _NewBlob(self.__generate_id(), random_blob_path(), len(unique[checksum].data), checksum)
-            for checksum in sorted(unique)
-            if checksum not in blob_ids
+            _NewBlob(self.__generate_id(), path, len(unique[checksum].data), checksum)
+            for checksum, path in zip(missing, random_blob_paths(len(missing)), strict=True)
         ]
         if new_blobs:
             self.__storage.put_many([(blob.path, unique[blob.checksum].data) for blob in new_blobs])

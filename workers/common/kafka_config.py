@@ -54,6 +54,9 @@ def consumer_configuration(
         "max.poll.interval.ms": options.max_poll_interval_ms,
         "fetch.max.bytes": MAX_MESSAGE_BYTES * 4,
         "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
+        # librdkafka waits this long to fetch again once its prefetch queue was full
+        # (default 1000 ms): with large messages that stalls a consumer for a second.
+        "fetch.queue.backoff.ms": 10,
         **settings.kafka_config,
     }
     if options.group_instance_id:

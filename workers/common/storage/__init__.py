@@ -22,6 +22,7 @@ from workers.common.storage.base import (
     StoredObject,
     is_blob_path,
     random_blob_path,
+    random_blob_paths,
     validate_blob_path,
     validate_prefix,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "parse_addressing_style",
     "parse_storage_url",
     "random_blob_path",
+    "random_blob_paths",
     "validate_blob_path",
     "validate_prefix",
 ]

@@ -62,6 +62,14 @@ def random_blob_path() -> str:
     return f"{digits[:2]}/{digits[2:6]}/{digits[6:]}"
 
 
+def random_blob_paths(count: int) -> list[str]:
+    """`count` fresh random keys in the same format that share one random directory
+    `ab/cdef/`: a batch written together then costs one directory sync, not one per object.
+    Names stay random (never derived from content)."""
+    directory = uuid.uuid4().hex
+    return [f"{directory[:2]}/{directory[2:6]}/{uuid.uuid4().hex[6:]}" for _ in range(count)]
+
+
 def validate_blob_path(path: str) -> str:
     """Return `path` if it is a valid relative key, else raise `InvalidBlobPath`.
 
