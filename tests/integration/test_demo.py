@@ -63,7 +63,7 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
     assert int(dlq) == malformed
     assert re.fullmatch(r"outcomes-billing: \d+", output)
     assert int(output.split(": ")[1]) > 0
-    assert details == "steps: count, decode, produce"
+    assert details == "steps: count, decode, flag, produce"
 
     # The sample files' chunks; the copy's chunks are dedup hits.
     chunks, unique, unique_bytes = _unique_chunk_bytes(_sample_files(tmp_path))

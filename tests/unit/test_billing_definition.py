@@ -32,6 +32,7 @@ def test_definition() -> None:
     assert list(d.output_topics) == ["outcomes-billing"]
     assert dict(d.topic_config) == {"compression.type": "lz4", "max.message.bytes": "10000000"}
     assert d.sample_traffic is sample_traffic
+    assert (d.max_batch_size, d.max_batch_time_ms) == (5000, 20)
     assert d.build_strategy_factory is build_strategy_factory
 
 
@@ -45,7 +46,9 @@ def test_worker_options() -> None:
     assert _parse() == {
         "outcomes_topic": "outcomes-billing",
         "billable_metric": None,
-        "max_pending_outcomes": 10_000,
+        "max_pending_outcomes": 50_000,
+        "aggregate_window_ms": 0,
+        "custom_metric_flags": True,
     }
     parsed = _parse(
         "--outcomes-topic",
@@ -56,11 +59,16 @@ def test_worker_options() -> None:
         "43=2",
         "--max-pending-outcomes",
         "5",
+        "--aggregate-window-ms",
+        "250",
+        "--no-custom-metric-flags",
     )
     assert parsed == {
         "outcomes_topic": "outcomes-test",
         "billable_metric": {42: 12, 43: 2},
         "max_pending_outcomes": 5,
+        "aggregate_window_ms": 250,
+        "custom_metric_flags": False,
     }
     with pytest.raises(click.BadParameter):
         _parse("--billable-metric", "nonsense")
@@ -76,6 +84,17 @@ def _context(**options: Any) -> StrategyContext:
         metrics=FleetMetrics(CollectorRegistry(), "billing"),
         options=options,
     )
+
+
+def test_aggregation_and_flags_options_reach_the_factory() -> None:
+    aggregating = build_strategy_factory(_context(aggregate_window_ms=250))
+    assert aggregating.aggregate_window_seconds == 0.25
+    assert aggregating.flag_writer is not None  # on by default
+    plain = build_strategy_factory(_context(custom_metric_flags=False))
+    assert plain.aggregate_window_seconds is None
+    assert plain.flag_writer is None
+    for factory in (aggregating, plain):
+        factory.shutdown()  # nothing was started: no thread, no connection
 
 
 def test_build_strategy_factory_uses_the_options_and_connects_lazily() -> None:

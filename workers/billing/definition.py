@@ -5,32 +5,47 @@ Worker options (after the shared ones):
 - `--outcomes-topic TOPIC` (default `outcomes-billing`);
 - `--billable-metric METRIC_ID=CATEGORY`, repeatable: replaces the default map
   (transactions → 2, spans → 12); a category is a number or `transaction` / `span`;
-- `--max-pending-outcomes N`: outcomes waiting for their acknowledgement before the chain
-  pushes back (`Produce(max_buffer_size=N)`).
+- `--max-pending-outcomes N`: outcomes handed to the producer and not yet acknowledged
+  before the chain pushes back (default 50000);
+- `--aggregate-window-ms MS`: sum quantities per (org, project, category) over windows of
+  MS milliseconds of processing time and produce one outcome per sum (default 0 = off);
+- `--custom-metric-flags/--no-custom-metric-flags`: the first-custom-metric flag and its
+  analytics event (default on; needs PostgreSQL and Redis).
+
+The shared `--max-batch-size` / `--max-batch-time-ms` close a batch of input messages
+(defaults 5000 messages / 20 ms): one `produce_batch` call and one offset store per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import click
+from confluent_kafka import Producer
+from redis import Redis
 
 from workers.billing.counting import parse_billable_metrics
+from workers.billing.flags import DEFAULT_CONNECT_TIMEOUT_SECONDS, ProjectFlagStore
+from workers.billing.metrics import BillingMetrics
 from workers.billing.strategy import (
+    DEFAULT_MAX_BATCH_MESSAGES,
+    DEFAULT_MAX_BATCH_SECONDS,
     DEFAULT_MAX_PENDING_OUTCOMES,
     DEFAULT_OUTCOMES_TOPIC,
     OUTCOMES_CLIENT_ID,
     BillingStrategyFactory,
-    build_kafka_producer,
 )
 from workers.billing.traffic import sample_traffic
 from workers.common.kafka_config import producer_configuration
 from workers.common.registry import ConsumerDefinition, StrategyContext
+from workers.common.settings import Settings
 
 INPUT_TOPIC: Final = "snuba-generic-metrics"
 DLQ_TOPIC: Final = "snuba-generic-metrics-dlq"
 CONSUMER_GROUP: Final = "billing-metrics-consumer"
+#: Outcomes are small and many: fewer, larger produce requests cost the broker less.
+OUTCOMES_PRODUCER_OVERRIDES: Final[Mapping[str, Any]] = {"linger.ms": 5}
 
 
 def _parse_billable_metric_option(
@@ -66,6 +81,20 @@ CLICK_OPTIONS: Final = (
         show_default=True,
         help="Outcomes awaiting Kafka's acknowledgement before the consumer pushes back.",
     ),
+    click.Option(
+        ["--aggregate-window-ms"],
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Sum quantities per (org, project, category) over windows of this many ms and "
+        "produce one outcome per sum; 0 = one outcome per billable bucket.",
+    ),
+    click.Option(
+        ["--custom-metric-flags/--no-custom-metric-flags"],
+        default=True,
+        show_default=True,
+        help="Set the first-custom-metric project flag and record its analytics event.",
+    ),
 )
 
 
@@ -78,19 +107,50 @@ def _billable_metrics(option: Any) -> dict[int, int] | None:
     return parse_billable_metrics(option)
 
 
+def build_outcomes_producer(
+    settings: Settings, overrides: Mapping[str, Any] | None = None
+) -> Producer:
+    """confluent-kafka's producer with the fleet's settings (acks=all, idempotent, lz4)."""
+    return Producer(
+        producer_configuration(
+            settings,
+            client_id=OUTCOMES_CLIENT_ID,
+            overrides={**OUTCOMES_PRODUCER_OVERRIDES, **(overrides or {})},
+        )
+    )
+
+
+def flag_store_factory(settings: Settings) -> Callable[[BillingMetrics], ProjectFlagStore]:
+    """Builds the flag store (its own Redis client, a lazy PostgreSQL connection)."""
+
+    def build(metrics: BillingMetrics) -> ProjectFlagStore:
+        redis: Redis[bytes] = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=DEFAULT_CONNECT_TIMEOUT_SECONDS,
+            socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        )
+        return ProjectFlagStore(settings.database_url, redis, metrics=metrics)
+
+    return build
+
+
 def build_strategy_factory(context: StrategyContext) -> BillingStrategyFactory:
     options = context.options
     settings = context.settings
+    window_ms = int(options.get("aggregate_window_ms") or 0)
+    flags = options.get("custom_metric_flags", True)
     return BillingStrategyFactory(
-        producer_factory=lambda: build_kafka_producer(
-            producer_configuration(settings, client_id=OUTCOMES_CLIENT_ID)
-        ),
+        producer_factory=lambda: build_outcomes_producer(settings),
         metrics=context.metrics,
+        flag_store_factory=flag_store_factory(settings) if flags else None,
         outcomes_topic=options.get("outcomes_topic") or DEFAULT_OUTCOMES_TOPIC,
         billable_metrics=_billable_metrics(options.get("billable_metric")),
         max_pending_outcomes=int(
             options.get("max_pending_outcomes") or DEFAULT_MAX_PENDING_OUTCOMES
         ),
+        max_batch_messages=context.max_batch_size,
+        max_batch_seconds=context.max_batch_time_seconds,
+        aggregate_window_seconds=window_ms / 1000.0 if window_ms else None,
     )
 
 
@@ -101,6 +161,8 @@ BILLING_CONSUMER: Final = ConsumerDefinition(
     build_strategy_factory=build_strategy_factory,
     dlq_topic=DLQ_TOPIC,
     default_consumer_group=CONSUMER_GROUP,
+    max_batch_size=DEFAULT_MAX_BATCH_MESSAGES,
+    max_batch_time_ms=round(DEFAULT_MAX_BATCH_SECONDS * 1000),
     output_topics=(DEFAULT_OUTCOMES_TOPIC,),
     topic_config={"compression.type": "lz4", "max.message.bytes": "10000000"},
     click_options=CLICK_OPTIONS,

@@ -1,25 +1,119 @@
-"""The billing chain's per-step metrics, tallied in plain ints and flushed about once a second.
+"""The billing worker's metrics: hot-path tallies flushed about once a second.
 
-A Prometheus `Counter.inc` takes a lock (a few hundred ns); at ~100k msg/s and several
-counters per message that is a large share of the budget, so the strategies bump integer
-attributes of a `BillingTally` and the head of the chain flushes them into the fleet's
-`FleetMetrics` steps from `poll()` once a second and on `join()`.
+A Prometheus `Counter.inc` takes a lock (a few hundred ns); at tens of thousands of messages
+a second and several counters per message that is a large share of the budget, so the
+strategies bump plain integers of a `BillingTally` and the chain flushes them from `poll()`
+once a second and on `join()`. Rare events (an invalid message, a flag check) are recorded
+at once.
 
-Steps (all `workers_step_*` series with `worker="billing"`):
+Per-step series (`workers_step_*{worker="billing", step=...}`, from `FleetMetrics`):
 
 - `decode`: in = every message, out = valid buckets, invalid by reason code;
-- `count`: in = valid buckets, out = billable buckets (one outcome each);
-- `produce`: in = outcomes handed to the producer, out = outcomes acknowledged by Kafka.
+- `count`: in = valid buckets, out = billable buckets;
+- `produce`: in = outcomes handed to the producer, out = outcomes acknowledged by Kafka
+  (with `--aggregate-window-ms`, one outcome stands for many billable buckets);
+- `flag`: in = custom-metric projects handed to the flag writer, out = checks finished.
 
 `decode` latency is sampled: one message in `LATENCY_SAMPLE_EVERY` is timed.
-The outcome totals per data category (outcomes and quantity) are tallied here too
-(`outcomes_by_category`, `quantity_by_category`): `FleetMetrics` has no series for them yet.
+
+Billing series (`BillingMetrics`, registered in the fleet registry, every one with `worker`):
+
+- `workers_billing_messages_total{type,use_case}`: valid buckets by metric type (`c d s g`)
+  and use case (Sentry's use cases; anything else is `other`);
+- `workers_billing_billable_buckets_total{category}`;
+- `workers_billing_outcomes_total{category}` and `workers_billing_outcome_quantity_total
+  {category}`: acknowledged outcomes and the quantity they carry;
+- `workers_billing_produce_latency_seconds`: from handing a batch of outcomes to the producer
+  until Kafka acknowledged the last of them;
+- `workers_billing_produce_retries_total{error}`: outcomes produced again after a retriable
+  delivery error (librdkafka error name);
+- `workers_billing_outcomes_in_flight`: outcomes handed to the producer, not yet acknowledged;
+- `workers_billing_custom_metric_checks_total{result}`: custom-metric projects by what the
+  flag path found (`process_cache`, `redis_key`, `already_flagged`, `flagged`,
+  `missing_project`);
+- `workers_billing_flags_set_total`: projects whose flag this worker set (one analytics event
+  each);
+- `workers_billing_flag_errors_total{store}`: failed attempts of the flag work (`redis`,
+  `postgres`), each retried with backoff.
+
+Categories are labelled by name (`transaction`, `span`) or by number for a configured
+category without a name; the set is bounded by the `--billable-metric` map.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Mapping
 from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from workers.billing.counting import DataCategory
+
+DECODE_STEP: Final = "decode"
+COUNT_STEP: Final = "count"
+PRODUCE_STEP: Final = "produce"
+FLAG_STEP: Final = "flag"
+
+#: Time one message in this many (a power of two) for the `decode` latency histogram.
+LATENCY_SAMPLE_EVERY: Final = 256
+DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 1.0
+
+#: Sentry's metrics use cases; any other `use_case_id` is labelled `other`.
+KNOWN_USE_CASES: Final = frozenset(
+    {
+        "transactions",
+        "spans",
+        "sessions",
+        "custom",
+        "escalating_issues",
+        "metric_stats",
+        "profiles",
+        "bundle_analysis",
+        "uptime",
+        "performance",
+        "release-health",
+    }
+)
+OTHER_USE_CASE: Final = "other"
+
+# Flag check results (label values of `workers_billing_custom_metric_checks_total`).
+CHECK_PROCESS_CACHE: Final = "process_cache"
+CHECK_REDIS_KEY: Final = "redis_key"
+CHECK_ALREADY_FLAGGED: Final = "already_flagged"
+CHECK_FLAGGED: Final = "flagged"
+CHECK_MISSING_PROJECT: Final = "missing_project"
+CHECK_RESULTS: Final = (
+    CHECK_PROCESS_CACHE,
+    CHECK_REDIS_KEY,
+    CHECK_ALREADY_FLAGGED,
+    CHECK_FLAGGED,
+    CHECK_MISSING_PROJECT,
+)
+STORE_REDIS: Final = "redis"
+STORE_POSTGRES: Final = "postgres"
+
+# Produce-to-acknowledgement latency: 1 ms … 10 min.
+_PRODUCE_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    600.0,
+)
 
 
 class StepRecorder(Protocol):
@@ -39,29 +133,151 @@ class MetricsSource(Protocol):
 
     def step(self, name: str) -> StepRecorder: ...
 
+    @property
+    def registry(self) -> CollectorRegistry: ...
 
-DECODE_STEP: Final = "decode"
-COUNT_STEP: Final = "count"
-PRODUCE_STEP: Final = "produce"
 
-#: Time one message in this many (a power of two) for the `decode` latency histogram.
-LATENCY_SAMPLE_EVERY: Final = 256
-DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 1.0
+def category_label(category: int) -> str:
+    """`transaction`, `span`, or the number of a configured category without a name."""
+    try:
+        return DataCategory(category).name.lower()
+    except ValueError:
+        return str(category)
+
+
+class BillingMetrics:
+    """The billing worker's own Prometheus series; one instance per process and registry."""
+
+    def __init__(self, registry: CollectorRegistry, worker: str = "billing") -> None:
+        self.worker = worker
+        self._messages = Counter(
+            "workers_billing_messages_total",
+            "Valid generic-metrics buckets consumed, by metric type and use case.",
+            ("worker", "type", "use_case"),
+            registry=registry,
+        )
+        self._billable = Counter(
+            "workers_billing_billable_buckets_total",
+            "Buckets that bill (one outcome each, or part of an aggregate), by data category.",
+            ("worker", "category"),
+            registry=registry,
+        )
+        self._outcomes = Counter(
+            "workers_billing_outcomes_total",
+            "Accepted outcomes acknowledged by Kafka, by data category.",
+            ("worker", "category"),
+            registry=registry,
+        )
+        self._quantity = Counter(
+            "workers_billing_outcome_quantity_total",
+            "Sum of the quantities carried by the acknowledged outcomes, by data category.",
+            ("worker", "category"),
+            registry=registry,
+        )
+        self._produce_latency = Histogram(
+            "workers_billing_produce_latency_seconds",
+            "From handing a batch of outcomes to the producer until Kafka acknowledged the last.",
+            ("worker",),
+            buckets=_PRODUCE_LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(worker)
+        self._produce_retries = Counter(
+            "workers_billing_produce_retries_total",
+            "Outcomes produced again after a retriable delivery error, by librdkafka error.",
+            ("worker", "error"),
+            registry=registry,
+        )
+        self._in_flight = Gauge(
+            "workers_billing_outcomes_in_flight",
+            "Outcomes handed to the producer and not acknowledged yet.",
+            ("worker",),
+            multiprocess_mode="livesum",
+            registry=registry,
+        ).labels(worker)
+        self._checks = Counter(
+            "workers_billing_custom_metric_checks_total",
+            "Custom-metric projects checked for the first-custom-metric flag, by result.",
+            ("worker", "result"),
+            registry=registry,
+        )
+        self._flags_set = Counter(
+            "workers_billing_flags_set_total",
+            "Projects whose has_custom_metrics flag this worker set (one analytics event each).",
+            ("worker",),
+            registry=registry,
+        ).labels(worker)
+        self._flag_errors = Counter(
+            "workers_billing_flag_errors_total",
+            "Failed attempts of the flag work, retried with backoff, by store.",
+            ("worker", "store"),
+            registry=registry,
+        )
+        for result in CHECK_RESULTS:
+            self._checks.labels(worker, result)
+        self._flags_set.inc(0)
+        self._category_labels: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def _category(self, category: int) -> str:
+        label = self._category_labels.get(category)
+        if label is None:
+            label = self._category_labels[category] = category_label(category)
+        return label
+
+    def messages(self, metric_type: str, use_case: str, n: int) -> None:
+        self._messages.labels(self.worker, metric_type, use_case).inc(n)
+
+    def billable(self, category: int, n: int) -> None:
+        self._billable.labels(self.worker, self._category(category)).inc(n)
+
+    def acknowledged(self, category: int, outcomes: int, quantity: int) -> None:
+        label = self._category(category)
+        self._outcomes.labels(self.worker, label).inc(outcomes)
+        self._quantity.labels(self.worker, label).inc(quantity)
+
+    def observe_produce_latency(self, seconds: float) -> None:
+        self._produce_latency.observe(seconds)
+
+    def produce_retry(self, error: str, n: int = 1) -> None:
+        self._produce_retries.labels(self.worker, error).inc(n)
+
+    def set_in_flight(self, outcomes: int) -> None:
+        self._in_flight.set(outcomes)
+
+    def custom_metric_checks(self, result: str, n: int = 1) -> None:
+        if n:
+            self._checks.labels(self.worker, result).inc(n)
+
+    def flags_set(self, n: int) -> None:
+        if n:
+            self._flags_set.inc(n)
+
+    def flag_error(self, store: str) -> None:
+        self._flag_errors.labels(self.worker, store).inc()
 
 
 class BillingTally:
-    """Hot-path counters of one chain; `flush()` moves the deltas into the fleet metrics."""
+    """Hot-path counters of the billing chain; `flush()` moves the deltas into the metrics.
+
+    Only the consumer thread touches it (the flag writer records its results directly).
+    """
 
     __slots__ = (
+        "_billing",
         "_count",
         "_decode",
+        "_flag",
         "_flush_interval",
         "_last_flush",
         "_produce",
         "acknowledged",
         "billable",
+        "billable_by_category",
+        "by_type_use_case",
         "decoded",
+        "flag_submitted",
         "outcomes_by_category",
+        "process_cache_hits",
         "produced",
         "quantity_by_category",
     )
@@ -69,11 +285,14 @@ class BillingTally:
     def __init__(
         self,
         metrics: MetricsSource,
+        billing: BillingMetrics | None = None,
         flush_interval_seconds: float = DEFAULT_FLUSH_INTERVAL_SECONDS,
     ) -> None:
         self._decode = metrics.step(DECODE_STEP)
         self._count = metrics.step(COUNT_STEP)
         self._produce = metrics.step(PRODUCE_STEP)
+        self._flag = metrics.step(FLAG_STEP)
+        self._billing = billing if billing is not None else BillingMetrics(metrics.registry)
         self._flush_interval = flush_interval_seconds
         self._last_flush = time.monotonic()
         # Deltas since the last flush.
@@ -81,18 +300,40 @@ class BillingTally:
         self.billable = 0
         self.produced = 0
         self.acknowledged = 0
-        # Running totals for the life of the tally (not flushed anywhere yet).
+        self.process_cache_hits = 0
+        self.flag_submitted = 0
+        self.by_type_use_case: dict[tuple[str, str], int] = {}
+        self.billable_by_category: dict[int, int] = {}
+        # Running totals for the life of the tally (acknowledged outcomes only).
         self.outcomes_by_category: dict[int, int] = {}
         self.quantity_by_category: dict[int, int] = {}
+
+    @property
+    def billing(self) -> BillingMetrics:
+        return self._billing
+
+    @property
+    def flag_step(self) -> StepRecorder:
+        """The `flag` step; its `out` is recorded by the flag writer when a check finishes."""
+        return self._flag
 
     def invalid(self, code: str) -> None:
         """A message was rejected (rare): recorded at once, with its reason code."""
         self._decode.message_in()
         self._decode.invalid(code)
 
-    def outcome(self, category: int, quantity: int) -> None:
-        self.outcomes_by_category[category] = self.outcomes_by_category.get(category, 0) + 1
-        self.quantity_by_category[category] = self.quantity_by_category.get(category, 0) + quantity
+    def outcomes_acknowledged(self, by_category: Mapping[int, list[int]]) -> None:
+        """A batch of outcomes was acknowledged: `{category: [outcomes, quantity]}`."""
+        billing = self._billing
+        for category, (outcomes, quantity) in by_category.items():
+            self.acknowledged += outcomes
+            self.outcomes_by_category[category] = (
+                self.outcomes_by_category.get(category, 0) + outcomes
+            )
+            self.quantity_by_category[category] = (
+                self.quantity_by_category.get(category, 0) + quantity
+            )
+            billing.acknowledged(category, outcomes, quantity)
 
     def observe_decode_latency(self, seconds: float) -> None:
         self._decode.observe_latency(seconds)
@@ -108,6 +349,10 @@ class BillingTally:
         billable, self.billable = self.billable, 0
         produced, self.produced = self.produced, 0
         acknowledged, self.acknowledged = self.acknowledged, 0
+        cache_hits, self.process_cache_hits = self.process_cache_hits, 0
+        submitted, self.flag_submitted = self.flag_submitted, 0
+        by_type, self.by_type_use_case = self.by_type_use_case, {}
+        by_category, self.billable_by_category = self.billable_by_category, {}
         if decoded:
             self._decode.message_in(decoded)
             self._decode.message_out(decoded)
@@ -118,3 +363,12 @@ class BillingTally:
             self._produce.message_in(produced)
         if acknowledged:
             self._produce.message_out(acknowledged)
+        if submitted:
+            self._flag.message_in(submitted)
+        billing = self._billing
+        if cache_hits:
+            billing.custom_metric_checks(CHECK_PROCESS_CACHE, cache_hits)
+        for (metric_type, use_case), n in by_type.items():
+            billing.messages(metric_type, use_case, n)
+        for category, n in by_category.items():
+            billing.billable(category, n)

@@ -1,29 +1,41 @@
 """The billing worker's Arroyo chain: generic-metrics buckets in, accepted outcomes out.
 
-    TranslateOutcomes          decode + validate + count + encode; non-billable offsets held
-      → AwaitDeliveries        Arroyo's Produce, whose join first waits for in-flight acks
-          Produce              one outcome per billable bucket; forwards only acked messages
-      → CoalesceCommits        merges acknowledged offsets into one commit per batch
+    TranslateOutcomes   decode + validate + count + encode (or aggregate) + spot custom
+                        metrics; closes one `OutcomeBatch` per N messages / T seconds
+      → DeliverOutcomes produces each batch with confluent-kafka's `Producer.produce_batch`
+                        and one delivery callback per batch, hands its custom-metric
+                        projects to the `FlagWriter`, and from `poll()` forwards the offsets
+                        whose outcomes and flag work (and everything before them) are done
       → CommitOffsets
 
 Commit guarantee: an offset reaches `CommitOffsets` only after every outcome derived from it
-and from every earlier message has been acknowledged by Kafka. Arroyo's `Produce` keeps its
-messages in submission order and releases them strictly in that order, each only once its
-delivery future has resolved; every other message (held non-billable offsets, coalesced
-commits) travels through the same queue, so nothing overtakes a pending outcome.
+and from every earlier message of its partition has been acknowledged by Kafka, and after
+the flag work of those messages is durable. `DeliverOutcomes` keeps, per input partition, a
+queue of (batch, next offset) in submission order and releases its head only while the head
+batch is complete; a slow batch holds back only the partitions it has messages from.
 
-A failed delivery is never dropped: `Produce.poll` re-raises the future's exception (a
-`TransportError`) and keeps the failed message at the head of its queue, so nothing behind it
-is released. The exception escapes `StreamProcessor.run`, which terminates the chain and
-closes the consumer (librdkafka then commits only offsets stored earlier); the process exits
-non-zero and is restarted, and the uncommitted messages are consumed again (at-least-once).
+Delivery errors: librdkafka already retries inside `message.timeout.ms`; a delivery that still
+fails with a retriable error (timeout, transport, unknown topic or partition, queue full...)
+is produced again after a backoff, and its batch stays incomplete meanwhile, so a broker or
+topic outage stalls commits, fills the in-flight budget, backpressures the consumer
+(`MessageRejected`; Arroyo pauses the partitions after 5 s while still polling) and resumes
+by itself without losing an outcome. A non-retriable error (message too large, authorization,
+a fatal producer error) raises `OutcomeDeliveryError` from `poll()` and is raised again on
+every later poll: the processor terminates, the offset is never committed past the failed
+outcome, and the restarted process reprocesses from the last commit (at-least-once).
 
-Speed: the per-message work is one orjson parse, a handful of type checks, a dict lookup and
-(for billable buckets) one f-string. Non-billable messages never enter `Produce`: their
-offsets are held and forwarded as one `FilteredPayload` per batch, like Arroyo's `FilterStep`
-with a commit policy. Acknowledged offsets are merged the same way before `CommitOffsets`,
-so the consumer stores offsets once per batch instead of once per message. Metrics are plain
-integer tallies flushed once a second.
+Speed: no Future and no Arroyo `Message` per outcome. Per input message the chain does one
+orjson parse, a handful of type checks, a dict lookup or two and (for billable buckets) one
+bytes %-format and a list append; the producer is called once per batch, delivery callbacks
+are plain integer decrements, offsets are stored once per batch, and metrics are integer
+tallies flushed once a second. `poll()` of the producer runs on the consumer thread, so no
+thread competes for the GIL with the consumer (Arroyo's `KafkaProducer` resolves futures on
+a polling thread, which is where the previous chain lost most of its time).
+
+Aggregation (`aggregate_window_seconds`, off by default): quantities are summed per
+(org, project, category) for one window of processing time and each sum is produced as one
+outcome when the window closes (stamped with that time); the window is one batch, so its
+offsets are committed only after its aggregates are acknowledged.
 """
 
 from __future__ import annotations
@@ -31,16 +43,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, MutableMapping
-from concurrent.futures import Future
-from datetime import datetime
-from functools import partial
-from typing import Any, Final, NoReturn
+from collections.abc import Callable, Container, Mapping
+from typing import Any, Final, NoReturn, Protocol
 
-from arroyo.backends.abstract import Producer, ProducerFuture
-from arroyo.backends.kafka import KafkaPayload, KafkaProducer
+from arroyo.backends.kafka import KafkaPayload
 from arroyo.dlq import InvalidMessage
-from arroyo.processing.strategies import CommitOffsets, Produce
+from arroyo.processing.strategies import CommitOffsets
 from arroyo.processing.strategies.abstract import (
     MessageRejected,
     ProcessingStrategy,
@@ -57,163 +65,326 @@ from arroyo.types import (
     Topic,
     Value,
 )
+from confluent_kafka import KafkaError
 
-from workers.billing.counting import BillableOutcome, BillingCounter
+from workers.billing.backoff import Backoff
+from workers.billing.counting import BillingCounter
+from workers.billing.flags import CustomMetricDetector, FlagJob, FlagStore, FlagWriter, ProjectKey
 from workers.billing.message import BucketError, parse_bucket
-from workers.billing.metrics import LATENCY_SAMPLE_EVERY, BillingTally, MetricsSource
+from workers.billing.metrics import (
+    KNOWN_USE_CASES,
+    LATENCY_SAMPLE_EVERY,
+    OTHER_USE_CASE,
+    BillingMetrics,
+    BillingTally,
+    MetricsSource,
+)
 from workers.billing.outcome import ClockNs, OutcomeEncoder
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTCOMES_TOPIC: Final = "outcomes-billing"
 OUTCOMES_CLIENT_ID: Final = "billing-outcomes"
-#: Outcomes (and held offsets) waiting for acknowledgement before `Produce` pushes back.
-DEFAULT_MAX_PENDING_OUTCOMES: Final = 10_000
-#: Offsets are forwarded for commit after this many messages or this many seconds.
-DEFAULT_COMMIT_BATCH_MESSAGES: Final = 1_000
-DEFAULT_COMMIT_BATCH_SECONDS: Final = 0.2
+#: Outcomes handed to the producer and not yet acknowledged before the chain pushes back.
+DEFAULT_MAX_PENDING_OUTCOMES: Final = 50_000
+#: Batches whose outcomes or flag work are not done before the chain pushes back.
+DEFAULT_MAX_PENDING_BATCHES: Final = 1_000
+#: A batch closes after this many messages, this many outcomes or this many seconds.
+DEFAULT_MAX_BATCH_MESSAGES: Final = 5_000
+DEFAULT_MAX_BATCH_OUTCOMES: Final = 1_000
+DEFAULT_MAX_BATCH_SECONDS: Final = 0.02
+#: An aggregation window also closes when it holds this many distinct keys.
+DEFAULT_MAX_AGGREGATE_KEYS: Final = 10_000
 #: How long `shutdown()` waits for the outcomes producer to flush.
 DEFAULT_PRODUCER_CLOSE_TIMEOUT_SECONDS: Final = 10.0
+DEFAULT_FLAG_WRITER_CLOSE_TIMEOUT_SECONDS: Final = 10.0
 
 _SAMPLE_MASK: Final = LATENCY_SAMPLE_EVERY - 1
-_JOIN_POLL_SECONDS: Final = 0.001
+_JOIN_POLL_SECONDS: Final = 0.005
+_CHECK_INTERVAL_SECONDS: Final = 0.005
 
-BillingPayload = KafkaPayload | FilteredPayload
+DeliveryCallback = Callable[[Any, Any], None]
 
-# `KafkaPayload` is a NamedTuple: building the tuple directly skips its Python `__new__`.
-# Outcomes carry no key and no headers (a shared empty tuple).
-_new_payload: Final = partial(tuple.__new__, KafkaPayload)
+#: Delivery errors that are worth producing again (after a backoff) instead of crashing.
+RETRIABLE_ERROR_CODES: Final = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TIMED_OUT_QUEUE,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._QUEUE_FULL,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    }
+)
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+def is_retriable(error: KafkaError) -> bool:
+    if error.fatal():
+        return False
+    return bool(error.retriable()) or error.code() in RETRIABLE_ERROR_CODES
 
 
-class TranslateOutcomes(ProcessingStrategy[BillingPayload]):
-    """Decodes each bucket and forwards one outcome per billable bucket.
+class OutcomeProducer(Protocol):
+    """What the chain needs of `confluent_kafka.Producer`."""
+
+    def produce_batch(
+        self,
+        topic: str,
+        messages: list[dict[str, Any]],
+        partition: int = -1,
+        callback: DeliveryCallback | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> int: ...
+
+    def poll(self, timeout: float = -1) -> int: ...
+
+    def flush(self, timeout: float = -1) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
+class OutcomeDeliveryError(RuntimeError):
+    """Kafka refused an outcome for good; its offset (and everything after) stays uncommitted."""
+
+
+class OutcomeBatch:
+    """What `TranslateOutcomes` hands to `DeliverOutcomes` for a run of input messages."""
+
+    __slots__ = ("by_category", "candidates", "messages", "payloads")
+
+    def __init__(
+        self,
+        payloads: list[dict[str, Any]],
+        by_category: dict[int, list[int]],
+        candidates: frozenset[ProjectKey],
+        messages: int,
+    ) -> None:
+        # `{"value": outcome bytes}` per outcome, as `produce_batch` takes them.
+        self.payloads = payloads
+        # category -> [outcomes, quantity]
+        self.by_category = by_category
+        # Custom-metric projects of these messages this process does not know to be flagged.
+        self.candidates = candidates
+        self.messages = messages
+
+
+BatchPayload = OutcomeBatch | FilteredPayload
+
+
+class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
+    """Decodes each bucket, counts it, and closes the outcomes of a run of messages as a batch.
 
     Invalid input raises `InvalidMessage` (routed to the DLQ by the runtime) with a reason
-    `"<code>: <detail>"`. Non-billable messages (and DLQ'd ones) are not forwarded one by one:
-    their offsets are held and forwarded as one `FilteredPayload` message after
-    `max_held_messages` messages or `max_held_seconds`, and on `join`. When a billable message
-    of a partition is forwarded, held offsets of that partition are dropped (they are lower
-    and the outcome's own offset covers them), so a commit never goes backwards.
+    `"<code>: <detail>"`; its offset still belongs to the current batch, so it is committed
+    past once the batch is done (the runtime flushes the DLQ copy before committing).
 
-    The work is pure, so a message the next step rejects is simply kept and forwarded again
-    when the processor resubmits it (no second encode, no double counting).
+    `MessageRejected` is raised only before a message is touched (while a closed batch still
+    waits for the next step), so a resubmitted message is never counted twice.
     """
 
     def __init__(
         self,
-        next_step: ProcessingStrategy[BillingPayload],
+        next_step: ProcessingStrategy[BatchPayload],
         counter: BillingCounter,
         encoder: OutcomeEncoder,
         tally: BillingTally,
         *,
-        max_held_messages: int = DEFAULT_COMMIT_BATCH_MESSAGES,
-        max_held_seconds: float = DEFAULT_COMMIT_BATCH_SECONDS,
+        detector: CustomMetricDetector | None = None,
+        known_flagged: Container[ProjectKey] = frozenset(),
+        max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
+        max_batch_outcomes: int = DEFAULT_MAX_BATCH_OUTCOMES,
+        max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
+        aggregate_window_seconds: float | None = None,
+        max_aggregate_keys: int = DEFAULT_MAX_AGGREGATE_KEYS,
     ) -> None:
         self.__next_step = next_step
-        self.__counter = counter
-        self.__encoder = encoder
+        self.__categories = dict(counter.categories)
+        self.__encode = encoder.encode
         self.__tally = tally
-        self.__max_held_messages = max_held_messages
-        self.__max_held_seconds = max_held_seconds
-        self.__held: MutableMapping[Partition, int] = {}
-        self.__held_messages = 0
-        self.__held_deadline = 0.0
-        self.__carried: (
-            tuple[BaseValue[BillingPayload], Message[BillingPayload], BillableOutcome] | None
-        ) = None
+        self.__detector = detector
+        self.__known = known_flagged
+        self.__max_messages = max_batch_messages
+        self.__aggregating = aggregate_window_seconds is not None
+        if aggregate_window_seconds is not None:
+            self.__max_outcomes = max_aggregate_keys
+            self.__max_seconds = aggregate_window_seconds
+        else:
+            self.__max_outcomes = max_batch_outcomes
+            self.__max_seconds = max_batch_seconds
+        self.__partitions: dict[int, Partition] = {}
+        self.__carried: Message[BatchPayload] | None = None
         self.__seen = 0
         self.__closed = False
+        self.__reset()
 
-    def submit(self, message: Message[BillingPayload]) -> None:
+    def __reset(self) -> None:
+        self.__offsets: dict[int, int] = {}
+        self.__payloads: list[dict[str, Any]] = []
+        self.__sums: dict[tuple[int, int, int], int] = {}
+        # category -> [billable buckets, quantity]
+        self.__stats: dict[int, list[int]] = {}
+        self.__candidates: set[ProjectKey] = set()
+        self.__messages = 0
+        self.__deadline = 0.0
+
+    def submit(self, message: Message[KafkaPayload | FilteredPayload]) -> None:
+        # The hot path: one call per consumed message, so attributes are read once into
+        # locals and nothing is called that need not be.
         assert not self.__closed
+        if self.__carried is not None and not self.__forward_carried():
+            raise MessageRejected()
         value = message.value
-        carried = self.__carried
-        if carried is not None:
-            self.__carried = None
-            if carried[0] is value:
-                self.__forward(value, carried[1], carried[2])
-                return
-
+        messages = self.__messages + 1
+        self.__messages = messages
+        if messages == 1:
+            self.__deadline = time.monotonic() + self.__max_seconds
+        if type(value) is BrokerValue:
+            partition = value.partition
+            index = partition.index
+            self.__offsets[index] = value.offset + 1
+            if index not in self.__partitions:
+                self.__partitions[index] = partition
+        else:
+            self.__note_committable(value.committable)
         payload = value.payload
         if isinstance(payload, FilteredPayload):
-            self.__hold(value.committable)
+            self.__maybe_close()
             return
 
-        self.__seen += 1
-        started = time.perf_counter() if not self.__seen & _SAMPLE_MASK else 0.0
+        tally = self.__tally
+        seen = self.__seen = self.__seen + 1
+        started = time.perf_counter() if not seen & _SAMPLE_MASK else 0.0
         try:
             bucket = parse_bucket(payload.value)
         except BucketError as error:
             self.__reject(value, error)
-        outcome = self.__counter.count(bucket)
-        if outcome is None:
-            self.__tally.decoded += 1
-            self.__hold(value.committable)
-        else:
-            data = self.__encoder.encode(
-                outcome.org_id, outcome.project_id, outcome.category, outcome.quantity
-            )
-            self.__forward(value, Message(value.replace(_new_payload((None, data, ())))), outcome)
-        if started:
-            self.__tally.observe_decode_latency(time.perf_counter() - started)
-
-    def __forward(
-        self,
-        value: BaseValue[BillingPayload],
-        transformed: Message[BillingPayload],
-        outcome: BillableOutcome,
-    ) -> None:
-        try:
-            self.__next_step.submit(transformed)
-        except MessageRejected:
-            self.__carried = (value, transformed, outcome)
-            raise
-        if self.__held:
-            for partition in transformed.committable:
-                self.__held.pop(partition, None)
-        tally = self.__tally
+        org_id, project_id, metric_id, metric_type, _, use_case, _, counter, meta = bucket
         tally.decoded += 1
-        tally.billable += 1
-        tally.outcome(outcome.category, outcome.quantity)
+        type_key = (metric_type, use_case if use_case in KNOWN_USE_CASES else OTHER_USE_CASE)
+        by_type = tally.by_type_use_case
+        by_type[type_key] = by_type.get(type_key, 0) + 1
 
-    def __hold(self, committable: Mapping[Partition, int]) -> None:
-        if not self.__held:
-            self.__held_deadline = time.monotonic() + self.__max_held_seconds
-        self.__held.update(committable)
-        self.__held_messages += 1
-        if self.__held_messages >= self.__max_held_messages:
-            self.__flush_held()
+        if counter is not None:
+            category = self.__categories.get(metric_id)
+            if category is not None:
+                quantity = int(counter)
+                if quantity >= 1:
+                    stats = self.__stats.get(category)
+                    if stats is None:
+                        self.__stats[category] = [1, quantity]
+                    else:
+                        stats[0] += 1
+                        stats[1] += quantity
+                    if self.__aggregating:
+                        key = (org_id, project_id, category)
+                        sums = self.__sums
+                        sums[key] = sums.get(key, 0) + quantity
+                        if len(sums) >= self.__max_outcomes:
+                            self.__close_batch()
+                    else:
+                        payloads = self.__payloads
+                        payloads.append(
+                            {"value": self.__encode(org_id, project_id, category, quantity)}
+                        )
+                        if len(payloads) >= self.__max_outcomes:
+                            self.__close_batch()
+        if meta:
+            detector = self.__detector
+            if detector is not None and detector.is_custom(meta, metric_id):
+                project = (org_id, project_id)
+                if project in self.__known:
+                    tally.process_cache_hits += 1
+                else:
+                    self.__candidates.add(project)
+        if started:
+            tally.observe_decode_latency(time.perf_counter() - started)
+        if messages >= self.__max_messages and self.__messages:
+            self.__close_batch()
 
-    def __flush_held(self) -> bool:
-        """Forward the held offsets; False when the next step pushed back (kept for later)."""
-        if self.__held:
-            try:
-                self.__next_step.submit(Message(Value(FILTERED_PAYLOAD, self.__held)))
-            except MessageRejected:
-                return False
-        self.__held = {}
-        self.__held_messages = 0
-        return True
+    def __maybe_close(self) -> None:
+        if (
+            self.__messages >= self.__max_messages
+            or len(self.__payloads) >= self.__max_outcomes
+            or len(self.__sums) >= self.__max_outcomes
+        ):
+            self.__close_batch()
 
-    def __reject(self, value: BaseValue[BillingPayload], error: BucketError) -> NoReturn:
+    def __note_committable(self, committable: Mapping[Partition, int]) -> None:
+        for partition, offset in committable.items():
+            self.__offsets[partition.index] = offset
+            self.__partitions.setdefault(partition.index, partition)
+
+    def __reject(
+        self, value: BaseValue[KafkaPayload | FilteredPayload], error: BucketError
+    ) -> NoReturn:
         self.__tally.invalid(error.code)
         if not isinstance(value, BrokerValue):
             raise error
-        # Commit past it with the next batch of held offsets (it is DLQ'd before that).
-        self.__hold(value.committable)
+        self.__maybe_close()
         raise InvalidMessage(
             value.partition, value.offset, reason=error.reason, log_exception=False
         ) from None
 
+    def __close_batch(self) -> None:
+        """Turn the current run of messages into one batch message for the next step."""
+        if not self.__messages:
+            return
+        assert self.__carried is None
+        payloads = self.__payloads
+        stats = self.__stats
+        by_category: dict[int, list[int]] = {}
+        if self.__aggregating:
+            encode = self.__encode
+            for (org_id, project_id, category), quantity in self.__sums.items():
+                payloads.append({"value": encode(org_id, project_id, category, quantity)})
+                entry = by_category.get(category)
+                if entry is None:
+                    by_category[category] = [1, quantity]
+                else:
+                    entry[0] += 1
+                    entry[1] += quantity
+        else:
+            by_category = stats
+        tally = self.__tally
+        for category, (billable, _) in stats.items():
+            tally.billable += billable
+            tally.billable_by_category[category] = (
+                tally.billable_by_category.get(category, 0) + billable
+            )
+        partitions = self.__partitions
+        committable = {partitions[index]: offset for index, offset in self.__offsets.items()}
+        batch = OutcomeBatch(payloads, by_category, frozenset(self.__candidates), self.__messages)
+        self.__reset()
+        self.__carried = Message(Value(batch, committable))
+        self.__forward_carried()
+
+    def __forward_carried(self) -> bool:
+        """Hand the closed batch on; False when the next step pushed back (kept for later)."""
+        carried = self.__carried
+        if carried is not None:
+            try:
+                self.__next_step.submit(carried)
+            except MessageRejected:
+                return False
+            self.__carried = None
+        return True
+
     def poll(self) -> None:
-        self.__next_step.poll()
+        if self.__carried is not None:
+            self.__forward_carried()
         now = time.monotonic()
-        if self.__held and now >= self.__held_deadline:
-            self.__flush_held()
+        if self.__messages and now >= self.__deadline and self.__carried is None:
+            self.__close_batch()
+        self.__next_step.poll()
         self.__tally.maybe_flush(now)
 
     def close(self) -> None:
@@ -225,197 +396,358 @@ class TranslateOutcomes(ProcessingStrategy[BillingPayload]):
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.__flush_held():
-            if deadline is not None and time.monotonic() >= deadline:
-                logger.warning("join timed out before held offsets could be forwarded")
+        while True:
+            if self.__carried is None:
+                self.__close_batch()
+            if self.__carried is None:
                 break
-            self.__next_step.poll()
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.warning("join timed out before the last batch could be handed on")
+                break
+            # The next step is over its in-flight budget: let it make progress, then retry.
             time.sleep(_JOIN_POLL_SECONDS)
+            self.__next_step.poll()
+            self.__forward_carried()
         self.__next_step.close()
         self.__next_step.join(_remaining(deadline))
         self.__tally.flush()
 
 
-class DeliveryTracker(Producer[KafkaPayload]):
-    """A view of the shared outcomes producer that remembers this chain's delivery futures.
+class _InFlight:
+    """One batch between `produce_batch` and the release of its offsets."""
 
-    `AwaitDeliveries` uses it to wait for in-flight outcomes on `join`. It does not own the
-    producer: `close()` leaves it open (the factory closes it on `shutdown()`).
-    """
-
-    def __init__(self, producer: Producer[KafkaPayload], tally: BillingTally) -> None:
-        self.__producer = producer
-        self.__tally = tally
-        self.__pending: deque[ProducerFuture[BrokerValue[KafkaPayload]]] = deque()
-
-    def produce(
-        self, destination: Topic | Partition, payload: KafkaPayload
-    ) -> ProducerFuture[BrokerValue[KafkaPayload]]:
-        future = self.__producer.produce(destination, payload)
-        pending = self.__pending
-        while pending and pending[0].done():
-            pending.popleft()
-        pending.append(future)
-        self.__tally.produced += 1
-        return future
-
-    def in_flight(self) -> int:
-        """Outcomes handed to the producer whose delivery has not been reported yet."""
-        pending = self.__pending
-        while pending and pending[0].done():
-            pending.popleft()
-        return sum(1 for future in pending if not future.done())
-
-    def close(self) -> Future[None]:
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
-
-
-class AwaitDeliveries(ProcessingStrategy[BillingPayload]):
-    """Arroyo's `Produce`, with a `join` that first waits for the in-flight deliveries.
-
-    `Produce.join` stops at the first unacknowledged outcome, so on every rebalance or
-    shutdown the offsets behind outcomes still in flight (a few ms of traffic) would stay
-    uncommitted and their outcomes would be produced twice by the next owner. This wrapper
-    keeps polling `Produce` until the tracker reports no delivery in flight or the join
-    timeout expires, then lets `Produce.join` forward what is done.
-    """
-
-    def __init__(
-        self, produce: ProcessingStrategy[BillingPayload], tracker: DeliveryTracker
-    ) -> None:
-        self.__produce = produce
-        self.__tracker = tracker
-
-    def submit(self, message: Message[BillingPayload]) -> None:
-        self.__produce.submit(message)
-
-    def poll(self) -> None:
-        self.__produce.poll()
-
-    def close(self) -> None:
-        self.__produce.close()
-
-    def terminate(self) -> None:
-        self.__produce.terminate()
-
-    def join(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.__tracker.in_flight():
-            if deadline is not None and time.monotonic() >= deadline:
-                logger.warning(
-                    "join timed out with %d outcomes in flight; their offsets stay uncommitted",
-                    self.__tracker.in_flight(),
-                )
-                break
-            self.__produce.poll()
-            time.sleep(_JOIN_POLL_SECONDS)
-        self.__produce.join(_remaining(deadline))
-
-
-class CoalesceCommits(ProcessingStrategy[BillingPayload]):
-    """Merges the offsets of released messages into one message per batch for `CommitOffsets`.
-
-    Everything it receives has already been acknowledged (it sits behind `Produce`), so a
-    merged commit is exactly as safe as the individual ones; it only saves the consumer one
-    offset store per message. Counts acknowledged outcomes for the `produce` step.
-    """
+    __slots__ = (
+        "by_category",
+        "failures",
+        "job",
+        "pending_partitions",
+        "remaining",
+        "retries",
+        "sent_at",
+        "size",
+        "unsent",
+    )
 
     def __init__(
         self,
+        batch: OutcomeBatch,
+        job: FlagJob | None,
+        retries: list[tuple[_InFlight, bytes, str]],
+        failures: list[KafkaError],
+    ) -> None:
+        self.remaining = self.size = len(batch.payloads)
+        self.by_category = batch.by_category
+        self.job = job
+        self.unsent: list[dict[str, Any]] = []
+        self.retries = retries
+        self.failures = failures
+        self.pending_partitions = 0
+        self.sent_at = time.monotonic()
+
+    def delivered(self, error: KafkaError | None, message: Any) -> None:
+        """librdkafka's delivery report for one outcome (called from `producer.poll`)."""
+        if error is None:
+            self.remaining -= 1
+        elif is_retriable(error):
+            self.retries.append((self, message.value(), error.name()))
+        else:
+            self.failures.append(error)
+
+    @property
+    def done(self) -> bool:
+        job = self.job
+        return not self.remaining and not self.unsent and (job is None or job.done)
+
+
+class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
+    """Produces each batch's outcomes, starts its flag job and releases completed offsets."""
+
+    def __init__(
+        self,
+        producer: OutcomeProducer,
+        topic: Topic,
         next_step: ProcessingStrategy[Any],
         tally: BillingTally,
         *,
-        max_messages: int = DEFAULT_COMMIT_BATCH_MESSAGES,
-        max_seconds: float = DEFAULT_COMMIT_BATCH_SECONDS,
+        flag_writer: FlagWriter | None = None,
+        max_pending_outcomes: int = DEFAULT_MAX_PENDING_OUTCOMES,
+        max_pending_batches: int = DEFAULT_MAX_PENDING_BATCHES,
+        backoff: Backoff | None = None,
     ) -> None:
+        self.__producer = producer
+        self.__topic = topic.name
         self.__next_step = next_step
         self.__tally = tally
-        self.__max_messages = max_messages
-        self.__max_seconds = max_seconds
-        self.__offsets: dict[Partition, int] = {}
-        self.__timestamp: datetime | None = None
-        self.__messages = 0
-        self.__deadline = 0.0
-        self.__next_poll = 0.0
+        self.__metrics: BillingMetrics = tally.billing
+        self.__flag_writer = flag_writer
+        self.__max_pending_outcomes = max_pending_outcomes
+        self.__max_pending_batches = max_pending_batches
+        self.__backoff = backoff if backoff is not None else Backoff(0.05, 5.0)
+        self.__queues: dict[Partition, deque[tuple[_InFlight, int]]] = {}
+        self.__in_flight: list[_InFlight] = []  # not yet accounted (metrics)
+        self.__retries: list[tuple[_InFlight, bytes, str]] = []
+        self.__failures: list[KafkaError] = []
+        self.__unsent: list[_InFlight] = []
+        self.__retry_at = 0.0
+        # Outcomes of batches not released yet (queued, in flight, waiting for a retry).
+        self.__outstanding = 0
+        self.__next_check = 0.0
+        self.__next_commit_poll = 0.0
+        self.__closed = False
 
-    def submit(self, message: Message[BillingPayload]) -> None:
-        value = message.value
-        if not isinstance(value.payload, FilteredPayload):
-            self.__tally.acknowledged += 1
-        if not self.__messages:
-            self.__deadline = time.monotonic() + self.__max_seconds
-        self.__offsets.update(value.committable)
-        timestamp = value.timestamp
-        if timestamp is not None:
-            self.__timestamp = timestamp
-        self.__messages += 1
-        if self.__messages >= self.__max_messages:
-            self.__forward()
+    # -- submit -----------------------------------------------------------------------------
 
-    def __forward(self) -> None:
-        if self.__messages:
-            offsets, self.__offsets = self.__offsets, {}
-            timestamp, self.__timestamp = self.__timestamp, None
-            self.__messages = 0
-            self.__next_step.submit(Message(Value(FILTERED_PAYLOAD, offsets, timestamp)))
+    def submit(self, message: Message[BatchPayload]) -> None:
+        assert not self.__closed
+        batch = message.payload
+        if self.__in_flight and self.__over_budget(batch):
+            self.__producer.poll(0)
+            self.__progress()
+            if self.__in_flight and self.__over_budget(batch):
+                raise MessageRejected()
+        committable = message.committable
+        if isinstance(batch, FilteredPayload):
+            batch = OutcomeBatch([], {}, frozenset(), 0)
+        job = None
+        if batch.candidates and self.__flag_writer is not None:
+            job = self.__flag_writer.submit(batch.candidates)
+            self.__tally.flag_submitted += len(batch.candidates)
+        tracker = _InFlight(batch, job, self.__retries, self.__failures)
+        if batch.payloads:
+            self.__outstanding += len(batch.payloads)
+            self.__send(tracker, batch.payloads)
+            self.__tally.produced += len(batch.payloads)
+        self.__in_flight.append(tracker)
+        queues = self.__queues
+        for partition, offset in committable.items():
+            queue = queues.get(partition)
+            if queue is None:
+                queue = queues[partition] = deque()
+            queue.append((tracker, offset))
+            tracker.pending_partitions += 1
+
+    def __over_budget(self, batch: BatchPayload) -> bool:
+        size = len(batch.payloads) if isinstance(batch, OutcomeBatch) else 0
+        return (
+            self.__outstanding + size > self.__max_pending_outcomes
+            or len(self.__in_flight) >= self.__max_pending_batches
+        )
+
+    def __send(self, tracker: _InFlight, payloads: list[dict[str, Any]]) -> None:
+        try:
+            queued = self.__producer.produce_batch(
+                self.__topic, payloads, on_delivery=tracker.delivered
+            )
+        except BufferError:
+            # Older clients raise instead of marking the refused messages; without marks,
+            # none of them was queued.
+            queued = -1
+            if not any("_error" in item for item in payloads):
+                for item in payloads:
+                    item["_error"] = KafkaError(KafkaError._QUEUE_FULL)
+        if queued == len(payloads):
+            return
+        # Not queued (the producer's queue is full, or the topic is known not to exist):
+        # kept on the batch and produced again from `poll()` after a backoff.
+        for item in payloads:
+            error = item.pop("_error", None)
+            if error is None:
+                continue
+            if isinstance(error, KafkaError) and not is_retriable(error):
+                self.__failures.append(error)
+                continue
+            tracker.unsent.append(item)
+            self.__metrics.produce_retry(
+                error.name() if isinstance(error, KafkaError) else "unknown"
+            )
+        if tracker.unsent:
+            self.__unsent.append(tracker)
+            self.__retry_at = time.monotonic() + self.__backoff.next_delay()
+
+    # -- poll -------------------------------------------------------------------------------
 
     def poll(self) -> None:
-        # `Produce` polls its next step once per released message; keep that cheap and let
-        # `CommitOffsets` (which may commit on every poll) run at most every few ms.
         now = time.monotonic()
-        if self.__messages and now >= self.__deadline:
-            self.__forward()
-        if now >= self.__next_poll:
-            self.__next_poll = now + 0.01
+        # Serving delivery reports every few ms is enough: each `producer.poll` call takes
+        # librdkafka's locks, and one per consumed message costs the consumer dearly.
+        if self.__in_flight and now >= self.__next_check:
+            self.__next_check = now + _CHECK_INTERVAL_SECONDS
+            self.__producer.poll(0)
+            self.__progress()
+            self.__metrics.set_in_flight(self.__outstanding)
+        # `CommitOffsets.poll` stages and maybe commits on every call: a few ms apart is
+        # plenty (the commit policy works in fractions of a second anyway).
+        if now >= self.__next_commit_poll:
+            self.__next_commit_poll = now + _CHECK_INTERVAL_SECONDS
             self.__next_step.poll()
 
+    def __progress(self) -> None:
+        if self.__failures:
+            self.__raise_failure()
+        if self.__retries or self.__unsent:
+            self.__resend()
+        self.__release()
+
+    def __raise_failure(self) -> NoReturn:
+        error = self.__failures[0]
+        raise OutcomeDeliveryError(
+            f"an outcome was refused by Kafka: {error.name()} ({error.str()})"
+        )
+
+    def __resend(self) -> None:
+        now = time.monotonic()
+        if now < self.__retry_at:
+            return
+        retries = self.__retries[:]
+        self.__retries.clear()
+        for tracker, value, error_name in retries:
+            self.__metrics.produce_retry(error_name)
+            tracker.unsent.append({"value": value})
+            if tracker not in self.__unsent:
+                self.__unsent.append(tracker)
+        if retries:
+            logger.warning(
+                "outcome deliveries failed with a retriable error; producing them again",
+                extra={"outcomes": len(retries), "error": retries[0][2]},
+            )
+        unsent, self.__unsent = self.__unsent, []
+        for tracker in unsent:
+            payloads, tracker.unsent = tracker.unsent, []
+            self.__send(tracker, payloads)
+        if retries and not self.__unsent:
+            # Whatever fails next waits a little longer.
+            self.__retry_at = now + self.__backoff.next_delay()
+        elif not retries and not self.__unsent:
+            self.__backoff.reset()
+
+    def __release(self) -> None:
+        offsets: dict[Partition, int] | None = None
+        for partition, queue in self.__queues.items():
+            while queue:
+                tracker, offset = queue[0]
+                if not tracker.done:
+                    break
+                queue.popleft()
+                if offsets is None:
+                    offsets = {}
+                offsets[partition] = offset
+                tracker.pending_partitions -= 1
+        if offsets is not None:
+            self.__account()
+            self.__next_step.submit(Message(Value(FILTERED_PAYLOAD, offsets)))
+
+    def __account(self) -> None:
+        """Record the outcomes of every fully released batch (in submission order)."""
+        in_flight = self.__in_flight
+        released = 0
+        now = time.monotonic()
+        metrics = self.__metrics
+        for tracker in in_flight:
+            if tracker.pending_partitions:
+                break
+            released += 1
+            self.__outstanding -= tracker.size
+            if tracker.by_category:
+                self.__tally.outcomes_acknowledged(tracker.by_category)
+                metrics.observe_produce_latency(now - tracker.sent_at)
+        if released:
+            del in_flight[:released]
+
+    # -- close / join / terminate -----------------------------------------------------------
+
     def close(self) -> None:
-        self.__next_step.close()
+        self.__closed = True
 
     def terminate(self) -> None:
+        self.__closed = True
         self.__next_step.terminate()
 
     def join(self, timeout: float | None = None) -> None:
-        self.__forward()
-        self.__next_step.join(timeout)
+        """Wait (bounded by `timeout`) until every batch is done, then forward the offsets."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.__in_flight:
+            self.__producer.poll(_JOIN_POLL_SECONDS)
+            self.__progress()
+            if not self.__in_flight:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                pending = sum(tracker.remaining for tracker in self.__in_flight)
+                logger.warning(
+                    "join timed out; offsets behind unfinished batches stay uncommitted",
+                    extra={"batches": len(self.__in_flight), "outcomes_in_flight": pending},
+                )
+                break
+        self.__next_step.close()
+        self.__next_step.join(_remaining(deadline))
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 class BillingStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
-    """Builds the billing chain on every assignment; owns one outcomes producer per process.
+    """Builds the billing chain on every assignment; owns the per-process resources.
 
-    `producer_factory` is called once, on the first assignment (so building the factory does
-    not connect to Kafka); `shutdown()` closes the producer, which flushes what is in flight.
+    One outcomes producer and one flag writer per process, both built on the first
+    assignment (building the factory connects to nothing); `shutdown()` stops the flag writer
+    and flushes the producer. `flag_store_factory=None` disables the first-custom-metric flag.
     """
 
     def __init__(
         self,
         *,
-        producer_factory: Callable[[], Producer[KafkaPayload]],
+        producer_factory: Callable[[], OutcomeProducer],
         metrics: MetricsSource,
+        flag_store_factory: Callable[[BillingMetrics], FlagStore] | None = None,
         outcomes_topic: str = DEFAULT_OUTCOMES_TOPIC,
         billable_metrics: Mapping[int, int] | None = None,
         clock_ns: ClockNs = time.time_ns,
         max_pending_outcomes: int = DEFAULT_MAX_PENDING_OUTCOMES,
-        commit_batch_messages: int = DEFAULT_COMMIT_BATCH_MESSAGES,
-        commit_batch_seconds: float = DEFAULT_COMMIT_BATCH_SECONDS,
+        max_pending_batches: int = DEFAULT_MAX_PENDING_BATCHES,
+        max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
+        max_batch_outcomes: int = DEFAULT_MAX_BATCH_OUTCOMES,
+        max_batch_seconds: float = DEFAULT_MAX_BATCH_SECONDS,
+        aggregate_window_seconds: float | None = None,
+        max_aggregate_keys: int = DEFAULT_MAX_AGGREGATE_KEYS,
         producer_close_timeout: float = DEFAULT_PRODUCER_CLOSE_TIMEOUT_SECONDS,
+        flag_writer_close_timeout: float = DEFAULT_FLAG_WRITER_CLOSE_TIMEOUT_SECONDS,
+        flag_backoff: Backoff | None = None,
     ) -> None:
-        if max_pending_outcomes < 1 or commit_batch_messages < 1:
-            raise ValueError("max_pending_outcomes and commit_batch_messages must be >= 1")
+        if min(max_pending_outcomes, max_pending_batches, max_batch_messages) < 1:
+            raise ValueError("pending and batch limits must be >= 1")
+        if min(max_batch_outcomes, max_aggregate_keys) < 1:
+            raise ValueError("batch limits must be >= 1")
+        if aggregate_window_seconds is not None and aggregate_window_seconds <= 0:
+            raise ValueError("aggregate_window_seconds must be positive (or None for off)")
         self.__producer_factory = producer_factory
-        self.__producer: Producer[KafkaPayload] | None = None
+        self.__producer: OutcomeProducer | None = None
         self.__topic = Topic(outcomes_topic)
         self.__counter = (
             BillingCounter() if billable_metrics is None else BillingCounter(billable_metrics)
         )
         self.__encoder = OutcomeEncoder(clock_ns)
         self.__max_pending_outcomes = max_pending_outcomes
-        self.__commit_batch_messages = commit_batch_messages
-        self.__commit_batch_seconds = commit_batch_seconds
+        self.__max_pending_batches = max_pending_batches
+        self.__max_batch_messages = max_batch_messages
+        self.__max_batch_outcomes = max_batch_outcomes
+        self.__max_batch_seconds = max_batch_seconds
+        self.__aggregate_window_seconds = aggregate_window_seconds
+        self.__max_aggregate_keys = max_aggregate_keys
         self.__producer_close_timeout = producer_close_timeout
-        self.tally = BillingTally(metrics)
+        self.__flag_writer_close_timeout = flag_writer_close_timeout
+        self.billing_metrics = BillingMetrics(metrics.registry)
+        self.tally = BillingTally(metrics, self.billing_metrics)
+        self.__flag_writer: FlagWriter | None = None
+        self.__detector: CustomMetricDetector | None = None
+        if flag_store_factory is not None:
+            billing_metrics = self.billing_metrics
+            self.__flag_writer = FlagWriter(
+                lambda: flag_store_factory(billing_metrics),
+                metrics=billing_metrics,
+                step=self.tally.flag_step,
+                backoff=flag_backoff,
+            )
+            self.__detector = CustomMetricDetector()
 
     @property
     def outcomes_topic(self) -> Topic:
@@ -425,7 +757,15 @@ class BillingStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     def counter(self) -> BillingCounter:
         return self.__counter
 
-    def __get_producer(self) -> Producer[KafkaPayload]:
+    @property
+    def aggregate_window_seconds(self) -> float | None:
+        return self.__aggregate_window_seconds
+
+    @property
+    def flag_writer(self) -> FlagWriter | None:
+        return self.__flag_writer
+
+    def __get_producer(self) -> OutcomeProducer:
         if self.__producer is None:
             self.__producer = self.__producer_factory()
         return self.__producer
@@ -433,37 +773,42 @@ class BillingStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     def create_with_partitions(
         self, commit: Commit, partitions: Mapping[Partition, int]
     ) -> ProcessingStrategy[KafkaPayload]:
-        tracker = DeliveryTracker(self.__get_producer(), self.tally)
-        commit_step = CoalesceCommits(
+        writer = self.__flag_writer
+        deliver = DeliverOutcomes(
+            self.__get_producer(),
+            self.__topic,
             CommitOffsets(commit),
             self.tally,
-            max_messages=self.__commit_batch_messages,
-            max_seconds=self.__commit_batch_seconds,
+            flag_writer=writer,
+            max_pending_outcomes=self.__max_pending_outcomes,
+            max_pending_batches=self.__max_pending_batches,
         )
-        produce: Produce[KafkaPayload] = Produce(
-            tracker, self.__topic, commit_step, max_buffer_size=self.__max_pending_outcomes
-        )
-        return TranslateOutcomes(
-            AwaitDeliveries(produce, tracker),
+        translate: ProcessingStrategy[Any] = TranslateOutcomes(
+            deliver,
             self.__counter,
             self.__encoder,
             self.tally,
-            max_held_messages=self.__commit_batch_messages,
-            max_held_seconds=self.__commit_batch_seconds,
+            detector=self.__detector,
+            known_flagged=writer.known if writer is not None else frozenset(),
+            max_batch_messages=self.__max_batch_messages,
+            max_batch_outcomes=self.__max_batch_outcomes,
+            max_batch_seconds=self.__max_batch_seconds,
+            aggregate_window_seconds=self.__aggregate_window_seconds,
+            max_aggregate_keys=self.__max_aggregate_keys,
         )
+        return translate
 
     def shutdown(self) -> None:
+        writer = self.__flag_writer
+        if writer is not None:
+            writer.close(self.__flag_writer_close_timeout)
         producer, self.__producer = self.__producer, None
         if producer is None:
             return
-        try:
-            producer.close().result(timeout=self.__producer_close_timeout)
-        except TimeoutError:
+        left = producer.flush(self.__producer_close_timeout)
+        if left:
             logger.warning(
-                "outcomes producer did not flush within %.1f s", self.__producer_close_timeout
+                "outcomes producer did not flush within %.1f s",
+                self.__producer_close_timeout,
+                extra={"outcomes_left": left},
             )
-
-
-def build_kafka_producer(configuration: Mapping[str, Any]) -> KafkaProducer:
-    """Arroyo's producer with cheap futures (no condition variable per message)."""
-    return KafkaProducer(configuration, use_simple_futures=True)

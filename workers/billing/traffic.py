@@ -1,10 +1,15 @@
 """Realistic `snuba-generic-metrics` traffic for demos and benchmarks (`sample_traffic`).
 
-About 80 % billable usage counters (transactions and spans) for a few organisations and
-projects, the rest non-billable buckets in every value encoding the schema allows (plain
-counters of other metrics, distributions as lists / `array` / `base64` (sometimes without
-padding) / `zstd`, sets likewise, gauges) and about 1 % malformed messages that the worker
-must send to the DLQ. Deterministic for a given seed.
+`DEMO_MIX` (the default): about 80 % billable usage counters (transactions and spans) for a
+few organisations and projects, 4 % custom-namespace counters, the rest non-billable buckets
+in every value encoding the schema allows (distributions as lists / `array` / `base64`
+(sometimes without padding) / `zstd`, sets likewise, gauges) and about 1 % malformed
+messages that the worker must send to the DLQ. `PRODUCTION_MIX` is what a real
+`snuba-generic-metrics` topic looks like: about 10 % usage counters, 2 % custom metrics, the
+rest distributions, sets and gauges. Deterministic for a given seed.
+
+The (org, project) pairs default to small made-up ids; `sample_traffic_for_projects` takes
+real ones (e.g. the demo's projects, so custom metrics flag them).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 import base64
 import random
 import struct
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
 
 import orjson
 from arroyo.backends.kafka import KafkaPayload
@@ -33,6 +39,22 @@ _ZSTD_DISTRIBUTION: Final = "KLUv/QBYrQAAcAAA8D8AQAAAAAAAAAhAAgBgRgCw"
 _ZSTD_SET: Final = "KLUv/QBYQQAAAQAAAAcAAAA"
 
 _PROJECTS: Final = tuple((org, org * 10 + p) for org in range(1, 5) for p in range(1, 4))
+
+
+class TrafficMix(NamedTuple):
+    """Cumulative upper bounds of a uniform roll, in this order of message kinds."""
+
+    malformed: float
+    transactions_usage: float
+    spans_usage: float
+    custom: float
+    distribution: float
+    set: float
+    # the rest: gauges
+
+
+DEMO_MIX: Final = TrafficMix(0.01, 0.55, 0.81, 0.85, 0.91, 0.96)
+PRODUCTION_MIX: Final = TrafficMix(0.001, 0.071, 0.101, 0.121, 0.60, 0.85)
 
 # Payloads a consumer must reject, one per reason code (never billable).
 _MALFORMED: Final[tuple[bytes, ...]] = (
@@ -66,8 +88,9 @@ def _bucket(
     value: Any,
     use_case_id: str,
     timestamp: int,
+    projects: Sequence[tuple[int, int]] = _PROJECTS,
 ) -> dict[str, Any]:
-    org_id, project_id = rng.choice(_PROJECTS)
+    org_id, project_id = rng.choice(projects)
     return {
         "version": 2,
         "use_case_id": use_case_id,
@@ -143,13 +166,23 @@ def _usage_value(rng: random.Random) -> int | float:
     return 0.0
 
 
-def sample_message(rng: random.Random, index: int) -> bytes:
-    """One generic-metrics message value; about 1 % of them are malformed."""
+def sample_message(
+    rng: random.Random,
+    index: int,
+    projects: Sequence[tuple[int, int]] = _PROJECTS,
+    mix: TrafficMix = DEMO_MIX,
+    custom_projects: Sequence[tuple[int, int]] | None = None,
+) -> bytes:
+    """One generic-metrics message value; `mix.malformed` of them are malformed.
+
+    Custom-namespace counters go to `custom_projects` (default: `projects`; an empty
+    sequence means none: those rolls become distributions).
+    """
     timestamp = BASE_TIMESTAMP + (index // 100) * 10
     roll = rng.random()
-    if roll < 0.01:
+    if roll < mix.malformed:
         return rng.choice(_MALFORMED)
-    if roll < 0.55:
+    if roll < mix.transactions_usage:
         bucket = _bucket(
             rng,
             TRANSACTIONS_USAGE_METRIC_ID,
@@ -158,8 +191,9 @@ def sample_message(rng: random.Random, index: int) -> bytes:
             _usage_value(rng),
             "transactions",
             timestamp,
+            projects,
         )
-    elif roll < 0.81:
+    elif roll < mix.spans_usage:
         bucket = _bucket(
             rng,
             SPANS_USAGE_METRIC_ID,
@@ -168,8 +202,9 @@ def sample_message(rng: random.Random, index: int) -> bytes:
             _usage_value(rng),
             "spans",
             timestamp,
+            projects,
         )
-    elif roll < 0.85:
+    elif roll < mix.custom and (custom_projects is None or custom_projects):
         bucket = _bucket(
             rng,
             _CUSTOM_COUNTER,
@@ -178,16 +213,19 @@ def sample_message(rng: random.Random, index: int) -> bytes:
             float(rng.randint(1, 9)),
             "custom",
             timestamp,
+            custom_projects if custom_projects is not None else projects,
         )
-    elif roll < 0.91:
+    elif roll < mix.distribution:
         metric_id, mri, use_case = rng.choice(
             (
                 (_DURATION_METRIC, "d:transactions/duration@millisecond", "transactions"),
                 (_SPAN_DURATION_METRIC, "d:spans/duration@millisecond", "spans"),
             )
         )
-        bucket = _bucket(rng, metric_id, mri, "d", _distribution_value(rng), use_case, timestamp)
-    elif roll < 0.96:
+        bucket = _bucket(
+            rng, metric_id, mri, "d", _distribution_value(rng), use_case, timestamp, projects
+        )
+    elif roll < mix.set:
         bucket = _bucket(
             rng,
             _USERS_METRIC,
@@ -196,6 +234,7 @@ def sample_message(rng: random.Random, index: int) -> bytes:
             _set_value(rng),
             "transactions",
             timestamp,
+            projects,
         )
     else:
         bucket = _bucket(
@@ -206,6 +245,7 @@ def sample_message(rng: random.Random, index: int) -> bytes:
             _gauge_value(rng),
             "transactions",
             timestamp,
+            projects,
         )
     return orjson.dumps(bucket)
 
@@ -214,3 +254,25 @@ def sample_traffic(count: int, seed: int) -> list[KafkaPayload]:
     """`count` realistic input messages (Kafka key none), deterministic for `seed`."""
     rng = random.Random(seed)
     return [KafkaPayload(None, sample_message(rng, index), []) for index in range(count)]
+
+
+def sample_traffic_for_projects(
+    count: int,
+    seed: int,
+    projects: Sequence[tuple[int, int]],
+    *,
+    custom_projects: Sequence[tuple[int, int]] | None = None,
+    mix: TrafficMix = DEMO_MIX,
+) -> list[KafkaPayload]:
+    """Like `sample_traffic`, for these (org_id, project_id) pairs.
+
+    Custom-namespace counters (`c:custom/checkout.clicks@none`) go only to `custom_projects`
+    (default: all of `projects`), so exactly those projects get the first-custom-metric flag.
+    """
+    if not projects:
+        raise ValueError("at least one project is needed")
+    rng = random.Random(seed)
+    return [
+        KafkaPayload(None, sample_message(rng, index, projects, mix, custom_projects), [])
+        for index in range(count)
+    ]
