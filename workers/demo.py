@@ -14,12 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from arroyo.backends.kafka import KafkaPayload
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -31,13 +34,25 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from workers.billing.summary import flagged_projects, outcome_totals
+from workers.billing.traffic import sample_traffic_for_projects
 from workers.common.database import apply_migrations
 from workers.common.kafka_config import producer_configuration
 from workers.common.kafka_offsets import committed_offsets, high_watermarks, total
 from workers.common.logs import configure_logging
-from workers.common.projects import RegistryError, create_organization, find_organization
+from workers.common.projects import (
+    Organization,
+    Project,
+    RegistryError,
+    create_organization,
+    create_project,
+    find_organization,
+    list_projects,
+)
+from workers.common.projects.cli import PROJECT_SNOWFLAKE_KEY
 from workers.common.registry import ConsumerDefinition
 from workers.common.settings import Settings
+from workers.common.snowflake import SentrySnowflakeGenerator
 from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
 from workers.stack import StackError, stack_up
@@ -48,6 +63,11 @@ POLL_INTERVAL_SECONDS = 0.25
 SAMPLE_SEED = 42
 DEMO_ORGANIZATION = "demo"
 BLOB_INGEST_NAME = "blob-ingest"
+BILLING_NAME = "billing"
+DEMO_PROJECTS = ("frontend", "backend", "mobile")
+# Only these send custom metrics, so exactly these get the first-custom-metric flag.
+DEMO_CUSTOM_PROJECTS = ("backend",)
+METRICS_SETTLE_SECONDS = 10.0
 
 
 @dataclass
@@ -105,6 +125,45 @@ def _start_worker(
     )
 
 
+def _demo_organization(settings: Settings) -> Organization:
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        try:
+            return find_organization(connection, DEMO_ORGANIZATION)
+        except RegistryError:
+            return create_organization(connection, DEMO_ORGANIZATION, "Demo organization")
+
+
+def _demo_projects(settings: Settings) -> list[Project]:
+    """The demo organization's projects (created once), for billing traffic."""
+    organization = _demo_organization(settings)
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        existing = {p.slug: p for p in list_projects(connection, organization.slug)}
+        missing = [slug for slug in DEMO_PROJECTS if slug not in existing]
+        if missing:
+            redis = Redis.from_url(settings.redis_url)
+            try:
+                generator = SentrySnowflakeGenerator(
+                    redis, key=PROJECT_SNOWFLAKE_KEY, region=settings.snowflake_region
+                )
+                for slug in missing:
+                    existing[slug] = create_project(
+                        connection, redis, generator.generate, organization.slug, slug, "python"
+                    )
+            finally:
+                redis.close()
+    return [existing[slug] for slug in DEMO_PROJECTS]
+
+
+def _sample_messages(settings: Settings, worker: DemoWorker, count: int) -> Sequence[KafkaPayload]:
+    if worker.definition.name == BILLING_NAME:
+        projects = _demo_projects(settings)
+        pairs = [(p.organization_id, p.id) for p in projects]
+        custom = [(p.organization_id, p.id) for p in projects if p.slug in DEMO_CUSTOM_PROJECTS]
+        return sample_traffic_for_projects(count, SAMPLE_SEED, pairs, custom_projects=custom)
+    assert worker.definition.sample_traffic is not None
+    return worker.definition.sample_traffic(count, SAMPLE_SEED)
+
+
 def _produce_sample_traffic(
     settings: Settings, workers: list[DemoWorker], count: int, progress: Progress
 ) -> None:
@@ -112,7 +171,7 @@ def _produce_sample_traffic(
     for worker in workers:
         if worker.definition.sample_traffic is None:
             continue
-        messages = worker.definition.sample_traffic(count, SAMPLE_SEED)
+        messages = _sample_messages(settings, worker, count)
         task = progress.add_task(f"produce → {worker.definition.topic}", total=len(messages))
         errors: list[str] = []
 
@@ -170,11 +229,7 @@ def _sample_files(directory: Path) -> list[Path]:
 
 def _upload_sample_files(settings: Settings, worker: DemoWorker, console: Console) -> None:
     """The real `workers chunks produce`, as a user would run it."""
-    with psycopg.connect(settings.database_url, autocommit=True) as connection:
-        try:
-            find_organization(connection, DEMO_ORGANIZATION)
-        except RegistryError:
-            create_organization(connection, DEMO_ORGANIZATION, "Demo organization")
+    _demo_organization(settings)
     files = _sample_files(settings.state_dir / "demo-files")
     command = [
         sys.executable, "-m", "workers", "chunks", "produce", *map(str, files),
@@ -198,7 +253,19 @@ def _metric_total(metrics_text: str, name: str, **labels: str) -> float:
     return found
 
 
-def _details(name: str, metrics_text: str) -> str:
+def _billing_details(settings: Settings, metrics_text: str) -> str:
+    totals = outcome_totals(metrics_text)
+    parts = [f"{t.category}: {t.outcomes} outcomes, quantity {t.quantity}" for t in totals.values()]
+    organization = _demo_organization(settings)
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        flagged = flagged_projects(connection, organization_id=organization.id)
+    parts.append("flagged: " + (", ".join(sorted(p.slug for p in flagged)) or "-"))
+    return "; ".join(parts)
+
+
+def _details(settings: Settings, name: str, metrics_text: str) -> str:
+    if name == BILLING_NAME:
+        return _billing_details(settings, metrics_text)
     if name == BLOB_INGEST_NAME:
         blobs = _metric_total(metrics_text, "workers_blob_created_total")
         dedup = _metric_total(metrics_text, "workers_blob_dedup_hits_total")
@@ -265,6 +332,23 @@ def _scrape(port: int) -> str:
         return body.decode()
 
 
+def _settled_scrape(settings: Settings, worker: DemoWorker) -> str:
+    """The worker's metrics once its per-second tallies caught up with what it committed
+    (billing flushes counts about once a second): every outcome on the topic is counted."""
+    deadline = time.monotonic() + METRICS_SETTLE_SECONDS
+    while True:
+        text = _scrape(worker.metrics_port)
+        if worker.definition.name != BILLING_NAME or time.monotonic() > deadline:
+            return text
+        produced = sum(
+            total(high_watermarks(settings, topic)) - before
+            for topic, before in worker.outputs_before.items()
+        )
+        if sum(t.outcomes for t in outcome_totals(text).values()) >= produced:
+            return text
+        time.sleep(POLL_INTERVAL_SECONDS)
+
+
 def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, str]) -> Table:
     table = Table(title="workers demo")
     for column in ("worker", "produced", "processed", "DLQ", "output", "details"):
@@ -290,7 +374,7 @@ def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, s
             str(processed),
             str(dlq),
             outputs or "-",
-            _details(definition.name, metrics.get(definition.name, "")),
+            _details(settings, definition.name, metrics.get(definition.name, "")),
         )
     return table
 
@@ -330,7 +414,7 @@ def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
         if not finished:
             console.print(f"[red]workers did not finish within {timeout:.0f} s[/red]")
         for worker in workers:
-            metrics[worker.definition.name] = _scrape(worker.metrics_port)
+            metrics[worker.definition.name] = _settled_scrape(settings, worker)
     finally:
         _stop(workers)
     console.print(_summary(settings, workers, metrics))

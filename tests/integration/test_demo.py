@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from workers.billing.message import BucketError, parse_bucket
-from workers.billing.traffic import sample_traffic
+from workers.billing.traffic import sample_traffic_for_projects
 from workers.blob_ingest.event import MAX_CHUNK_SIZE
-from workers.demo import SAMPLE_SEED, _sample_files
+from workers.common.settings import Settings
+from workers.demo import DEMO_CUSTOM_PROJECTS, SAMPLE_SEED, _demo_projects, _sample_files
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,10 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
     assert (produced, processed) == ("3000", "3000")
     # Exactly the malformed sample messages reach the DLQ (same seed as the demo).
     malformed = 0
-    for message in sample_traffic(3000, SAMPLE_SEED):
+    projects = _demo_projects(Settings.from_env())
+    pairs = [(p.organization_id, p.id) for p in projects]
+    custom = [(p.organization_id, p.id) for p in projects if p.slug in DEMO_CUSTOM_PROJECTS]
+    for message in sample_traffic_for_projects(3000, SAMPLE_SEED, pairs, custom_projects=custom):
         try:
             parse_bucket(message.value)
         except BucketError:
@@ -63,7 +67,15 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
     assert int(dlq) == malformed
     assert re.fullmatch(r"outcomes-billing: \d+", output)
     assert int(output.split(": ")[1]) > 0
-    assert details == "steps: count, decode, flag, produce"
+    outcomes = int(output.split(": ")[1])
+    match = re.fullmatch(
+        r"span: (\d+) outcomes, quantity \d+; transaction: (\d+) outcomes, quantity \d+; "
+        r"flagged: (.+)",
+        details,
+    )
+    assert match is not None, details
+    assert int(match.group(1)) + int(match.group(2)) == outcomes
+    assert match.group(3) == ", ".join(DEMO_CUSTOM_PROJECTS)
 
     # The sample files' chunks; the copy's chunks are dedup hits.
     chunks, unique, unique_bytes = _unique_chunk_bytes(_sample_files(tmp_path))
