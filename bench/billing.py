@@ -636,7 +636,7 @@ def reset_flags(work: Workload) -> None:
             "DELETE FROM analytics_events WHERE event_type = %s AND organization_id = %s",
             (FIRST_CUSTOM_METRIC_EVENT, work.organization_id),
         )
-    redis: Redis[bytes] = Redis.from_url(work.settings.redis_url)
+    redis: Redis = Redis.from_url(work.settings.redis_url)
     redis.delete(*(flag_cache_key(work.organization_id, p) for p in work.project_ids))
     redis.close()
 

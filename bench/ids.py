@@ -99,7 +99,7 @@ def main() -> None:
     settings = Settings.from_env()
     tag = f"bench-{uuid.uuid4().hex[:8]}"
 
-    client: Redis[bytes] = Redis.from_url(settings.redis_url)
+    client: Redis = Redis.from_url(settings.redis_url)
     sentry = SentrySnowflakeGenerator(client, tag, settings.snowflake_region)
     burst, burst_s = sentry_burst(sentry)
     sustained, sustained_s = sentry_sustained(sentry, arguments.sustain_seconds)

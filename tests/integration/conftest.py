@@ -17,8 +17,8 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def redis_client(settings: Settings) -> Iterator[Redis[bytes]]:
-    client: Redis[bytes] = Redis.from_url(settings.redis_url)
+def redis_client(settings: Settings) -> Iterator[Redis]:
+    client: Redis = Redis.from_url(settings.redis_url)
     yield client
     client.close()
 

@@ -415,7 +415,7 @@ def test_custom_metrics_flag_exactly_the_right_projects_once_with_two_racing_wor
 ) -> None:
     org, ids = projects.organization_id, projects.ids
     custom, other_namespace, preset_key, already = ids[:6], ids[6:8], ids[8], ids[9]
-    redis: Redis[bytes] = Redis.from_url(stack.redis_url)
+    redis: Redis = Redis.from_url(stack.redis_url)
     with psycopg.connect(stack.database_url, autocommit=True) as connection:
         connection.execute(
             "UPDATE projects SET flags = flags | %s WHERE id = %s",

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def generate_id(redis_client: Redis[bytes]) -> Callable[[], int]:
+def generate_id(redis_client: Redis) -> Callable[[], int]:
     generator = SentrySnowflakeGenerator(
         redis_client, key=f"test-projects-{uuid.uuid4().hex}", region=0
     )
@@ -41,7 +41,7 @@ def organization(connection: psycopg.Connection) -> Organization:
 
 def test_project_gets_a_snowflake_id_slug_and_default_flags(
     connection: psycopg.Connection,
-    redis_client: Redis[bytes],
+    redis_client: Redis,
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
@@ -57,7 +57,7 @@ def test_project_gets_a_snowflake_id_slug_and_default_flags(
 
 def test_same_name_twice_gets_a_suffix_and_case_insensitive_uniqueness_holds(
     connection: psycopg.Connection,
-    redis_client: Redis[bytes],
+    redis_client: Redis,
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
@@ -75,7 +75,7 @@ def test_same_name_twice_gets_a_suffix_and_case_insensitive_uniqueness_holds(
 
 def test_twenty_concurrent_creations_of_one_name_get_twenty_distinct_slugs(
     settings: Settings,
-    redis_client: Redis[bytes],
+    redis_client: Redis,
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
@@ -101,7 +101,7 @@ def test_twenty_concurrent_creations_of_one_name_get_twenty_distinct_slugs(
 
 def test_the_slug_lock_serialises_creations(
     connection: psycopg.Connection,
-    redis_client: Redis[bytes],
+    redis_client: Redis,
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
@@ -128,7 +128,7 @@ def test_the_slug_lock_serialises_creations(
 )
 def test_bad_project_names_are_refused(
     connection: psycopg.Connection,
-    redis_client: Redis[bytes],
+    redis_client: Redis,
     generate_id: Callable[[], int],
     organization: Organization,
     name: str,
@@ -140,7 +140,7 @@ def test_bad_project_names_are_refused(
 
 def test_unknown_organization_and_duplicate_or_invalid_org_slugs(
     connection: psycopg.Connection,
-    redis_client: Redis[bytes],
+    redis_client: Redis,
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:

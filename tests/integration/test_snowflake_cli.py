@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def key() -> Iterator[str]:
     name = f"test-cli-{uuid.uuid4().hex[:12]}"
     yield name
-    client: Redis[bytes] = Redis.from_url(Settings.from_env().redis_url)
+    client: Redis = Redis.from_url(Settings.from_env().redis_url)
     leftovers = list(client.scan_iter(match=f"workers:snowflake:*{{{name}*"))
     if leftovers:
         client.delete(*leftovers)

@@ -116,7 +116,7 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def namespace(redis_client: Redis[bytes]) -> Iterator[str]:
+def namespace(redis_client: Redis) -> Iterator[str]:
     """A fresh worker-id namespace; its Redis keys are deleted afterwards."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
@@ -126,7 +126,7 @@ def namespace(redis_client: Redis[bytes]) -> Iterator[str]:
 
 
 @pytest.fixture
-def proxy(redis_client: Redis[bytes]) -> Iterator[FlakyProxy]:
+def proxy(redis_client: Redis) -> Iterator[FlakyProxy]:
     kwargs = redis_client.connection_pool.connection_kwargs
     flaky = FlakyProxy((str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))))
     yield flaky
@@ -157,7 +157,7 @@ def _all_unique(*groups: list[int]) -> bool:
 
 
 def test_a_lease_is_a_token_key_with_a_ttl_and_release_deletes_it(
-    redis_client: Redis[bytes], namespace: str
+    redis_client: Redis, namespace: str
 ) -> None:
     leases = WorkerIdLeases(redis_client, namespace, ttl=5.0)
     generator = LeasedSnowflakeGenerator(leases).start()
@@ -180,9 +180,7 @@ def test_a_lease_is_a_token_key_with_a_ttl_and_release_deletes_it(
     assert int(mark[b"ms"]) >= max(decode_leased_id(i).unix_ms for i in ids)
 
 
-def test_release_leaves_a_lease_that_is_no_longer_ours(
-    redis_client: Redis[bytes], namespace: str
-) -> None:
+def test_release_leaves_a_lease_that_is_no_longer_ours(redis_client: Redis, namespace: str) -> None:
     leases = WorkerIdLeases(redis_client, namespace, ttl=5.0)
     generator = LeasedSnowflakeGenerator(leases).start()
     worker_id = generator.worker_id
@@ -193,7 +191,7 @@ def test_release_leaves_a_lease_that_is_no_longer_ours(
 
 
 def test_every_worker_id_is_leased_once_then_none_is_free(
-    redis_client: Redis[bytes], namespace: str
+    redis_client: Redis, namespace: str
 ) -> None:
     leases = WorkerIdLeases(redis_client, namespace, ttl=30.0)
     now_ms = time.time_ns() // 1_000_000
@@ -204,7 +202,7 @@ def test_every_worker_id_is_leased_once_then_none_is_free(
 
 
 def test_acquisition_prefers_a_worker_id_whose_previous_holder_is_surely_done(
-    redis_client: Redis[bytes], namespace: str
+    redis_client: Redis, namespace: str
 ) -> None:
     leases = WorkerIdLeases(redis_client, namespace, ttl=5.0, worker_ids=range(10, 12))
     now_ms = time.time_ns() // 1_000_000
@@ -220,9 +218,7 @@ def test_acquisition_prefers_a_worker_id_whose_previous_holder_is_surely_done(
         assert leases.release(lease, now_ms)
 
 
-def test_ids_start_after_the_previous_holders_mark(
-    redis_client: Redis[bytes], namespace: str
-) -> None:
+def test_ids_start_after_the_previous_holders_mark(redis_client: Redis, namespace: str) -> None:
     leases = WorkerIdLeases(redis_client, namespace, ttl=5.0, worker_ids=range(7, 8))
     floor_ms = time.time_ns() // 1_000_000 + 700
     # A previous holder that did not release: its ids may reach mark + its ttl.
@@ -280,7 +276,7 @@ def generate_in_child(
 
 
 def test_a_stolen_lease_is_refused_until_a_worker_id_is_free_again(
-    redis_client: Redis[bytes], namespace: str
+    redis_client: Redis, namespace: str
 ) -> None:
     leases = WorkerIdLeases(redis_client, namespace, ttl=SHORT_TTL, worker_ids=range(5, 6))
     with LeasedSnowflakeGenerator(leases) as generator:
@@ -299,7 +295,7 @@ def test_a_stolen_lease_is_refused_until_a_worker_id_is_free_again(
 
 
 def test_a_stolen_lease_is_replaced_by_another_worker_id(
-    redis_client: Redis[bytes], namespace: str
+    redis_client: Redis, namespace: str
 ) -> None:
     leases = WorkerIdLeases(redis_client, namespace, ttl=SHORT_TTL)
     with LeasedSnowflakeGenerator(leases) as generator:
@@ -320,9 +316,9 @@ def _worker_of(snowflake_id: int) -> int:
 
 
 def test_a_blocked_heartbeat_lets_the_lease_expire_and_a_new_holder_stays_apart(
-    redis_client: Redis[bytes], namespace: str, proxy: FlakyProxy
+    redis_client: Redis, namespace: str, proxy: FlakyProxy
 ) -> None:
-    slow: Redis[bytes] = Redis(port=proxy.port, socket_timeout=60)  # renewals hang
+    slow: Redis = Redis(port=proxy.port, socket_timeout=60)  # renewals hang
     generator = LeasedSnowflakeGenerator(WorkerIdLeases(slow, namespace, ttl=SHORT_TTL)).start()
     try:
         before = generator.generate_batch(5000)
@@ -359,7 +355,7 @@ def test_a_blocked_heartbeat_lets_the_lease_expire_and_a_new_holder_stays_apart(
 def test_losing_redis_after_acquisition_refuses_then_recovers(
     namespace: str, proxy: FlakyProxy
 ) -> None:
-    client: Redis[bytes] = Redis(
+    client: Redis = Redis(
         port=proxy.port,
         socket_timeout=0.2,
         socket_connect_timeout=0.2,
@@ -389,7 +385,7 @@ def test_losing_redis_after_acquisition_refuses_then_recovers(
 
 
 def test_redis_unreachable_at_start_is_a_clear_error_and_no_id(namespace: str) -> None:
-    dead: Redis[bytes] = Redis(
+    dead: Redis = Redis(
         port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), retries=0)
     )
     generator = LeasedSnowflakeGenerator(WorkerIdLeases(dead, namespace))

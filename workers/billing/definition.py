@@ -124,7 +124,7 @@ def flag_store_factory(settings: Settings) -> Callable[[BillingMetrics], Project
     """Builds the flag store (its own Redis client, a lazy PostgreSQL connection)."""
 
     def build(metrics: BillingMetrics) -> ProjectFlagStore:
-        redis: Redis[bytes] = Redis.from_url(
+        redis: Redis = Redis.from_url(
             settings.redis_url,
             socket_timeout=DEFAULT_CONNECT_TIMEOUT_SECONDS,
             socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT_SECONDS,

@@ -244,7 +244,7 @@ class ProjectFlagStore:
     def __init__(
         self,
         database_url: str,
-        redis: Redis[bytes],
+        redis: Redis,
         *,
         metrics: BillingMetrics | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,

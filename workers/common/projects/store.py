@@ -13,7 +13,6 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 from psycopg.rows import class_row
@@ -116,7 +115,7 @@ def _slug_taken(connection: psycopg.Connection, organization_id: int, slug: str)
 
 def create_project(
     connection: psycopg.Connection,
-    redis: Redis[Any],
+    redis: Redis,
     generate_id: Callable[[], int],
     organization_slug: str,
     name: str,

@@ -53,7 +53,7 @@ def generate(layout: str, count: int, key: str) -> None:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     if layout == SnowflakeLayout.SENTRY:
-        client: Redis[bytes] = Redis.from_url(
+        client: Redis = Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=_REDIS_TIMEOUT_SECONDS,
             socket_timeout=_REDIS_TIMEOUT_SECONDS,

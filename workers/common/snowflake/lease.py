@@ -158,7 +158,7 @@ class LeaseStore(Protocol):
         ...
 
 
-def lease_redis_client(url: str, ttl: float = DEFAULT_LEASE_TTL_SECONDS) -> Redis[bytes]:
+def lease_redis_client(url: str, ttl: float = DEFAULT_LEASE_TTL_SECONDS) -> Redis:
     """A Redis client fit for leases: every call, retries included, ends well within ttl/3.
 
     redis-py's defaults (no socket timeout, 10 retries with backoff) can keep a renewal
@@ -183,7 +183,7 @@ class WorkerIdLeases:
 
     def __init__(
         self,
-        redis: Redis[Any],
+        redis: Redis,
         namespace: str,
         ttl: float = DEFAULT_LEASE_TTL_SECONDS,
         worker_ids: range = range(WORKER_ID_COUNT),

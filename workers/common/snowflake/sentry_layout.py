@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -165,7 +165,7 @@ class SentrySnowflakeGenerator:
 
     def __init__(
         self,
-        redis: Redis[Any],
+        redis: Redis,
         key: str,
         region: int,
         clock: Callable[[], float] = time.time,
