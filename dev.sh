@@ -43,6 +43,7 @@ case "${1:-}" in
     ensure_venv
     shift
     "$VENV/bin/workers" stack up
+    "$VENV/bin/workers" migrate
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/mypy"

@@ -8,7 +8,14 @@ import psycopg
 import pytest
 from redis import Redis
 
+from workers.common.database import apply_migrations
 from workers.common.settings import Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_database() -> None:
+    """Every integration test runs against the current schema (a fresh stack has none)."""
+    apply_migrations(Settings.from_env().database_url)
 
 
 @pytest.fixture
