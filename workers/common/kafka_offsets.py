@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from workers.common.settings import Settings
 
 OFFSETS_TIMEOUT_SECONDS = 10.0
+# A fresh broker elects partition leaders and creates `__consumer_offsets` lazily: for a few
+# seconds offset requests fail with these codes, then succeed.
+TRANSIENT_ERRORS = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+        KafkaError._WAIT_COORD,
+    }
+)
+RETRY_DEADLINE_SECONDS = 60.0
+RETRY_PAUSE_SECONDS = 0.2
+
+T = TypeVar("T")
+
+
+def _retrying(read: Callable[[], T]) -> T:
+    deadline = time.monotonic() + RETRY_DEADLINE_SECONDS
+    while True:
+        try:
+            return read()
+        except KafkaException as error:
+            code = error.args[0].code() if error.args else None
+            if code not in TRANSIENT_ERRORS or time.monotonic() > deadline:
+                raise
+        time.sleep(RETRY_PAUSE_SECONDS)
 
 
 def _inspector(settings: Settings, group_id: str) -> Consumer:
@@ -31,6 +63,10 @@ def _partitions(consumer: Consumer, topic: str) -> list[TopicPartition]:
 
 
 def high_watermarks(settings: Settings, topic: str) -> dict[int, int]:
+    return _retrying(lambda: _high_watermarks(settings, topic))
+
+
+def _high_watermarks(settings: Settings, topic: str) -> dict[int, int]:
     consumer = _inspector(settings, "workers-offsets-inspector")
     try:
         marks: dict[int, int] = {}
@@ -44,6 +80,10 @@ def high_watermarks(settings: Settings, topic: str) -> dict[int, int]:
 
 def committed_offsets(settings: Settings, group_id: str, topic: str) -> dict[int, int]:
     """Committed offset per partition; partitions without a commit are absent."""
+    return _retrying(lambda: _committed_offsets(settings, group_id, topic))
+
+
+def _committed_offsets(settings: Settings, group_id: str, topic: str) -> dict[int, int]:
     consumer = _inspector(settings, group_id)
     try:
         partitions = _partitions(consumer, topic)

@@ -9,6 +9,7 @@ partitions than asked, since partitions cap how far a consumer group scales out)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -93,7 +94,27 @@ def create_topics(
                     raise
                 # Another process created it between our listing and our request.
                 results[name] = TopicResult(name, "exists", spec.partitions)
+        _wait_for_leaders(admin, [topic.topic for topic in missing])
     return [results[spec.name] for spec in specs]
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str]) -> None:
+    """A new topic is usable once every partition has a leader (a moment on a fresh broker)."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT_SECONDS
+    while True:
+        topics = admin.list_topics(timeout=ADMIN_TIMEOUT_SECONDS).topics
+        pending = [
+            name
+            for name in names
+            if name not in topics
+            or topics[name].error is not None
+            or any(p.leader < 0 or p.error is not None for p in topics[name].partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics without partition leaders: {', '.join(pending)}")
+        time.sleep(0.1)
 
 
 def _existing(spec: TopicSpec, partitions: int) -> TopicResult:
