@@ -317,6 +317,9 @@ def test_outcomes_topic_outage_backpressures_and_resumes_without_loss(
     # librdkafka holds outcomes for a missing topic this long before failing them (default
     # 30 s): shortened so the worker's own retry path runs within the test.
     monkeypatch.setenv("KAFKA_CONFIG_topic.metadata.propagation.max.ms", "1000")
+    # Once a topic is known missing, librdkafka looks for it again only on its periodic
+    # metadata refresh (default 5 min): shortened so the "outage" ends when the topic appears.
+    monkeypatch.setenv("KAFKA_CONFIG_topic.metadata.refresh.interval.ms", "1000")
     input_topic, outcomes_topic = unique_name("billing-outage"), unique_name("billing-late")
     make_topics(stack, input_topic, DLQ_TOPIC, partitions=PARTITIONS)
     count = 3000
