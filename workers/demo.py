@@ -40,6 +40,7 @@ from workers.common.database import apply_migrations
 from workers.common.kafka_config import producer_configuration
 from workers.common.kafka_offsets import committed_offsets, high_watermarks, total
 from workers.common.logs import configure_logging
+from workers.common.producing import produce_waiting
 from workers.common.projects import (
     Organization,
     Project,
@@ -183,19 +184,14 @@ def _produce_sample_traffic(
             progress.advance(task)
 
         for message in messages:
-            while True:
-                try:
-                    producer.produce(
-                        worker.definition.topic,
-                        value=message.value,
-                        key=message.key,
-                        headers=list(message.headers),
-                        on_delivery=delivered,
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-            producer.poll(0)
+            produce_waiting(
+                producer,
+                worker.definition.topic,
+                value=message.value,
+                key=message.key,
+                headers=list(message.headers),
+                on_delivery=delivered,
+            )
         remaining = producer.flush(60.0)
         if remaining or errors:
             raise RuntimeError(

@@ -158,8 +158,10 @@ def fail_on_call(number: int, real: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def test_failure_while_syncing_leaves_no_object_and_no_temporary_file(
-    storage: FilesystemBlobStorage, root: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # One sync thread: "the second fsync" is then the second object's.
+    storage = FilesystemBlobStorage(root, sync_threads=1)
     items = [(random_blob_path(), SECRET_PAYLOAD) for _ in range(3)]
     monkeypatch.setattr(os, "fsync", fail_on_call(2, os.fsync))
     with pytest.raises(StorageError) as raised:

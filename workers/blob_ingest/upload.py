@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from workers.blob_ingest.event import MAX_CHUNK_SIZE, Encoding, encode_headers
+from workers.common.producing import produce_waiting
 
 DELIVERY_TIMEOUT_SECONDS = 120.0
 
@@ -66,19 +67,14 @@ class ChunkProducer:
         headers: list[tuple[str, str | bytes | None]] = list(
             encode_headers(organization_id, chunk.checksum, encoding, int(time.time() * 1000))
         )
-        while True:
-            try:
-                self.__producer.produce(
-                    self.__topic,
-                    value=chunk.value,
-                    key=chunk.checksum.encode(),
-                    headers=headers,
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                self.__producer.poll(0.1)
-        self.__producer.poll(0)
+        produce_waiting(
+            self.__producer,
+            self.__topic,
+            value=chunk.value,
+            key=chunk.checksum.encode(),
+            headers=headers,
+            on_delivery=delivered,
+        )
         self.__report.chunks += 1
         self.__report.bytes += chunk.size
 

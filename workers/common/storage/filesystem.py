@@ -34,7 +34,7 @@ import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -109,6 +109,9 @@ class FilesystemBlobStorage(BlobStorage):
                 self._sync_pool.submit(_write_synced_file, temporary, data)
                 for (temporary, _), (_, data) in zip(pending, items, strict=True)
             ]
+            # Every write must have ended before a failure is handled, or a file still being
+            # written would escape the cleanup of temporary files.
+            wait(writes)
             for future, (path, _) in zip(writes, items, strict=True):
                 current = path
                 future.result()
