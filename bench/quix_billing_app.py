@@ -149,7 +149,7 @@ def _time_final_checkpoint(app: Any, run: Run) -> None:
     """
     context = getattr(app, "_processing_context", None)
     commit = getattr(context, "commit_checkpoint", None)
-    if commit is None:
+    if context is None or commit is None:
         logging.getLogger(__name__).warning("no commit_checkpoint: timing to app.run() return")
         return
 

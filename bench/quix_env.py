@@ -44,8 +44,15 @@ def ensure_quix_venv(venv_dir: Path = VENV_DIR) -> Path:
     print(f"making {venv_dir} ({', '.join(REQUIREMENTS)})", file=sys.stderr)
     venv.EnvBuilder(clear=True, with_pip=True).create(venv_dir)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        + list(REQUIREMENTS),
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            *REQUIREMENTS,
+        ],
         check=True,
     )
     subprocess.run(
