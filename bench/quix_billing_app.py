@@ -39,12 +39,16 @@ import logging
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from quixstreams import Application
-
 from bench.quix_billing import BillingJob, InvalidBucket
+
+with warnings.catch_warnings():
+    # A dependency of quixstreams 3.28 warns about its own httpx module on import.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from quixstreams import Application
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
