@@ -15,9 +15,13 @@ Every variant reads all of it with its own consumer group, side by side in one r
   CommitOffsets` (kept below, verbatim apart from its tally), on the fleet's consumer
   configuration, no flags;
 - `fleet`: today's chain (`BillingStrategyFactory`, first-custom-metric flags on, against the
-  stack's PostgreSQL and Redis) on the fleet's consumer configuration;
+  stack's PostgreSQL and Redis) on the fleet's consumer configuration, fed by `RunConsumer`
+  (one Arroyo message per partition and fetch) as `workers run billing` is;
+- `fleet_per_message`: the same chain fed by Arroyo's `KafkaConsumer`, one Arroyo message
+  per Kafka message (what `RunConsumer` saves);
 - `fleet_aggregated`: the same with `--aggregate-window-ms 200`;
-- `fleet_stock_arroyo`: today's chain on Arroyo's stock consumer configuration
+- `fleet_stock_arroyo`: today's chain (with `RunConsumer`) on Arroyo's stock consumer
+  configuration
   (`build_kafka_consumer_configuration` defaults, `queued.min.messages=10000`; SPEC §7);
 - `quix_streams`: the peer, the same billing job written as a Quix Streams app
   (`bench/quix_billing_app.py`, in its own virtualenv `bench/.venv-quix` made on demand by
@@ -67,6 +71,7 @@ from typing import Any, Final, NoReturn
 
 import orjson
 import psycopg
+from arroyo.backends.abstract import Consumer as ArroyoConsumer
 from arroyo.backends.abstract import Producer as ArroyoProducer
 from arroyo.backends.abstract import ProducerFuture
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
@@ -117,6 +122,7 @@ from workers.common.kafka_config import (
     consumer_configuration,
     producer_configuration,
 )
+from workers.common.message_runs import RunConsumer
 from workers.common.metrics import FleetMetrics
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG, create_organization
 from workers.common.settings import Settings
@@ -131,6 +137,7 @@ VARIANTS: Final = (
     "plain_billing",
     "previous",
     "fleet",
+    "fleet_per_message",
     "fleet_aggregated",
     "fleet_stock_arroyo",
     "quix_streams",
@@ -462,7 +469,7 @@ class Stopwatch(ProcessingStrategyFactory[KafkaPayload]):
         self.inner.shutdown()
 
 
-class _Head(ProcessingStrategy[KafkaPayload]):
+class _Head(ProcessingStrategy[Any]):
     def __init__(self, watch: Stopwatch, inner: ProcessingStrategy[KafkaPayload]) -> None:
         self.__watch = watch
         self.__inner = inner
@@ -490,10 +497,14 @@ def run_arroyo(
     factory: ProcessingStrategyFactory[KafkaPayload],
     consumer_config: dict[str, Any],
     profile: cProfile.Profile | None = None,
+    runs: bool = True,
 ) -> float:
     watch = Stopwatch(factory, work.messages)
+    consumer: ArroyoConsumer[Any] = (
+        RunConsumer(consumer_config) if runs else KafkaConsumer(consumer_config)
+    )
     processor = StreamProcessor(
-        KafkaConsumer(consumer_config),
+        consumer,
         Topic(work.topic),
         watch,
         CommitPolicy(DEFAULT_COMMIT_INTERVAL_MS / 1000.0, None),
@@ -860,6 +871,7 @@ def run_variant(
             work,
             PreviousBillingFactory(work.settings, outcomes_topic),
             fleet_consumer_config(work.settings),
+            runs=False,
         )
     reset_flags(work)
     if variant == "fleet":
@@ -868,6 +880,13 @@ def run_variant(
             fleet_factory(work, outcomes_topic),
             fleet_consumer_config(work.settings),
             profile,
+        )
+    elif variant == "fleet_per_message":
+        rate = run_arroyo(
+            work,
+            fleet_factory(work, outcomes_topic),
+            fleet_consumer_config(work.settings),
+            runs=False,
         )
     elif variant == "fleet_aggregated":
         rate = run_arroyo(
