@@ -127,8 +127,16 @@ class RunConsumer(Consumer[MessageRun]):
         return None
 
     def __fetch(self, timeout: float | None) -> None:
-        wait = -1 if timeout is None else timeout
-        messages: list[Any] = self.__confluent.consume(self.__max_fetch, wait)
+        # `consume(n, timeout)` waits until it has `n` messages or the timeout passed; a
+        # poll must instead return as soon as anything is there (Arroyo polls with 1 s, and
+        # the chain's own deadlines run between polls). So: take what is queued, and only
+        # when nothing is, wait for the first message.
+        confluent = self.__confluent
+        messages: list[Any] = confluent.consume(self.__max_fetch, 0)
+        if not messages and timeout != 0:
+            messages = confluent.consume(1, -1 if timeout is None else timeout)
+            if messages and self.__max_fetch > 1:
+                messages.extend(confluent.consume(self.__max_fetch - 1, 0))
         if not messages:
             return
         grouped: dict[tuple[str, int], list[Any]] = {}
