@@ -218,7 +218,7 @@ def run_consumer(
             "worker": definition.name,
             "topic": options.input_topic,
             "group": options.consumer_group,
-            "dlq_topic": definition.dlq_topic if dlq_policy else None,
+            "dlq_topic": definition.dlq_topic if options.enable_dlq else None,
         },
     )
     try:
