@@ -21,6 +21,7 @@ Semantics a strategy must keep in mind:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from datetime import datetime
@@ -28,10 +29,18 @@ from typing import Any, Final, Protocol
 
 from arroyo.backends.abstract import Consumer
 from arroyo.backends.kafka import KafkaConsumer
-from arroyo.errors import ConsumerError, EndOfPartition, OffsetOutOfRange, TransportError
+from arroyo.errors import (
+    ConsumerError,
+    EndOfPartition,
+    OffsetOutOfRange,
+    RecoverableError,
+    TransportError,
+)
 from arroyo.types import BrokerValue, Partition, Topic
 from confluent_kafka import Consumer as ConfluentConsumer
 from confluent_kafka import KafkaError
+
+logger = logging.getLogger(__name__)
 
 #: Messages fetched per `consume()` call (librdkafka returns fewer when fewer are ready).
 DEFAULT_MAX_FETCH_MESSAGES: Final = 1_000
@@ -81,6 +90,51 @@ def _consumer_error(error: KafkaError, message: Any) -> Exception:
     return ConsumerError(str(error))
 
 
+def runs_of(
+    messages: Sequence[Any], partitions: dict[tuple[str, int], Partition]
+) -> list[BrokerValue[MessageRun] | Exception]:
+    """One run per partition for each stretch of `messages` between errors, errors in place.
+
+    librdkafka's position has already moved past every message `consume()` returned, so
+    none may be left out: an error event in the middle of a fetch splits it, and the
+    messages after it still become runs (Arroyo's processor shrugs off a `TransportError`
+    and polls again; they must be there when it does).
+    """
+    items: list[BrokerValue[MessageRun] | Exception] = []
+    grouped: dict[tuple[str, int], list[Any]] = {}
+
+    def close_stretch() -> None:
+        for key, run in grouped.items():
+            partition = partitions.get(key)
+            if partition is None:
+                partition = partitions[key] = Partition(Topic(key[0]), key[1])
+            last = run[-1]
+            items.append(
+                BrokerValue(
+                    MessageRun(run),
+                    partition,
+                    last.offset(),
+                    datetime.utcfromtimestamp(last.timestamp()[1] / 1000.0),
+                )
+            )
+        grouped.clear()
+
+    for message in messages:
+        error = message.error()
+        if error is not None:
+            close_stretch()
+            items.append(_consumer_error(error, message))
+            continue
+        key = (message.topic(), message.partition())
+        run = grouped.get(key)
+        if run is None:
+            grouped[key] = [message]
+        else:
+            run.append(message)
+    close_stretch()
+    return items
+
+
 class RunConsumer(Consumer[MessageRun]):
     """Arroyo's `KafkaConsumer`, polled in runs (see the module docstring)."""
 
@@ -102,28 +156,28 @@ class RunConsumer(Consumer[MessageRun]):
             )
         self.__confluent: ConfluentConsumer = confluent
         self.__max_fetch = max_fetch_messages
-        self.__ready: deque[BrokerValue[MessageRun]] = deque()
-        self.__pending_error: Exception | None = None
+        self.__ready: deque[BrokerValue[MessageRun] | Exception] = deque()
         self.__partitions: dict[tuple[str, int], Partition] = {}
 
     # -- polling ----------------------------------------------------------------------------
 
     def poll(self, timeout: float | None = None) -> BrokerValue[MessageRun] | None:
         if not self.__ready:
-            if self.__pending_error is not None:
-                error, self.__pending_error = self.__pending_error, None
-                raise error
             self.__fetch(timeout)
         offsets: MutableMapping[Partition, int] = self.__inner.tell()  # type: ignore[assignment]
         while self.__ready:
-            run = self.__ready.popleft()
+            item = self.__ready.popleft()
+            if isinstance(item, Exception):
+                # In its place among the runs: what came before it was handed out, what
+                # came after it is handed out by the next polls.
+                if isinstance(item, RecoverableError):
+                    # Arroyo's processor swallows these silently; an operator wants to know.
+                    logger.warning("consumer error, polling on", extra={"error": str(item)})
+                raise item
             # A rebalance inside `consume()` may have taken the partition away.
-            if run.partition in offsets:
-                offsets[run.partition] = run.offset + 1
-                return run
-        if self.__pending_error is not None:
-            error, self.__pending_error = self.__pending_error, None
-            raise error
+            if item.partition in offsets:
+                offsets[item.partition] = item.offset + 1
+                return item
         return None
 
     def __fetch(self, timeout: float | None) -> None:
@@ -137,39 +191,17 @@ class RunConsumer(Consumer[MessageRun]):
             messages = confluent.consume(1, -1 if timeout is None else timeout)
             if messages and self.__max_fetch > 1:
                 messages.extend(confluent.consume(self.__max_fetch - 1, 0))
-        if not messages:
-            return
-        grouped: dict[tuple[str, int], list[Any]] = {}
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                # Raised once the runs fetched before it have been handed out.
-                self.__pending_error = _consumer_error(error, message)
-                break
-            key = (message.topic(), message.partition())
-            run = grouped.get(key)
-            if run is None:
-                grouped[key] = [message]
-            else:
-                run.append(message)
-        for key, run in grouped.items():
-            partition = self.__partitions.get(key)
-            if partition is None:
-                partition = self.__partitions[key] = Partition(Topic(key[0]), key[1])
-            last = run[-1]
-            self.__ready.append(
-                BrokerValue(
-                    MessageRun(run),
-                    partition,
-                    last.offset(),
-                    datetime.utcfromtimestamp(last.timestamp()[1] / 1000.0),
-                )
-            )
+        if messages:
+            self.__ready.extend(runs_of(messages, self.__partitions))
 
     def __drop_ready(self, partitions: Sequence[Partition] | Mapping[Partition, int]) -> None:
         if self.__ready:
             dropped = set(partitions)
-            self.__ready = deque(run for run in self.__ready if run.partition not in dropped)
+            self.__ready = deque(
+                item
+                for item in self.__ready
+                if isinstance(item, Exception) or item.partition not in dropped
+            )
 
     # -- subscription and positions: Arroyo's consumer, minus the runs they invalidate ------
 
