@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
+from collections.abc import Iterator
 
 import click
 import psycopg
@@ -25,6 +28,23 @@ from workers.gateway.tokens import KNOWN_SCOPES, TokenError, create_token
 logger = logging.getLogger(__name__)
 
 
+class _GatewayServer(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM/SIGINT ends in a clean exit (status 0) after the
+    graceful shutdown instead of re-raising the signal (a second signal forces the exit)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run_gateway(
     settings: Settings, config: GatewayConfig, host: str, port: int, metrics_port: int | None
 ) -> None:
@@ -35,7 +55,7 @@ def run_gateway(
         start_metrics_server(metrics_port, registry) if metrics_port is not None else None
     )
     app = create_app(functools.partial(open_services, settings, config, metrics))
-    server = uvicorn.Server(
+    server = _GatewayServer(
         uvicorn.Config(
             app,
             host=host,
