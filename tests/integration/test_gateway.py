@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,7 @@ def test_sentry_cli_uploads_a_source_map_bundle(stack: Stack, tmp_path: Path) ->
 
 
 def _post(
-    stack: Stack, parts: list[tuple[str, str | None, bytes]], token: str | None = None
+    stack: Stack, parts: Sequence[tuple[str, str | None, bytes]], token: str | None = None
 ) -> httpx.Response:
     body, content_type = multipart_body(parts)
     with stack.client(token or stack.org.write_token) as client:
@@ -288,7 +288,7 @@ def test_every_error_string_and_bounded_memory(stack: Stack) -> None:
     big = os.urandom(8 * MIB + 1)
     seven = [os.urandom(7 * MIB) for _ in range(5)]  # 35 MiB, over 32 MiB
     tiny = [("file", sha1(b"%d" % i), b"%d" % i) for i in range(65)]
-    cases: list[tuple[list[tuple[str, str | None, bytes]], str]] = [
+    cases: list[tuple[Sequence[tuple[str, str | None, bytes]], str]] = [
         ([("file", sha1(big), big)], "Chunk size too large"),
         ([("file_gzip", sha1(b"bomb"), bomb)] * 3, "Chunk size too large"),
         ([("file", sha1(d), d) for d in seven], "Request too large"),

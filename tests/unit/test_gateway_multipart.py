@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import zlib
+from collections.abc import Sequence
 
 import pytest
 
@@ -22,7 +23,7 @@ def sha1(data: bytes) -> str:
 
 
 def read(
-    parts: list[tuple[str, str | None, bytes]],
+    parts: Sequence[tuple[str, str | None, bytes]],
     limits: UploadLimits = LIMITS,
     piece: int = 65536,
 ) -> list[ReceivedChunk]:
@@ -33,7 +34,7 @@ def read(
     return reader.finish()
 
 
-def rejected(parts: list[tuple[str, str | None, bytes]], **kw: object) -> str:
+def rejected(parts: Sequence[tuple[str, str | None, bytes]], **kw: object) -> str:
     with pytest.raises(UploadRejected) as caught:
         read(parts, **kw)  # type: ignore[arg-type]
     return caught.value.message
