@@ -118,6 +118,16 @@ async def chunk_upload(request: Request, services: GatewayServices) -> Response:
             chunk_upload_options(organization_slug, services.config.public_url, limits)
         )
     owner = await _authorize(request, services, organization_slug, WRITE_SCOPES)
+    # At most `max_concurrent_uploads` requests buffer chunks at once; the others wait
+    # without reading their bodies (TCP backpressure), which bounds the process's memory.
+    async with services.upload_slots:
+        return await _receive_chunks(request, services, owner)
+
+
+async def _receive_chunks(
+    request: Request, services: GatewayServices, owner: TokenOwner
+) -> Response:
+    limits = services.config.limits
     content_length = request.headers.get("content-length")
     if (
         content_length is not None
@@ -141,6 +151,8 @@ async def chunk_upload(request: Request, services: GatewayServices) -> Response:
         raise
     if not chunks:
         return Response(status_code=200)
+    checksums = [chunk.checksum for chunk in chunks]
+    accepted_bytes = sum(chunk.size for chunk in chunks)
     started = time.perf_counter()
     try:
         await services.publisher.publish(owner.organization_id, chunks)
@@ -149,19 +161,19 @@ async def chunk_upload(request: Request, services: GatewayServices) -> Response:
             "chunks not acknowledged by Kafka",
             extra={
                 "organization_id": owner.organization_id,
-                "chunks": len(chunks),
+                "chunks": len(checksums),
                 "error": str(error),
             },
         )
         raise _unavailable("kafka_unavailable") from None
     services.metrics.produce_latency.observe(time.perf_counter() - started)
     try:
-        await services.pending.mark(owner.organization_id, [c.checksum for c in chunks])
+        await services.pending.mark(owner.organization_id, checksums)
     except redis.exceptions.RedisError:
         logger.exception("could not record pending chunks")
         raise _unavailable("redis_unavailable") from None
-    services.metrics.chunks_accepted.inc(len(chunks))
-    services.metrics.bytes_accepted.inc(sum(c.size for c in chunks))
+    services.metrics.chunks_accepted.inc(len(checksums))
+    services.metrics.bytes_accepted.inc(accepted_bytes)
     return Response(status_code=200)
 
 

@@ -22,7 +22,12 @@ from workers.common.settings import Settings
 from workers.gateway.app import create_app
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.pending import DEFAULT_TTL_SECONDS
-from workers.gateway.services import DEFAULT_PRODUCE_TIMEOUT_SECONDS, GatewayConfig, open_services
+from workers.gateway.services import (
+    DEFAULT_MAX_CONCURRENT_UPLOADS,
+    DEFAULT_PRODUCE_TIMEOUT_SECONDS,
+    GatewayConfig,
+    open_services,
+)
 from workers.gateway.tokens import KNOWN_SCOPES, TokenError, create_token
 
 logger = logging.getLogger(__name__)
@@ -108,6 +113,13 @@ def serve() -> None:
     show_default=True,
     help="Seconds an accepted chunk counts as on its way to blob-ingest.",
 )
+@click.option(
+    "--max-concurrent-uploads",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONCURRENT_UPLOADS,
+    show_default=True,
+    help="Upload requests buffering chunks at once (each up to about 33 MiB); others wait.",
+)
 @click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
 def serve_gateway(
     host: str,
@@ -117,6 +129,7 @@ def serve_gateway(
     public_url: str | None,
     produce_timeout_ms: int,
     pending_ttl: int,
+    max_concurrent_uploads: int,
     log_level: str | None,
 ) -> None:
     environ = dict(os.environ)
@@ -129,6 +142,7 @@ def serve_gateway(
         topic=topic,
         produce_timeout_seconds=produce_timeout_ms / 1000,
         pending_ttl_seconds=pending_ttl,
+        max_concurrent_uploads=max_concurrent_uploads,
     )
     run_gateway(settings, config, host, port, metrics_port)
 

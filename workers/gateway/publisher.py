@@ -51,15 +51,20 @@ class ChunkPublisher:
         while not self.__stopping.is_set():
             self.__producer.poll(POLL_SECONDS)
 
-    async def publish(self, organization_id: int, chunks: Sequence[ReceivedChunk]) -> None:
-        """Produce every chunk; return once Kafka acknowledged all of them."""
+    async def publish(self, organization_id: int, chunks: list[ReceivedChunk]) -> None:
+        """Produce every chunk; return once Kafka acknowledged all of them.
+
+        Consumes `chunks`: each is dropped from the list once librdkafka holds its copy, so
+        a request's bytes are in memory once, not twice, while Kafka acknowledges them."""
         if not chunks:
             return
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.__timeout
         futures: list[asyncio.Future[None]] = []
         uploaded_at = int(time.time() * 1000)
-        for chunk in chunks:
+        chunks.reverse()
+        while chunks:
+            chunk = chunks.pop()
             future: asyncio.Future[None] = loop.create_future()
             futures.append(future)
             headers: list[tuple[str, str | bytes | None]] = list(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from workers.gateway.publisher import ChunkPublisher
 
 DEFAULT_PRODUCE_TIMEOUT_SECONDS: Final = 30.0
 POOL_OPEN_TIMEOUT_SECONDS: Final = 30.0
+DEFAULT_MAX_CONCURRENT_UPLOADS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class GatewayConfig:
     limits: UploadLimits = field(default_factory=UploadLimits)
     produce_timeout_seconds: float = DEFAULT_PRODUCE_TIMEOUT_SECONDS
     pending_ttl_seconds: int = DEFAULT_TTL_SECONDS
+    #: Upload requests buffering chunks at once (each holds up to about 33 MiB).
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class GatewayServices:
     pending: PendingChunks
     assembler: Assembler
     metrics: GatewayMetrics
+    upload_slots: asyncio.Semaphore
 
 
 def gateway_producer(settings: Settings, config: GatewayConfig) -> Producer:
@@ -88,6 +93,7 @@ async def open_services(
             pending=pending,
             assembler=Assembler(pool, pending, storage),
             metrics=metrics,
+            upload_slots=asyncio.Semaphore(config.max_concurrent_uploads),
         )
     finally:
         publisher.close()
