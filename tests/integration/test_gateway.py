@@ -283,15 +283,16 @@ def test_every_error_string_and_bounded_memory(stack: Stack) -> None:
     warm = [os.urandom(8 * MIB) for _ in range(4)]
     # Exactly the limits pass (and warm the server up to a 32 MiB request).
     assert _post(stack, [("file", sha1(d), d) for d in warm]).status_code == 200
-    baseline = stack.gateway.rss_bytes()
+    baseline, peak_baseline = stack.gateway.rss_bytes(), stack.gateway.peak_rss_bytes()
     bomb = gzip.compress(b"\0" * (256 * MIB), compresslevel=6)
     big = os.urandom(8 * MIB + 1)
-    seven = [os.urandom(7 * MIB) for _ in range(5)]  # 35 MiB, over 32 MiB
+    # 33 MiB: four full chunks and one more MiB.
+    over = [os.urandom(8 * MIB) for _ in range(4)] + [os.urandom(MIB)]
     tiny = [("file", sha1(b"%d" % i), b"%d" % i) for i in range(65)]
     cases: list[tuple[Sequence[tuple[str, str | None, bytes]], str]] = [
         ([("file", sha1(big), big)], "Chunk size too large"),
         ([("file_gzip", sha1(b"bomb"), bomb)] * 3, "Chunk size too large"),
-        ([("file", sha1(d), d) for d in seven], "Request too large"),
+        ([("file", sha1(d), d) for d in over], "Request too large"),
         (tiny, "Too many chunks"),
         ([("file", sha1(b"something else"), b"payload")], "Checksum mismatch"),
         ([("file", None, b"payload")], "Chunk without a filename"),
@@ -301,10 +302,13 @@ def test_every_error_string_and_bounded_memory(stack: Stack) -> None:
         response = _post(stack, parts)
         assert (response.status_code, response.json()) == (400, {"error": message}), message
     grown = stack.gateway.rss_bytes() - baseline
-    # One 256 MiB bomb expanded would show; decompression stops at 8 MiB + 1 byte.
+    peak_grown = stack.gateway.peak_rss_bytes() - peak_baseline
+    # One 256 MiB bomb expanded, even briefly, would show in the high-water mark;
+    # decompression stops at 8 MiB + 1 byte, and nothing is buffered past 32 MiB.
     assert grown < 48 * MIB, f"gateway RSS grew by {grown / MIB:.1f} MiB"
+    assert peak_grown < 48 * MIB, f"gateway peak RSS grew by {peak_grown / MIB:.1f} MiB"
     # Nothing of the refused requests was accepted.
-    refused = [sha1(big), sha1(b"payload"), *(sha1(d) for d in seven)]
+    refused = [sha1(big), sha1(b"payload"), *(sha1(d) for d in over)]
     assert stack.owned(stack.org.id, refused) == {}
     with stack.client(stack.org.write_token) as client:
         empty = client.post(stack.upload_url())
@@ -403,5 +407,60 @@ def test_kafka_down_answers_503_and_reports_nothing_accepted(stack: Stack) -> No
         assert (answer["state"], answer["missingChunks"]) == ("not_found", [sha1(data)])
         assert gateway.metric("workers_gateway_chunks_accepted_total") == 0
         assert gateway.metric("workers_gateway_rejections_total", reason="kafka_unavailable") == 1
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_metrics_label_routes_by_template_not_by_path(stack: Stack) -> None:
+    with stack.client(stack.org.read_token) as client:
+        assert client.get(stack.upload_url()).status_code == 200
+    text = stack.gateway.scrape()
+    assert (
+        'workers_gateway_requests_total{method="GET",'
+        'route="/api/0/organizations/{org}/chunk-upload/",status="200"}'
+    ) in text
+    assert stack.org.slug not in text
+    for name in (
+        "workers_gateway_request_duration_seconds_bucket",
+        "workers_gateway_chunk_bytes_accepted_total",
+        "workers_gateway_produce_latency_seconds_bucket",
+        "workers_gateway_assemble_total",
+        "workers_gateway_rejections_total",
+    ):
+        assert name in text, name
+
+
+def test_a_storage_fault_while_assembling_is_a_503(stack: Stack) -> None:
+    data = os.urandom(6000)
+    assert _post(stack, [("file", sha1(data), data)]).status_code == 200
+    path = wait_for(lambda: stack.owned(stack.org.id, [sha1(data)]).get(sha1(data)), 60, "the blob")
+    (stack.storage_root / path).unlink()
+    with stack.client(stack.org.write_token) as client:
+        response = client.post(
+            f"/api/0/projects/{stack.org.slug}/{stack.org.project}/files/difs/assemble/",
+            json={sha1(data): {"name": "x", "chunks": [sha1(data)]}},
+        )
+    assert response.status_code == 503, response.text
+    assert (
+        stack.gateway.metric("workers_gateway_rejections_total", reason="dependency_unavailable")
+        >= 1
+    )
+
+
+def test_redis_down_after_kafka_acknowledged_is_a_503_not_a_success(stack: Stack) -> None:
+    gateway = GatewayProcess(
+        "--topic", stack.topic,
+        env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, log_name="gateway-redis-down",
+    )  # fmt: skip
+    try:
+        data = os.urandom(2000)
+        body, content_type = multipart_body([("file", sha1(data), data)])
+        headers = {"Authorization": f"Bearer {stack.org.write_token}"}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=60) as client:
+            response = client.post(
+                stack.upload_url(), content=body, headers={"Content-Type": content_type}
+            )
+        assert response.status_code == 503, response.text
+        assert gateway.metric("workers_gateway_chunks_accepted_total") == 0
     finally:
         assert gateway.stop() == 0

@@ -87,10 +87,17 @@ class GatewayProcess:
         return total
 
     def rss_bytes(self) -> int:
+        return self.__status_bytes("VmRSS:")
+
+    def peak_rss_bytes(self) -> int:
+        """The high-water mark of resident memory since the process started (`VmHWM`)."""
+        return self.__status_bytes("VmHWM:")
+
+    def __status_bytes(self, field: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS line")
+        raise AssertionError(f"no {field} line")
 
 
 def multipart_body(
