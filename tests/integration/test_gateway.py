@@ -4,6 +4,7 @@ blob-ingest worker process."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -464,3 +465,35 @@ def test_redis_down_after_kafka_acknowledged_is_a_503_not_a_success(stack: Stack
         assert gateway.metric("workers_gateway_chunks_accepted_total") == 0
     finally:
         assert gateway.stop() == 0
+
+
+def test_tokens_create_prints_the_token_once_and_stores_only_its_hash(stack: Stack) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "tokens", "create", "--org", stack.org.slug,
+         "--scopes", "project:read,org:read", "--name", "reader"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token.startswith("wgt_")
+    assert len(token.splitlines()) == 1
+    assert token not in result.stderr
+    with psycopg.connect(stack.settings.database_url) as connection:
+        rows = connection.execute(
+            "SELECT token_hash, scopes, name, token_prefix FROM api_tokens "
+            "WHERE organization_id = %s AND name = 'reader'",
+            (stack.org.id,),
+        ).fetchall()
+    assert rows == [
+        (hashlib.sha256(token.encode()).hexdigest(), ["project:read", "org:read"], "reader",
+         token[:12])
+    ]  # fmt: skip
+    with stack.client(token) as client:
+        assert client.get(stack.upload_url()).status_code == 200
+    refused = subprocess.run(
+        [sys.executable, "-m", "workers", "tokens", "create", "--org", stack.org.slug,
+         "--scopes", "project:everything"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "unknown scope" in refused.stderr
