@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -27,6 +26,7 @@ from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.common.storage import FilesystemBlobStorage
+from workers.gateway.demo_upload import sentry_cli_path
 from workers.gateway.options import CHUNK_SIZE
 from workers.gateway.tokens import create_token
 from workers.stack.processes import free_port
@@ -34,7 +34,8 @@ from workers.stack.processes import free_port
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
-SENTRY_CLI = shutil.which("sentry-cli") or str(Path(sys.executable).parent / "sentry-cli")
+# The venv's sentry-cli (the pinned 3.8.2), before any other on PATH.
+SENTRY_CLI = sentry_cli_path()
 
 
 @dataclass
