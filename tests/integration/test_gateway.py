@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -498,3 +499,28 @@ def test_tokens_create_prints_the_token_once_and_stores_only_its_hash(stack: Sta
     )  # fmt: skip
     assert refused.returncode != 0
     assert "unknown scope" in refused.stderr
+
+
+def test_a_client_that_goes_away_mid_body_is_counted_and_nothing_is_accepted(
+    stack: Stack,
+) -> None:
+    accepted = stack.gateway.metric("workers_gateway_chunks_accepted_total")
+    data = os.urandom(MIB)
+    body, content_type = multipart_body([("file", sha1(data), data)])
+    head = (
+        f"POST {stack.upload_url()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {stack.org.write_token}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", stack.gateway.port)) as connection:
+        connection.sendall(head.encode() + body[: len(body) // 2])
+    wait_for(
+        lambda: stack.gateway.metric(
+            "workers_gateway_rejections_total", reason="client_disconnected"
+        ),
+        30,
+        "the disconnect to be counted",
+    )
+    assert stack.gateway.metric("workers_gateway_chunks_accepted_total") == accepted
+    with stack.client(stack.org.read_token) as client:
+        assert client.get(stack.upload_url()).status_code == 200

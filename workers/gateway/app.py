@@ -21,7 +21,7 @@ from typing import Any, Final
 import psycopg
 import redis.exceptions
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -266,6 +266,10 @@ def _instrumented(template: str, handler: Handler) -> Callable[[Request], Awaita
         except ApiError as error:
             services.metrics.rejected(error.reason)
             response = JSONResponse(error.body, status_code=error.status)
+        except ClientDisconnect:
+            # The client went away mid-body: nothing was produced, nobody reads the answer.
+            services.metrics.rejected("client_disconnected")
+            response = JSONResponse({"error": "Client disconnected"}, status_code=400)
         except (psycopg.Error, redis.exceptions.RedisError, StorageError) as error:
             services.metrics.rejected("dependency_unavailable")
             logger.warning(
