@@ -106,7 +106,6 @@ class ChunkReader:
         self.__part: _Part | None = None
         self.__field = bytearray()
         self.__value = bytearray()
-        self.__error: UploadRejected | None = None
         self.__ended = False
         self.__parser = MultipartParser(
             boundary,
@@ -138,8 +137,6 @@ class ChunkReader:
         except Exception as error:
             # The parser's own errors (bad boundary, too many headers...) are bad input.
             raise reject(MALFORMED) from error
-        if self.__error is not None:
-            raise self.__error
 
     def finish(self) -> list[ReceivedChunk]:
         if self.__body_bytes == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -73,22 +73,27 @@ def gateway_producer(settings: Settings, config: GatewayConfig) -> Producer:
 async def open_services(
     settings: Settings, config: GatewayConfig, metrics: GatewayMetrics
 ) -> AsyncIterator[GatewayServices]:
-    pool = AsyncConnectionPool(
-        settings.database_url,
-        min_size=1,
-        max_size=settings.database_pool_max_size,
-        name="gateway",
-        open=False,
-        kwargs={"application_name": "gateway", "autocommit": True},
-    )
-    await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_SECONDS)
-    redis: Redis = Redis.from_url(settings.redis_url)
-    storage = open_blob_storage(settings)
-    publisher = ChunkPublisher(
-        gateway_producer(settings, config), config.topic, config.produce_timeout_seconds
-    )
-    pending = PendingChunks(redis, config.pending_ttl_seconds)
-    try:
+    """Everything opened here is closed again, also when a later step fails to open."""
+    async with AsyncExitStack() as stack:
+        pool = AsyncConnectionPool(
+            settings.database_url,
+            min_size=1,
+            max_size=settings.database_pool_max_size,
+            name="gateway",
+            open=False,
+            kwargs={"application_name": "gateway", "autocommit": True},
+        )
+        await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_SECONDS)
+        stack.push_async_callback(pool.close)
+        redis: Redis = Redis.from_url(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        storage = open_blob_storage(settings)
+        stack.callback(storage.close)
+        publisher = ChunkPublisher(
+            gateway_producer(settings, config), config.topic, config.produce_timeout_seconds
+        )
+        stack.callback(publisher.close)
+        pending = PendingChunks(redis, config.pending_ttl_seconds)
         yield GatewayServices(
             config=config,
             pool=pool,
@@ -100,8 +105,3 @@ async def open_services(
             metrics=metrics,
             upload_slots=asyncio.Semaphore(config.max_concurrent_uploads),
         )
-    finally:
-        publisher.close()
-        storage.close()
-        await redis.aclose()
-        await pool.close()
