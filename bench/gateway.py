@@ -1,22 +1,23 @@
 """Chunk-upload gateway end to end: 8 concurrent uploaders → real gateway → real Kafka.
 
-For each chunk size (64 KiB chunks, 64 per request; 1 MiB chunks, 32 per request: 4 MiB and
-32 MiB requests), a fresh `workers serve gateway` subprocess is started on a fresh topic (4
-partitions) with a fresh organization and token, and 8 uploader threads (one `httpx.Client`
-each, keep-alive) POST multipart requests of raw `file` parts as fast as the gateway answers.
-Every request body is built before the clock starts (random bytes, so nothing compresses or
-deduplicates and the client spends nothing but sending); the clock runs from the release of
-the uploaders to the last 200. A 200 means every chunk of the request was acknowledged by
-Kafka (`acks=all`, idempotent producer), so the rate is acknowledged chunks per second. The
-run is checked afterwards: every answer was 200, the gateway's
-`workers_gateway_chunks_accepted_total` equals the chunks sent, and the topic's high
-watermarks grew by exactly that many messages. No blob-ingest worker runs (it has its own
-bench, `bench.blob_ingest`).
+Shapes: 64 KiB chunks, 64 per request (4 MiB requests) and 1 MiB chunks, 32 per request (32
+MiB requests), both raw random bytes in `file` parts; and 1 MiB chunks of hex text sent
+gzip-compressed in `file_gzip` parts (about 2:1), as sentry-cli sends them. For each shape a
+fresh `workers serve gateway` subprocess is started on a fresh topic (4 partitions) with a
+fresh organization and token, and 8 uploader threads (one `httpx.Client` each, keep-alive)
+POST multipart requests as fast as the gateway answers. Every request body is built before the
+clock starts (random content, so nothing deduplicates, and the client spends nothing but
+sending); the clock runs from the release of the uploaders to the last 200. A 200 means every
+chunk of the request was acknowledged by Kafka (`acks=all`, idempotent producer), so the rate
+is acknowledged chunks per second. The run is checked afterwards: every answer was 200, the
+gateway's `workers_gateway_chunks_accepted_total` equals the chunks sent, and the topic's
+high watermarks grew by exactly that many messages. No blob-ingest worker runs (it has its
+own bench, `bench.blob_ingest`).
 
-Peak RSS: `VmHWM` of the gateway process (its high-water mark since exec, one gateway per
-size, so one run's peak never includes another's), next to its RSS before the run. MB/s are
-10**6 bytes of chunk data per second; RSS is in MiB. The client and the server share the
-machine's 2 cores, so the figures are a floor of what the gateway does on its own.
+Peak RSS: `VmHWM` of the gateway process (its high-water mark since exec; one gateway per
+shape, so one run's peak never includes another's), next to its RSS before the run. MB/s are
+10**6 bytes of decompressed chunk data per second; RSS is in MiB. The client and the server
+share the machine's 2 cores, so the figures are a floor of what the gateway does on its own.
 
 Prints a table and, as the last line, one JSON object with the figures. The topics and the
 organization (with its token) are removed afterwards.
@@ -27,6 +28,7 @@ Usage: `python -m bench.gateway [--requests-64k N] [--requests-1m N] [--uploader
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import os
 import statistics
@@ -64,6 +66,8 @@ class Shape:
     chunk_size: int
     chunks_per_request: int
     requests: int
+    #: `file_gzip` parts of hex text (about 2:1), as sentry-cli sends; else raw random bytes.
+    gzip: bool = False
 
     @property
     def chunks(self) -> int:
@@ -101,8 +105,13 @@ def _bodies(shape: Shape) -> list[tuple[bytes, str]]:
     for _ in range(shape.requests):
         parts = []
         for _ in range(shape.chunks_per_request):
-            data = os.urandom(shape.chunk_size)
-            parts.append(("file", hashlib.sha1(data).hexdigest(), data))
+            if shape.gzip:
+                data = os.urandom(shape.chunk_size // 2).hex().encode()
+                value = gzip.compress(data, compresslevel=1, mtime=0)
+                parts.append(("file_gzip", hashlib.sha1(data).hexdigest(), value))
+            else:
+                data = os.urandom(shape.chunk_size)
+                parts.append(("file", hashlib.sha1(data).hexdigest(), data))
         bodies.append(multipart_body(parts))
     return bodies
 
@@ -204,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     shapes = [
         Shape("64 KiB", 64 * KIB, 64, args.requests_64k),
         Shape("1 MiB", MIB, 32, args.requests_1m),
+        Shape("1 MiB gz", MIB, 32, args.requests_1m, gzip=True),
     ]
     results = []
     for shape in shapes:
@@ -216,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "runs": [
             {
                 "chunk_bytes": r.shape.chunk_size,
+                "gzip": r.shape.gzip,
                 "chunks_per_request": r.shape.chunks_per_request,
                 "chunks": r.shape.chunks,
                 "seconds": round(r.seconds, 3),
