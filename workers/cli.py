@@ -16,6 +16,7 @@ from workers.common.snowflake.cli import ids
 from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
 from workers.fleet import FLEET_REGISTRY_LOADER
+from workers.gateway.cli import serve, tokens
 from workers.stack.cli import stack
 
 
@@ -75,6 +76,8 @@ def make_cli(registry_loader: str) -> click.Group:
     cli.add_command(projects)
     cli.add_command(chunks)
     cli.add_command(blobs)
+    cli.add_command(serve)
+    cli.add_command(tokens)
     return cli
 
 

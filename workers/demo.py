@@ -56,6 +56,7 @@ from workers.common.settings import Settings
 from workers.common.snowflake import SentrySnowflakeGenerator
 from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
+from workers.gateway.demo_upload import GatewayUpload, upload_with_sentry_cli
 from workers.stack import StackError, stack_up
 from workers.stack.processes import free_port
 
@@ -68,6 +69,8 @@ BILLING_NAME = "billing"
 DEMO_PROJECTS = ("frontend", "backend", "mobile")
 # Only these send custom metrics, so exactly these get the first-custom-metric flag.
 DEMO_CUSTOM_PROJECTS = ("backend",)
+# The project sentry-cli uploads the demo's debug file to, through the gateway.
+DEMO_UPLOAD_PROJECT = "backend"
 METRICS_SETTLE_SECONDS = 10.0
 
 
@@ -240,6 +243,36 @@ def _upload_sample_files(settings: Settings, worker: DemoWorker, console: Consol
     worker.produced = int(match.group(1))
 
 
+def _upload_through_gateway(
+    settings: Settings, worker: DemoWorker, console: Console
+) -> GatewayUpload:
+    """The real sentry-cli uploads a debug file through a gateway subprocess; blob-ingest
+    (running) persists its chunks, and `--wait` returns once the file is assembled."""
+    _demo_projects(settings)
+    console.print(
+        "$ sentry-cli debug-files upload --wait demo-debug   (SENTRY_URL=<gateway> "
+        f"SENTRY_ORG={DEMO_ORGANIZATION} SENTRY_PROJECT={DEMO_UPLOAD_PROJECT})"
+    )
+    upload = upload_with_sentry_cli(
+        settings, DEMO_ORGANIZATION, DEMO_UPLOAD_PROJECT, worker.definition.topic
+    )
+    console.print(upload.result_line)
+    worker.produced += upload.chunks_accepted
+    return upload
+
+
+def _gateway_row(upload: GatewayUpload, topic: str) -> tuple[str, ...]:
+    return (
+        "gateway",
+        str(upload.chunks_accepted),
+        "-",
+        "-",
+        f"{topic}: {upload.chunks_accepted}",
+        f"sentry-cli exit={upload.returncode}: {upload.result_line}; "
+        f"bytes accepted={upload.bytes_accepted} files ok={upload.assembled_ok}",
+    )
+
+
 def _metric_total(metrics_text: str, name: str, **labels: str) -> float:
     found = 0.0
     for family in text_string_to_metric_families(metrics_text):
@@ -345,7 +378,12 @@ def _settled_scrape(settings: Settings, worker: DemoWorker) -> str:
         time.sleep(POLL_INTERVAL_SECONDS)
 
 
-def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, str]) -> Table:
+def _summary(
+    settings: Settings,
+    workers: list[DemoWorker],
+    metrics: dict[str, str],
+    gateway: tuple[str, ...] | None = None,
+) -> Table:
     table = Table(title="workers demo")
     for column in ("worker", "produced", "processed", "DLQ", "output", "details"):
         table.add_column(column, overflow="fold")
@@ -372,6 +410,8 @@ def _summary(settings: Settings, workers: list[DemoWorker], metrics: dict[str, s
             outputs or "-",
             _details(settings, definition.name, metrics.get(definition.name, "")),
         )
+    if gateway is not None:
+        table.add_row(*gateway)
     return table
 
 
@@ -394,10 +434,11 @@ def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
     ]
     workers = [_start_worker(d, settings, registry_loader) for d in definitions]
     metrics: dict[str, str] = {}
+    gateway: GatewayUpload | None = None
+    blob_worker = next((w for w in workers if w.definition.name == BLOB_INGEST_NAME), None)
     try:
-        for worker in workers:
-            if worker.definition.name == BLOB_INGEST_NAME:
-                _upload_sample_files(settings, worker, console)
+        if blob_worker is not None:
+            _upload_sample_files(settings, blob_worker, console)
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -407,13 +448,22 @@ def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
         with Progress(*columns, console=console) as progress:
             _produce_sample_traffic(settings, workers, messages, progress)
             finished = _wait_for_commits(settings, workers, timeout, progress)
+        if finished and blob_worker is not None:
+            gateway = _upload_through_gateway(settings, blob_worker, console)
+            with Progress(*columns, console=console) as progress:
+                finished = _wait_for_commits(settings, [blob_worker], timeout, progress)
         if not finished:
             console.print(f"[red]workers did not finish within {timeout:.0f} s[/red]")
         for worker in workers:
             metrics[worker.definition.name] = _settled_scrape(settings, worker)
     finally:
         _stop(workers)
-    console.print(_summary(settings, workers, metrics))
+    gateway_row = (
+        _gateway_row(gateway, blob_worker.definition.topic)
+        if gateway is not None and blob_worker is not None
+        else None
+    )
+    console.print(_summary(settings, workers, metrics, gateway_row))
     for worker in workers:
         name = worker.definition.name
         console.print(
@@ -421,8 +471,13 @@ def run_demo(registry_loader: str, messages: int, timeout: float) -> int:
             f"while it ran (see it live: workers run {name} --metrics-port 9101, then "
             f"curl http://127.0.0.1:9101/metrics); log: {worker.log_path}"
         )
+    if gateway is not None:
+        console.print(f"gateway: log {gateway.log_path}; debug file {gateway.debug_file}")
     failed = [w.definition.name for w in workers if w.process.returncode != 0]
     if failed:
         console.print(f"[red]workers exited uncleanly: {', '.join(failed)}[/red]")
+        return 1
+    if gateway is not None and not gateway.ok:
+        console.print("[red]the sentry-cli upload through the gateway failed[/red]")
         return 1
     return 0 if finished else 1

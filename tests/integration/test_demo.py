@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -42,7 +43,13 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
         text=True,
         timeout=300,
         check=False,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+        env={
+            "COLUMNS": "200",
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(Path.home()),
+            # A shared stack (several work trees) is named by its state dir; unset in CI.
+            **{k: v for k, v in os.environ.items() if k == "WORKERS_STATE_DIR"},
+        },
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {
@@ -77,13 +84,26 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
     assert int(match.group(1)) + int(match.group(2)) == outcomes
     assert match.group(3) == ", ".join(DEMO_CUSTOM_PROJECTS)
 
+    # The real sentry-cli uploaded a debug file through the gateway: its chunks (none on a
+    # rerun, when the file is already there) went to blob-ingest too.
+    _, gateway_chunks, _, _, gateway_output, gateway_details = rows["gateway"]
+    gateway_match = re.fullmatch(
+        r"sentry-cli exit=0: (?:OK [0-9a-f-]+ \(demo-debug; \w+\)|Nothing to upload, all files "
+        r"are on the server); bytes accepted=(\d+) files ok=1",
+        gateway_details,
+    )
+    assert gateway_match is not None, gateway_details
+    uploaded, uploaded_bytes = int(gateway_chunks), int(gateway_match.group(1))
+    assert gateway_output == f"chunk-uploads: {uploaded}"
+
     # The sample files' chunks; the copy's chunks are dedup hits.
     chunks, unique, unique_bytes = _unique_chunk_bytes(_sample_files(tmp_path))
     _, produced, processed, dlq, output, details = rows["blob-ingest"]
-    assert (produced, processed, dlq) == (str(chunks), str(chunks), "0")
+    total_chunks = str(chunks + uploaded)
+    assert (produced, processed, dlq) == (total_chunks, total_chunks, "0")
     match = re.fullmatch(r"blobs=(\d+) dedup hits=(\d+) bytes stored=(\d+)", details)
     assert match is not None, details
     blobs, dedup, stored = map(int, match.groups())
     # On a fresh stack 4 blobs are new; on a rerun all 7 chunks are already stored.
-    assert (blobs, dedup) in ((unique, chunks - unique), (0, chunks))
-    assert stored == (unique_bytes if blobs else 0)
+    assert (blobs, dedup) in ((unique + uploaded, chunks - unique), (uploaded, chunks))
+    assert stored == (unique_bytes if blobs > uploaded else 0) + uploaded_bytes

@@ -14,6 +14,7 @@ from workers.common import run_command
 from workers.common.runner import RunOptions
 from workers.common.settings import ENVIRONMENT_VARIABLES
 from workers.fleet import FLEET_REGISTRY_LOADER, build_registry
+from workers.gateway import cli as gateway_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,38 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert "./dev.sh test" in (ROOT / ".ci" / "run").read_text()
 
 
+def _procfile() -> dict[str, list[str]]:
+    processes = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip():
+            name, _, command = line.partition(":")
+            processes[name.strip()] = shlex.split(command)
+    return processes
+
+
+def test_procfile_web_process_serves_the_gateway_with_valid_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: list[tuple[Any, ...]] = []
+
+    def fake_run_gateway(*args: Any) -> None:
+        served.append(args)
+
+    monkeypatch.setattr(gateway_cli, "run_gateway", fake_run_gateway)
+    argv = _procfile()["web"]
+    assert argv[:3] == ["workers", "serve", "gateway"]
+    result = CliRunner().invoke(make_cli(FLEET_REGISTRY_LOADER), argv[1:])
+    assert result.exit_code == 0, result.output
+    (_settings, _config, host, port, metrics_port) = served[0]
+    assert (host, port, metrics_port) == ("0.0.0.0", 8000, 9103)
+    other_ports = {
+        int(argv[argv.index("--metrics-port") + 1])
+        for name, argv in _procfile().items()
+        if name != "web"
+    }
+    assert metrics_port not in other_ports
+
+
 def test_procfile_runs_every_registered_worker_with_valid_options(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -44,11 +77,8 @@ def test_procfile_runs_every_registered_worker_with_valid_options(
         started.append((definition.name, options))
 
     monkeypatch.setattr(run_command, "run_consumer", fake_run_consumer)
-    processes = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.strip():
-            name, _, command = line.partition(":")
-            processes[name.strip()] = shlex.split(command)
+    processes = _procfile()
+    processes.pop("web")
     assert set(processes) == set(build_registry().names())
     for name, argv in processes.items():
         assert argv[:3] == ["workers", "run", name]

@@ -71,6 +71,8 @@ class Settings:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     s3_addressing_style: str = "auto"
+    # Chunk-upload gateway: absolute base URL clients reach it by; None = relative upload urls.
+    gateway_public_url: str | None = None
     # Which services were configured explicitly: the local stack leaves those alone.
     external_services: frozenset[str] = frozenset()
 
@@ -106,6 +108,7 @@ class Settings:
             s3_addressing_style=_choice(
                 environ, "S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"
             ),
+            gateway_public_url=_public_url(environ.get("GATEWAY_PUBLIC_URL") or None),
             external_services=external,
         )
 
@@ -225,6 +228,18 @@ def _choice(environ: Mapping[str, str], name: str, allowed: tuple[str, ...], def
     return value
 
 
+def _public_url(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    scheme, separator, rest = raw.partition("://")
+    if scheme not in ("http", "https") or not separator or not rest.strip("/"):
+        raise SettingsError(
+            f"GATEWAY_PUBLIC_URL must be an absolute http(s) URL, e.g. https://uploads.example.com,"
+            f" got {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
 MAX_SNOWFLAKE_REGION = 4095
 
 
@@ -322,5 +337,11 @@ ENVIRONMENT_VARIABLES: tuple[EnvironmentVariable, ...] = (
         "WORKERS_SNOWFLAKE_REGION",
         "0",
         "Region (0..4095) encoded in Sentry-layout snowflake ids; 0 = single region.",
+    ),
+    EnvironmentVariable(
+        "GATEWAY_PUBLIC_URL",
+        "-",
+        "Base URL clients reach the chunk-upload gateway by, e.g. `https://uploads.example.com`: "
+        "the upload `url` it announces is then absolute; unset = relative to `/api/0/`.",
     ),
 )

@@ -1,0 +1,526 @@
+"""The chunk-upload gateway against the real stack, the real sentry-cli and a real
+blob-ingest worker process."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support.gateway import GatewayProcess, multipart_body, sha1
+from tests.support.kafka import make_topics, unique_name
+from tests.support.waiting import wait_for
+from tests.support.worker_process import WorkerProcess
+from workers.blob_ingest.definition import DLQ_TOPIC
+from workers.common.projects import create_organization
+from workers.common.settings import Settings
+from workers.common.storage import FilesystemBlobStorage
+from workers.gateway.demo_upload import sentry_cli_path
+from workers.gateway.options import CHUNK_SIZE
+from workers.gateway.tokens import create_token
+from workers.stack.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+# The venv's sentry-cli (the pinned 3.8.2), before any other on PATH.
+SENTRY_CLI = sentry_cli_path()
+
+
+@dataclass
+class Org:
+    slug: str
+    id: int
+    project: str
+    write_token: str
+    read_token: str
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    org: Org
+    other: Org
+    topic: str
+    storage_root: Path
+    gateway: GatewayProcess
+    worker: WorkerProcess
+
+    def client(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.gateway.url, headers=headers, timeout=120)
+
+    def upload_url(self, org: Org | None = None) -> str:
+        return f"/api/0/organizations/{(org or self.org).slug}/chunk-upload/"
+
+    def owned(self, organization_id: int, checksums: list[str]) -> dict[str, str]:
+        with psycopg.connect(self.settings.database_url) as connection:
+            rows = connection.execute(
+                "SELECT b.checksum, b.path FROM blobs b JOIN blob_owners o ON o.blob_id = b.id "
+                "WHERE o.organization_id = %s AND b.checksum = ANY(%s)",
+                (organization_id, checksums),
+            ).fetchall()
+        return {checksum.strip(): path for checksum, path in rows}
+
+
+def _make_org(connection: psycopg.Connection, settings: Settings) -> Org:
+    slug = f"gw-{uuid.uuid4().hex[:10]}"
+    organization = create_organization(connection, slug, None)
+    project = "native"
+    subprocess.run(
+        [sys.executable, "-m", "workers", "projects", "create", "--org", slug, "--name", project],
+        check=True,
+        capture_output=True,
+    )
+    write = create_token(connection, slug, ["project:releases"]).token
+    read = create_token(connection, slug, ["project:read"]).token
+    return Org(slug, organization.id, project, write, read)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = Settings.from_env()
+    topic = unique_name("gateway-chunks")
+    make_topics(settings, topic, DLQ_TOPIC, partitions=2)
+    storage_root = tmp_path_factory.mktemp("gateway") / "blobs"
+    storage_root.mkdir()
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        org = _make_org(connection, settings)
+        other = _make_org(connection, settings)
+    worker = WorkerProcess(
+        "blob-ingest",
+        "--topic", topic, "--consumer-group", topic, "--storage-url", f"file://{storage_root}",
+        "--max-batch-time-ms", "50",
+        log_name=f"{topic}-worker",
+    )  # fmt: skip
+    gateway = GatewayProcess(
+        "--topic", topic, env={"BLOB_STORAGE_URL": f"file://{storage_root}"}, log_name=topic
+    )
+    try:
+        yield Stack(settings, org, other, topic, storage_root, gateway, worker)
+    finally:
+        assert gateway.stop() == 0
+        assert worker.stop() == 0
+
+
+def _elf_with_build_id(directory: Path) -> Path:
+    """A small program with a build id and debug info, over 8 MiB so it has two chunks."""
+    source = directory / "main.c"
+    source.write_text(
+        "static const char pad[9 * 1024 * 1024] = {1};\n"
+        "int main(int argc, char **argv) { (void)argv; return pad[argc]; }\n"
+    )
+    binary = directory / "hello"
+    subprocess.run(
+        ["gcc", "-g", "-O0", "-Wl,--build-id", "-o", str(binary), str(source)], check=True
+    )
+    return binary
+
+
+def _sentry_cli(stack: Stack, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "SENTRY_URL": stack.gateway.url,
+        "SENTRY_AUTH_TOKEN": stack.org.write_token,
+        "SENTRY_ORG": stack.org.slug,
+        "SENTRY_PROJECT": stack.org.project,
+        "SENTRY_DISABLE_UPDATE_CHECK": "true",
+    }
+    return subprocess.run(
+        [SENTRY_CLI, "--log-level=debug", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def _chunk_checksums(data: bytes) -> list[str]:
+    return [sha1(data[i : i + CHUNK_SIZE]) for i in range(0, len(data), CHUNK_SIZE)]
+
+
+def _assert_blobs_match(stack: Stack, data: bytes) -> None:
+    checksums = _chunk_checksums(data)
+    owned = stack.owned(stack.org.id, checksums)
+    assert sorted(owned) == sorted(set(checksums))
+    storage = FilesystemBlobStorage(stack.storage_root)
+    try:
+        for index, checksum in enumerate(checksums):
+            expected = data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
+            assert storage.get(owned[checksum]) == expected
+    finally:
+        storage.close()
+
+
+def _chunk_posts(output: str, stack: Stack) -> int:
+    return output.count(f"> POST {stack.upload_url()}")
+
+
+def test_sentry_cli_uploads_a_debug_file_then_sends_no_chunk_the_second_time(
+    stack: Stack, tmp_path: Path
+) -> None:
+    binary = _elf_with_build_id(tmp_path)
+    data = binary.read_bytes()
+    assert len(data) > CHUNK_SIZE
+    first = _sentry_cli(stack, "debug-files", "upload", "--wait", str(binary), home=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert _chunk_posts(first.stderr, stack) >= 1
+    assert "OK " in first.stdout, first.stdout
+    assert "(hello; x86_64)" in first.stdout, first.stdout
+    _assert_blobs_match(stack, data)
+    with psycopg.connect(stack.settings.database_url) as connection:
+        row = connection.execute(
+            "SELECT f.name, f.size, f.chunks, f.debug_id, p.slug FROM assembled_files f "
+            "JOIN projects p ON p.id = f.project_id "
+            "WHERE f.organization_id = %s AND f.kind = 'dif' AND f.checksum = %s",
+            (stack.org.id, sha1(data)),
+        ).fetchone()
+    assert row is not None
+    name, size, chunks, debug_id, project = row
+    assert (name, size, project) == ("hello", len(data), stack.org.project)
+    assert [c.strip() for c in chunks] == _chunk_checksums(data)
+    assert debug_id
+
+    accepted = stack.gateway.metric("workers_gateway_chunks_accepted_total")
+    second = _sentry_cli(stack, "debug-files", "upload", "--wait", str(binary), home=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _chunk_posts(second.stderr, stack) == 0
+    assert stack.gateway.metric("workers_gateway_chunks_accepted_total") == accepted
+
+
+def test_sentry_cli_uploads_a_source_map_bundle(stack: Stack, tmp_path: Path) -> None:
+    assets = tmp_path / "dist"
+    assets.mkdir()
+    (assets / "app.min.js").write_text(
+        'function hello(){console.log("hi")}hello();\n//# sourceMappingURL=app.min.js.map\n'
+    )
+    (assets / "app.min.js.map").write_text(
+        '{"version":3,"file":"app.min.js","sources":["app.js"],'
+        '"sourcesContent":["function hello() {}\\n"],"names":[],"mappings":"AAAA"}'
+    )
+    injected = _sentry_cli(stack, "sourcemaps", "inject", str(assets), home=tmp_path)
+    assert injected.returncode == 0, injected.stderr
+    upload = _sentry_cli(stack, "sourcemaps", "upload", "--wait", str(assets), home=tmp_path)
+    assert upload.returncode == 0, upload.stdout + upload.stderr
+    assert f"> POST /api/0/organizations/{stack.org.slug}/artifactbundle/assemble/" in upload.stderr
+    with psycopg.connect(stack.settings.database_url) as connection:
+        rows = connection.execute(
+            "SELECT chunks, projects FROM assembled_files "
+            "WHERE organization_id = %s AND kind = 'artifact_bundle'",
+            (stack.org.id,),
+        ).fetchall()
+    assert len(rows) == 1
+    chunks, projects = rows[0]
+    assert projects == [stack.org.project]
+    checksums = [c.strip() for c in chunks]
+    assert sorted(stack.owned(stack.org.id, checksums)) == sorted(set(checksums))
+    again = _sentry_cli(stack, "sourcemaps", "upload", "--wait", str(assets), home=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert _chunk_posts(again.stderr, stack) == 0
+
+
+def _post(
+    stack: Stack, parts: Sequence[tuple[str, str | None, bytes]], token: str | None = None
+) -> httpx.Response:
+    body, content_type = multipart_body(parts)
+    with stack.client(token or stack.org.write_token) as client:
+        return client.post(stack.upload_url(), content=body, headers={"Content-Type": content_type})
+
+
+def test_options_document(stack: Stack) -> None:
+    with stack.client(stack.org.read_token) as client:
+        response = client.get(stack.upload_url())
+    assert response.status_code == 200
+    options = response.json()
+    assert options["url"] == f"organizations/{stack.org.slug}/chunk-upload/"
+    assert options["chunkSize"] == 8388608
+    assert options["chunkSize"] & (options["chunkSize"] - 1) == 0
+    assert (options["chunksPerRequest"], options["maxRequestSize"]) == (64, 33554432)
+    assert (options["maxFileSize"], options["concurrency"]) == (2**31, 8)
+    assert options["hashAlgorithm"] == "sha1"
+    assert options["compression"] == ["gzip"]
+    assert {"debug_files", "artifact_bundles", "artifact_bundles_v2"} <= set(options["accept"])
+
+
+def test_authentication_and_permissions(stack: Stack) -> None:
+    data = os.urandom(100)
+    parts = [("file", sha1(data), data)]
+    with stack.client(None) as client:
+        missing = client.get(stack.upload_url())
+    assert (missing.status_code, missing.json()["detail"]) == (
+        401,
+        "Authentication credentials were not provided.",
+    )
+    with stack.client("wgt_" + "0" * 64) as client:
+        wrong = client.get(stack.upload_url())
+    assert (wrong.status_code, wrong.json()) == (401, {"detail": "Invalid token"})
+    assert _post(stack, parts, token="not-a-token").status_code == 401
+    # A read scope reads the options but cannot upload.
+    read_only = _post(stack, parts, token=stack.org.read_token)
+    assert read_only.status_code == 403
+    assert "permission" in read_only.json()["detail"]
+    # Another organization's token is refused for this organization.
+    with stack.client(stack.other.write_token) as client:
+        elsewhere = client.get(stack.upload_url())
+    assert elsewhere.status_code == 403
+    assert "organization" in elsewhere.json()["detail"]
+    assert stack.owned(stack.org.id, [sha1(data)]) == {}
+    assert stack.gateway.metric("workers_gateway_rejections_total", reason="missing_scope") >= 1
+
+
+def test_every_error_string_and_bounded_memory(stack: Stack) -> None:
+    warm = [os.urandom(8 * MIB) for _ in range(4)]
+    # Exactly the limits pass (and warm the server up to a 32 MiB request).
+    assert _post(stack, [("file", sha1(d), d) for d in warm]).status_code == 200
+    baseline, peak_baseline = stack.gateway.rss_bytes(), stack.gateway.peak_rss_bytes()
+    bomb = gzip.compress(b"\0" * (256 * MIB), compresslevel=6)
+    big = os.urandom(8 * MIB + 1)
+    # 33 MiB: four full chunks and one more MiB.
+    over = [os.urandom(8 * MIB) for _ in range(4)] + [os.urandom(MIB)]
+    tiny = [("file", sha1(b"%d" % i), b"%d" % i) for i in range(65)]
+    cases: list[tuple[Sequence[tuple[str, str | None, bytes]], str]] = [
+        ([("file", sha1(big), big)], "Chunk size too large"),
+        ([("file_gzip", sha1(b"bomb"), bomb)] * 3, "Chunk size too large"),
+        ([("file", sha1(d), d) for d in over], "Request too large"),
+        (tiny, "Too many chunks"),
+        ([("file", sha1(b"something else"), b"payload")], "Checksum mismatch"),
+        ([("file", None, b"payload")], "Chunk without a filename"),
+        ([("file_gzip", sha1(b"x"), b"\x1f\x8b\x08\x00corrupt")], "Corrupt gzip chunk"),
+    ]
+    for parts, message in cases:
+        response = _post(stack, parts)
+        assert (response.status_code, response.json()) == (400, {"error": message}), message
+    grown = stack.gateway.rss_bytes() - baseline
+    peak_grown = stack.gateway.peak_rss_bytes() - peak_baseline
+    # One 256 MiB bomb expanded, even briefly, would show in the high-water mark;
+    # decompression stops at 8 MiB + 1 byte, and nothing is buffered past 32 MiB.
+    assert grown < 48 * MIB, f"gateway RSS grew by {grown / MIB:.1f} MiB"
+    assert peak_grown < 48 * MIB, f"gateway peak RSS grew by {peak_grown / MIB:.1f} MiB"
+    # Nothing of the refused requests was accepted.
+    refused = [sha1(big), sha1(b"payload"), *(sha1(d) for d in over)]
+    assert stack.owned(stack.org.id, refused) == {}
+    with stack.client(stack.org.write_token) as client:
+        empty = client.post(stack.upload_url())
+    assert (empty.status_code, empty.content) == (200, b"")
+
+
+def _assemble_dif(
+    stack: Stack, checksum: str, chunks: list[str], url: str | None = None
+) -> dict[str, Any]:
+    with stack.client(stack.org.write_token) as client:
+        response = client.post(
+            url or f"/api/0/projects/{stack.org.slug}/{stack.org.project}/files/difs/assemble/",
+            json={checksum: {"name": "blob.bin", "chunks": chunks}},
+        )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()[checksum]
+    return answer
+
+
+def test_assemble_reports_missing_then_ok_and_a_wrong_file_checksum_as_error(stack: Stack) -> None:
+    pieces = [os.urandom(5000), os.urandom(7000)]
+    whole = b"".join(pieces)
+    checksums = [sha1(p) for p in pieces]
+    first = _assemble_dif(stack, sha1(whole), checksums)
+    assert (first["state"], first["missingChunks"]) == ("not_found", checksums)
+    assert (
+        _post(stack, [("file_gzip", sha1(p), gzip.compress(p)) for p in pieces]).status_code == 200
+    )
+    # Accepted chunks are never reported missing, persisted or not.
+    after = _assemble_dif(stack, sha1(whole), checksums)
+    assert after["state"] in ("created", "ok")
+    assert after["missingChunks"] == []
+    ok = wait_for(
+        lambda: (a := _assemble_dif(stack, sha1(whole), checksums))["state"] == "ok" and a,
+        60,
+        "the file to assemble",
+    )
+    assert ok["dif"]["sha1"] == sha1(whole)
+    wrong = sha1(b"not this file")
+    mismatch = _assemble_dif(stack, wrong, checksums)
+    assert mismatch["state"] == "error"
+    assert "checksum mismatch" in mismatch["detail"]
+    # Another organization does not own these blobs.
+    with stack.client(stack.other.write_token) as client:
+        response = client.post(
+            f"/api/0/projects/{stack.other.slug}/{stack.other.project}/files/difs/assemble/",
+            json={sha1(whole): {"name": "blob.bin", "chunks": checksums}},
+        )
+    assert response.json()[sha1(whole)]["missingChunks"] == checksums
+
+
+def test_chunks_on_their_way_are_created_not_missing(stack: Stack) -> None:
+    """A gateway whose topic no worker reads: accepted chunks stay `created`."""
+    topic = unique_name("gateway-unread")
+    make_topics(stack.settings, topic, partitions=1)
+    gateway = GatewayProcess("--topic", topic, log_name=topic)
+    try:
+        data = os.urandom(4000)
+        body, content_type = multipart_body([("file", sha1(data), data)])
+        headers = {"Authorization": f"Bearer {stack.org.write_token}"}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=60) as client:
+            assert (
+                client.post(
+                    stack.upload_url(), content=body, headers={"Content-Type": content_type}
+                ).status_code
+                == 200
+            )
+            answer = client.post(
+                f"/api/0/projects/{stack.org.slug}/{stack.org.project}/files/difs/assemble/",
+                json={sha1(data): {"name": "x", "chunks": [sha1(data)]}},
+            ).json()[sha1(data)]
+        assert (answer["state"], answer["missingChunks"]) == ("created", [])
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_kafka_down_answers_503_and_reports_nothing_accepted(stack: Stack) -> None:
+    unreachable = f"127.0.0.1:{free_port()}"
+    gateway = GatewayProcess(
+        "--topic", stack.topic, "--produce-timeout-ms", "3000",
+        env={"KAFKA_BOOTSTRAP_SERVERS": unreachable}, log_name="gateway-kafka-down",
+    )  # fmt: skip
+    try:
+        data = os.urandom(3000)
+        body, content_type = multipart_body([("file", sha1(data), data)])
+        headers = {"Authorization": f"Bearer {stack.org.write_token}"}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=60) as client:
+            response = client.post(
+                stack.upload_url(), content=body, headers={"Content-Type": content_type}
+            )
+            assert response.status_code == 503, response.text
+            answer = client.post(
+                f"/api/0/projects/{stack.org.slug}/{stack.org.project}/files/difs/assemble/",
+                json={sha1(data): {"name": "x", "chunks": [sha1(data)]}},
+            ).json()[sha1(data)]
+        assert (answer["state"], answer["missingChunks"]) == ("not_found", [sha1(data)])
+        assert gateway.metric("workers_gateway_chunks_accepted_total") == 0
+        assert gateway.metric("workers_gateway_rejections_total", reason="kafka_unavailable") == 1
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_metrics_label_routes_by_template_not_by_path(stack: Stack) -> None:
+    with stack.client(stack.org.read_token) as client:
+        assert client.get(stack.upload_url()).status_code == 200
+    text = stack.gateway.scrape()
+    assert (
+        'workers_gateway_requests_total{method="GET",'
+        'route="/api/0/organizations/{org}/chunk-upload/",status="200"}'
+    ) in text
+    assert stack.org.slug not in text
+    for name in (
+        "workers_gateway_request_duration_seconds_bucket",
+        "workers_gateway_chunk_bytes_accepted_total",
+        "workers_gateway_produce_latency_seconds_bucket",
+        "workers_gateway_assemble_total",
+        "workers_gateway_rejections_total",
+    ):
+        assert name in text, name
+
+
+def test_a_storage_fault_while_assembling_is_a_503(stack: Stack) -> None:
+    data = os.urandom(6000)
+    assert _post(stack, [("file", sha1(data), data)]).status_code == 200
+    path = wait_for(lambda: stack.owned(stack.org.id, [sha1(data)]).get(sha1(data)), 60, "the blob")
+    (stack.storage_root / path).unlink()
+    with stack.client(stack.org.write_token) as client:
+        response = client.post(
+            f"/api/0/projects/{stack.org.slug}/{stack.org.project}/files/difs/assemble/",
+            json={sha1(data): {"name": "x", "chunks": [sha1(data)]}},
+        )
+    assert response.status_code == 503, response.text
+    assert (
+        stack.gateway.metric("workers_gateway_rejections_total", reason="dependency_unavailable")
+        >= 1
+    )
+
+
+def test_redis_down_after_kafka_acknowledged_is_a_503_not_a_success(stack: Stack) -> None:
+    gateway = GatewayProcess(
+        "--topic", stack.topic,
+        env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, log_name="gateway-redis-down",
+    )  # fmt: skip
+    try:
+        data = os.urandom(2000)
+        body, content_type = multipart_body([("file", sha1(data), data)])
+        headers = {"Authorization": f"Bearer {stack.org.write_token}"}
+        with httpx.Client(base_url=gateway.url, headers=headers, timeout=60) as client:
+            response = client.post(
+                stack.upload_url(), content=body, headers={"Content-Type": content_type}
+            )
+        assert response.status_code == 503, response.text
+        assert gateway.metric("workers_gateway_chunks_accepted_total") == 0
+    finally:
+        assert gateway.stop() == 0
+
+
+def test_tokens_create_prints_the_token_once_and_stores_only_its_hash(stack: Stack) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "tokens", "create", "--org", stack.org.slug,
+         "--scopes", "project:read,org:read", "--name", "reader"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert token.startswith("wgt_")
+    assert len(token.splitlines()) == 1
+    assert token not in result.stderr
+    with psycopg.connect(stack.settings.database_url) as connection:
+        rows = connection.execute(
+            "SELECT token_hash, scopes, name, token_prefix FROM api_tokens "
+            "WHERE organization_id = %s AND name = 'reader'",
+            (stack.org.id,),
+        ).fetchall()
+    assert rows == [
+        (hashlib.sha256(token.encode()).hexdigest(), ["project:read", "org:read"], "reader",
+         token[:12])
+    ]  # fmt: skip
+    with stack.client(token) as client:
+        assert client.get(stack.upload_url()).status_code == 200
+    refused = subprocess.run(
+        [sys.executable, "-m", "workers", "tokens", "create", "--org", stack.org.slug,
+         "--scopes", "project:everything"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "unknown scope" in refused.stderr
+
+
+def test_a_client_that_goes_away_mid_body_is_counted_and_nothing_is_accepted(
+    stack: Stack,
+) -> None:
+    accepted = stack.gateway.metric("workers_gateway_chunks_accepted_total")
+    data = os.urandom(MIB)
+    body, content_type = multipart_body([("file", sha1(data), data)])
+    head = (
+        f"POST {stack.upload_url()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {stack.org.write_token}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", stack.gateway.port)) as connection:
+        connection.sendall(head.encode() + body[: len(body) // 2])
+    wait_for(
+        lambda: stack.gateway.metric(
+            "workers_gateway_rejections_total", reason="client_disconnected"
+        ),
+        30,
+        "the disconnect to be counted",
+    )
+    assert stack.gateway.metric("workers_gateway_chunks_accepted_total") == accepted
+    with stack.client(stack.org.read_token) as client:
+        assert client.get(stack.upload_url()).status_code == 200

@@ -1,0 +1,171 @@
+"""Gateway pieces without the stack: options, tokens, request schemas, cpu names, publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from workers.common.settings import Settings, SettingsError
+from workers.gateway.assemble import cpu_name
+from workers.gateway.multipart import ReceivedChunk
+from workers.gateway.options import UploadLimits, chunk_upload_options
+from workers.gateway.publisher import ChunkPublisher, PublishError
+from workers.gateway.schema import BadRequest, parse_bundle_request, parse_dif_request
+from workers.gateway.tokens import (
+    READ_SCOPES,
+    WRITE_SCOPES,
+    TokenError,
+    TokenOwner,
+    bearer_token,
+    hash_token,
+    parse_scopes,
+)
+
+SHA = "a" * 40
+
+
+def test_options_have_every_key_sentry_cli_needs_and_a_power_of_two_chunk_size() -> None:
+    relative = chunk_upload_options("acme", None, UploadLimits())
+    for key in ("url", "chunkSize", "chunksPerRequest", "maxRequestSize", "hashAlgorithm"):
+        assert key in relative
+    assert relative["concurrency"] == 8
+    assert relative["url"] == "organizations/acme/chunk-upload/"
+    assert relative["chunkSize"] & (relative["chunkSize"] - 1) == 0
+    absolute = chunk_upload_options("acme", "https://up.example.com", UploadLimits())
+    assert absolute["url"] == "https://up.example.com/api/0/organizations/acme/chunk-upload/"
+
+
+def test_public_url_setting_is_validated_and_trimmed() -> None:
+    settings = Settings.from_env({"GATEWAY_PUBLIC_URL": "https://up.example.com/"})
+    assert settings.gateway_public_url == "https://up.example.com"
+    assert Settings.from_env({}).gateway_public_url is None
+    with pytest.raises(SettingsError, match="GATEWAY_PUBLIC_URL"):
+        Settings.from_env({"GATEWAY_PUBLIC_URL": "up.example.com"})
+
+
+def test_tokens_scopes_and_bearer_header() -> None:
+    assert hash_token("abc") == hashlib.sha256(b"abc").hexdigest()
+    assert bearer_token("Bearer wgt_x") == "wgt_x"
+    assert bearer_token("bearer  wgt_x ") == "wgt_x"
+    for header in (None, "", "Basic abc", "Bearer", "Bearer " + "x" * 300):
+        assert bearer_token(header) is None
+    assert parse_scopes(["project:read, project:releases", "org:ci"]) == (
+        "project:read",
+        "project:releases",
+        "org:ci",
+    )
+    with pytest.raises(TokenError, match="unknown scope"):
+        parse_scopes(["project:everything"])
+    with pytest.raises(TokenError, match="at least one"):
+        parse_scopes([""])
+    reader = TokenOwner(1, 1, "acme", frozenset({"project:read"}))
+    releaser = TokenOwner(2, 1, "acme", frozenset({"project:releases"}))
+    assert reader.allows(READ_SCOPES)
+    assert not reader.allows(WRITE_SCOPES)
+    assert releaser.allows(READ_SCOPES)
+    assert releaser.allows(WRITE_SCOPES)
+
+
+def test_assemble_bodies_are_validated() -> None:
+    (dif,) = parse_dif_request(
+        b'{"%s": {"name": "a.so", "chunks": ["%s"], "debug_id": "x"}}'
+        % (SHA.encode(), SHA.encode())
+    )
+    assert (dif.checksum, dif.name, dif.chunks, dif.debug_id) == (SHA, "a.so", (SHA,), "x")
+    bundle = parse_bundle_request(
+        b'{"checksum": "%s", "chunks": [], "projects": ["web", "web"], "version": "1.0"}'
+        % SHA.encode()
+    )
+    assert (bundle.file.checksum, bundle.projects, bundle.version, bundle.dist) == (
+        SHA,
+        ("web",),
+        "1.0",
+        None,
+    )
+    for body in (
+        b"not json",
+        b"[]",
+        b'{"ABC": {"name": "a", "chunks": []}}',
+        b'{"%s": {"name": "a", "chunks": ["nope"]}}' % SHA.encode(),
+        b'{"%s": {"chunks": []}}' % SHA.encode(),
+    ):
+        with pytest.raises(BadRequest):
+            parse_dif_request(body)
+    with pytest.raises(BadRequest):
+        parse_bundle_request(b'{"checksum": "%s", "chunks": [], "projects": [1]}' % SHA.encode())
+
+
+def test_cpu_name_of_elf_headers() -> None:
+    header = bytearray(b"\x7fELF\x02\x01\x01" + b"\0" * 13)
+    header[18:20] = (62).to_bytes(2, "little")
+    assert cpu_name(bytes(header)) == "x86_64"
+    header[18:20] = (183).to_bytes(2, "little")
+    assert cpu_name(bytes(header)) == "arm64"
+    assert cpu_name(b"MZ" + b"\0" * 30) is None
+    assert cpu_name(b"\x7fELF") is None
+
+
+class KafkaErrorLike:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def str(self) -> str:
+        return self.text
+
+
+class FakeProducer:
+    """Delivers on `poll`; the checksums in `failing` get a delivery error."""
+
+    def __init__(self, failing: set[str]) -> None:
+        self.failing = failing
+        self.pending: list[tuple[str, Callable[[Any, Any], None]]] = []
+        self.lock = threading.Lock()
+
+    def produce(self, topic: str, value: bytes, key: bytes, headers: Any, on_delivery: Any) -> None:
+        with self.lock:
+            self.pending.append((key.decode(), on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        with self.lock:
+            ready, self.pending = self.pending, []
+        for key, callback in ready:
+            callback(KafkaErrorLike("broker says no") if key in self.failing else None, None)
+        threading.Event().wait(min(timeout, 0.01))
+        return len(ready)
+
+    def flush(self, timeout: float) -> int:
+        return self.poll(0)
+
+
+def _chunks(*names: str) -> list[ReceivedChunk]:
+    return [ReceivedChunk(name, b"x", "identity", 1) for name in names]
+
+
+def test_publisher_fails_the_whole_request_when_one_chunk_is_not_acknowledged() -> None:
+    producer = FakeProducer(failing={"b" * 40})
+    publisher = ChunkPublisher(producer, "chunk-uploads", timeout_seconds=10)  # type: ignore[arg-type]
+    try:
+        asyncio.run(publisher.publish(1, _chunks("a" * 40)))
+        with pytest.raises(PublishError, match="1 of 3 chunks not acknowledged"):
+            asyncio.run(publisher.publish(1, _chunks("a" * 40, "b" * 40, "c" * 40)))
+    finally:
+        publisher.close()
+
+
+def test_publisher_gives_up_when_nothing_is_acknowledged_in_time() -> None:
+    class Silent(FakeProducer):
+        def poll(self, timeout: float) -> int:
+            threading.Event().wait(0.01)
+            return 0
+
+    publisher = ChunkPublisher(Silent(set()), "chunk-uploads", timeout_seconds=0.2)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(PublishError, match="in time"):
+            asyncio.run(publisher.publish(1, _chunks("a" * 40)))
+    finally:
+        publisher.close()

@@ -1,0 +1,11 @@
+"""The chunk-upload gateway: Sentry's chunk-upload and assemble endpoints over HTTP (SPEC §2).
+
+- `options`: the limits and the options document of `GET .../chunk-upload/`;
+- `multipart`: streaming `multipart/form-data` → verified chunks, bounded memory;
+- `publisher`: chunks → `chunk-uploads` events, awaited until Kafka acknowledged them;
+- `tokens`: bearer tokens per organization (sha256 in PostgreSQL) and scopes;
+- `pending`: chunks accepted but not yet persisted by blob-ingest (Redis, with a TTL);
+- `assemble`: missing chunks by blob ownership, whole-file verification, `assembled_files`;
+- `metrics`: Prometheus series; `app`: the ASGI routes; `cli`: `workers serve gateway`,
+  `workers tokens create`.
+"""

@@ -1,0 +1,323 @@
+"""The gateway's ASGI application (Starlette): chunk upload and the assemble endpoints.
+
+Routes (all under `/api/0/`, bearer-token authenticated):
+- `GET  organizations/{org}/chunk-upload/`: the upload options (read, write or release scope);
+- `POST organizations/{org}/chunk-upload/`: multipart chunks → Kafka (write or release scope);
+- `POST projects/{org}/{project}/files/difs/assemble/`: debug information files;
+- `POST organizations/{org}/artifactbundle/assemble/`: source-map artifact bundles.
+Errors are JSON: 400 `{"error": ...}` for bad uploads (SPEC §2's exact messages), 401/403
+`{"detail": ...}` for authentication and permission, 503 when Kafka, PostgreSQL, Redis or
+the storage fail (a server fault is never reported as bad input, nor as success).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final
+
+import psycopg
+import redis.exceptions
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from workers.common.storage import StorageError
+from workers.gateway.assemble import AssembleResult, Target, dif_object
+from workers.gateway.multipart import REQUEST_TOO_LARGE, ChunkReader, UploadRejected, boundary_of
+from workers.gateway.options import chunk_upload_options
+from workers.gateway.publisher import PublishError
+from workers.gateway.schema import (
+    MAX_BODY_BYTES,
+    BadRequest,
+    parse_bundle_request,
+    parse_dif_request,
+)
+from workers.gateway.services import GatewayServices
+from workers.gateway.tokens import (
+    READ_SCOPES,
+    WRITE_SCOPES,
+    TokenOwner,
+    bearer_token,
+    find_token_owner,
+)
+
+logger = logging.getLogger(__name__)
+
+CHUNK_UPLOAD_ROUTE: Final = "/api/0/organizations/{org}/chunk-upload/"
+DIF_ASSEMBLE_ROUTE: Final = "/api/0/projects/{org}/{project}/files/difs/assemble/"
+BUNDLE_ASSEMBLE_ROUTE: Final = "/api/0/organizations/{org}/artifactbundle/assemble/"
+HEALTH_ROUTE: Final = "/health"
+
+
+class ApiError(Exception):
+    """An answer other than success: status, JSON body, and a reason code for metrics."""
+
+    def __init__(self, status: int, body: dict[str, Any], reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.body = body
+        self.reason = reason
+
+
+Handler = Callable[[Request, GatewayServices], Awaitable[Response]]
+
+
+def _unavailable(reason: str) -> ApiError:
+    return ApiError(503, {"error": "Service temporarily unavailable, try again"}, reason)
+
+
+async def _authorize(
+    request: Request, services: GatewayServices, organization_slug: str, scopes: frozenset[str]
+) -> TokenOwner:
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise ApiError(
+            401, {"detail": "Authentication credentials were not provided."}, "unauthenticated"
+        )
+    owner = await find_token_owner(services.pool, token)
+    if owner is None:
+        raise ApiError(401, {"detail": "Invalid token"}, "invalid_token")
+    if owner.organization_slug.lower() != organization_slug.lower():
+        raise ApiError(
+            403,
+            {"detail": "This token does not belong to this organization."},
+            "wrong_organization",
+        )
+    if not owner.allows(scopes):
+        raise ApiError(
+            403,
+            {"detail": "You do not have permission to perform this action."},
+            "missing_scope",
+        )
+    return owner
+
+
+async def _drain(request: Request, budget: int) -> None:
+    """Read and drop what is left of the body, up to `budget` bytes, so the client (still
+    sending) reads our answer instead of a reset connection."""
+    seen = 0
+    try:
+        async for piece in request.stream():
+            seen += len(piece)
+            if seen > budget:
+                return
+    except Exception:  # noqa: S110 - the client went away; nothing left to answer
+        pass
+
+
+async def chunk_upload(request: Request, services: GatewayServices) -> Response:
+    organization_slug = request.path_params["org"]
+    limits = services.config.limits
+    if request.method == "GET":
+        await _authorize(request, services, organization_slug, READ_SCOPES)
+        return JSONResponse(
+            chunk_upload_options(organization_slug, services.config.public_url, limits)
+        )
+    owner = await _authorize(request, services, organization_slug, WRITE_SCOPES)
+    # At most `max_concurrent_uploads` requests buffer chunks at once; the others wait
+    # without reading their bodies (TCP backpressure), which bounds the process's memory.
+    async with services.upload_slots:
+        return await _receive_chunks(request, services, owner)
+
+
+async def _receive_chunks(
+    request: Request, services: GatewayServices, owner: TokenOwner
+) -> Response:
+    limits = services.config.limits
+    content_length = request.headers.get("content-length")
+    if (
+        content_length is not None
+        and content_length.isdigit()
+        and int(content_length) > limits.max_body_bytes
+    ):
+        raise UploadRejected(*REQUEST_TOO_LARGE)
+    content_type = request.headers.get("content-type")
+    try:
+        if not content_type:
+            async for piece in request.stream():
+                if piece:
+                    boundary_of(content_type)  # raises: a body that is not multipart
+            return Response(status_code=200)
+        reader = ChunkReader(boundary_of(content_type), limits)
+        async for piece in request.stream():
+            reader.feed(piece)
+        chunks = reader.finish()
+    except UploadRejected:
+        await _drain(request, limits.max_body_bytes)
+        raise
+    if not chunks:
+        return Response(status_code=200)
+    checksums = [chunk.checksum for chunk in chunks]
+    accepted_bytes = sum(chunk.size for chunk in chunks)
+    started = time.perf_counter()
+    try:
+        await services.publisher.publish(owner.organization_id, chunks)
+    except PublishError as error:
+        logger.warning(
+            "chunks not acknowledged by Kafka",
+            extra={
+                "organization_id": owner.organization_id,
+                "chunks": len(checksums),
+                "error": str(error),
+            },
+        )
+        raise _unavailable("kafka_unavailable") from None
+    services.metrics.produce_latency.observe(time.perf_counter() - started)
+    try:
+        await services.pending.mark(owner.organization_id, checksums)
+    except redis.exceptions.RedisError:
+        logger.exception("could not record pending chunks")
+        raise _unavailable("redis_unavailable") from None
+    services.metrics.chunks_accepted.inc(len(checksums))
+    services.metrics.bytes_accepted.inc(accepted_bytes)
+    return Response(status_code=200)
+
+
+async def _json_body(request: Request) -> bytes:
+    body = bytearray()
+    async for piece in request.stream():
+        body.extend(piece)
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(400, {"error": "Request too large"}, "assemble_body_too_large")
+    return bytes(body)
+
+
+def _assemble_entry(result: AssembleResult) -> dict[str, Any]:
+    return {
+        "state": result.state,
+        "missingChunks": list(result.missing_chunks),
+        "detail": result.detail,
+    }
+
+
+async def _project_ids(
+    services: GatewayServices, organization_id: int, slugs: tuple[str, ...]
+) -> dict[str, int]:
+    async with services.pool.connection() as connection:
+        cursor = await connection.execute(
+            "SELECT lower(slug), id FROM projects WHERE organization_id = %s "
+            "AND lower(slug) = ANY(%s)",
+            (organization_id, [slug.lower() for slug in slugs]),
+        )
+        rows = await cursor.fetchall()
+    return {str(slug): int(project_id) for slug, project_id in rows}
+
+
+async def dif_assemble(request: Request, services: GatewayServices) -> Response:
+    owner = await _authorize(request, services, request.path_params["org"], WRITE_SCOPES)
+    project_slug = request.path_params["project"]
+    projects = await _project_ids(services, owner.organization_id, (project_slug,))
+    if project_slug.lower() not in projects:
+        raise ApiError(404, {"detail": "The requested resource does not exist"}, "unknown_project")
+    try:
+        files = parse_dif_request(await _json_body(request))
+    except BadRequest as error:
+        raise ApiError(400, {"error": str(error)}, "bad_assemble_request") from None
+    target = Target(owner.organization_id, "dif", project_id=projects[project_slug.lower()])
+    answer: dict[str, Any] = {}
+    for file in files:
+        result = await services.assembler.assemble(target, file)
+        services.metrics.assembled("dif", result.state)
+        entry = _assemble_entry(result)
+        if result.file is not None:
+            entry["dif"] = dif_object(result.file)
+        answer[file.checksum] = entry
+    return JSONResponse(answer)
+
+
+async def bundle_assemble(request: Request, services: GatewayServices) -> Response:
+    owner = await _authorize(request, services, request.path_params["org"], WRITE_SCOPES)
+    try:
+        bundle = parse_bundle_request(await _json_body(request))
+    except BadRequest as error:
+        raise ApiError(400, {"error": str(error)}, "bad_assemble_request") from None
+    found = await _project_ids(services, owner.organization_id, bundle.projects)
+    if len(found) != len({slug.lower() for slug in bundle.projects}):
+        raise ApiError(400, {"error": "One or more projects are invalid"}, "unknown_project")
+    target = Target(
+        owner.organization_id,
+        "artifact_bundle",
+        projects=bundle.projects,
+        release=bundle.version,
+        dist=bundle.dist,
+    )
+    result = await services.assembler.assemble(target, bundle.file)
+    services.metrics.assembled("artifact_bundle", result.state)
+    return JSONResponse(_assemble_entry(result))
+
+
+async def health(request: Request, services: GatewayServices) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def _instrumented(template: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        services: GatewayServices = request.app.state.services
+        started = time.perf_counter()
+        try:
+            response = await handler(request, services)
+        except UploadRejected as error:
+            services.metrics.rejected(error.reason)
+            response = JSONResponse({"error": error.message}, status_code=400)
+        except ApiError as error:
+            services.metrics.rejected(error.reason)
+            response = JSONResponse(error.body, status_code=error.status)
+        except ClientDisconnect:
+            # The client went away mid-body: nothing was produced, nobody reads the answer.
+            services.metrics.rejected("client_disconnected")
+            response = JSONResponse({"error": "Client disconnected"}, status_code=400)
+        except (psycopg.Error, redis.exceptions.RedisError, StorageError) as error:
+            services.metrics.rejected("dependency_unavailable")
+            logger.warning(
+                "a dependency failed",
+                extra={"route": template, "error_type": type(error).__name__, "error": str(error)},
+            )
+            response = JSONResponse(
+                {"error": "Service temporarily unavailable, try again"}, status_code=503
+            )
+        except Exception:
+            services.metrics.rejected("internal_error")
+            logger.exception("unhandled error", extra={"route": template})
+            response = JSONResponse({"error": "Internal server error"}, status_code=500)
+        services.metrics.requests.labels(template, request.method, str(response.status_code)).inc()
+        services.metrics.request_duration.labels(template, request.method).observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    return endpoint
+
+
+ServicesFactory = Callable[[], AbstractAsyncContextManager[GatewayServices]]
+
+
+def create_app(open_services: ServicesFactory) -> Starlette:
+    """The app; `open_services` opens the process's resources for the app's lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_services() as services:
+            app.state.services = services
+            yield
+
+    routes = [
+        Route(
+            CHUNK_UPLOAD_ROUTE,
+            _instrumented(CHUNK_UPLOAD_ROUTE, chunk_upload),
+            methods=["GET", "POST"],
+        ),
+        Route(
+            DIF_ASSEMBLE_ROUTE, _instrumented(DIF_ASSEMBLE_ROUTE, dif_assemble), methods=["POST"]
+        ),
+        Route(
+            BUNDLE_ASSEMBLE_ROUTE,
+            _instrumented(BUNDLE_ASSEMBLE_ROUTE, bundle_assemble),
+            methods=["POST"],
+        ),
+        Route(HEALTH_ROUTE, _instrumented(HEALTH_ROUTE, health), methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,176 @@
+"""`workers serve gateway` and `workers tokens create`."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+from collections.abc import Iterator
+
+import click
+import psycopg
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from workers.blob_ingest.definition import INPUT_TOPIC
+from workers.common.logs import configure_logging
+from workers.common.metrics import start_metrics_server
+from workers.common.projects import RegistryError
+from workers.common.settings import Settings
+from workers.gateway.app import create_app
+from workers.gateway.metrics import GatewayMetrics
+from workers.gateway.pending import DEFAULT_TTL_SECONDS
+from workers.gateway.services import (
+    DEFAULT_MAX_CONCURRENT_UPLOADS,
+    DEFAULT_PRODUCE_TIMEOUT_SECONDS,
+    GatewayConfig,
+    open_services,
+)
+from workers.gateway.tokens import KNOWN_SCOPES, TokenError, create_token
+
+logger = logging.getLogger(__name__)
+
+
+class _GatewayServer(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM/SIGINT ends in a clean exit (status 0) after the
+    graceful shutdown instead of re-raising the signal (a second signal forces the exit)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def run_gateway(
+    settings: Settings, config: GatewayConfig, host: str, port: int, metrics_port: int | None
+) -> None:
+    """Serve until SIGTERM/SIGINT (uvicorn's graceful shutdown), then close everything."""
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    metrics_server = (
+        start_metrics_server(metrics_port, registry) if metrics_port is not None else None
+    )
+    app = create_app(functools.partial(open_services, settings, config, metrics))
+    server = _GatewayServer(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+    )
+    logger.info(
+        "gateway starting",
+        extra={"host": host, "port": port, "metrics_port": metrics_port, "topic": config.topic},
+    )
+    try:
+        server.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+
+
+@click.group(help="Servers of the fleet.")
+def serve() -> None:
+    pass
+
+
+@serve.command("gateway", help="The chunk-upload gateway (sentry-cli compatible) over HTTP.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus /metrics on this port (separate from the API).",
+)
+@click.option("--topic", default=INPUT_TOPIC, show_default=True, help="Where chunks go.")
+@click.option(
+    "--public-url", help="Base URL clients reach the gateway by (default: GATEWAY_PUBLIC_URL)."
+)
+@click.option(
+    "--produce-timeout-ms",
+    type=click.IntRange(min=1000),
+    default=int(DEFAULT_PRODUCE_TIMEOUT_SECONDS * 1000),
+    show_default=True,
+    help="How long a request waits for Kafka to acknowledge its chunks before answering 503.",
+)
+@click.option(
+    "--pending-ttl",
+    type=click.IntRange(min=1),
+    default=DEFAULT_TTL_SECONDS,
+    show_default=True,
+    help="Seconds an accepted chunk counts as on its way to blob-ingest.",
+)
+@click.option(
+    "--max-concurrent-uploads",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONCURRENT_UPLOADS,
+    show_default=True,
+    help="Upload requests buffering chunks at once (each up to about 33 MiB); others wait.",
+)
+@click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+def serve_gateway(
+    host: str,
+    port: int,
+    metrics_port: int | None,
+    topic: str,
+    public_url: str | None,
+    produce_timeout_ms: int,
+    pending_ttl: int,
+    max_concurrent_uploads: int,
+    log_level: str | None,
+) -> None:
+    environ = dict(os.environ)
+    if public_url is not None:
+        environ["GATEWAY_PUBLIC_URL"] = public_url
+    settings = Settings.from_env(environ).with_overrides(log_level=log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    config = GatewayConfig(
+        public_url=settings.gateway_public_url,
+        topic=topic,
+        produce_timeout_seconds=produce_timeout_ms / 1000,
+        pending_ttl_seconds=pending_ttl,
+        max_concurrent_uploads=max_concurrent_uploads,
+    )
+    run_gateway(settings, config, host, port, metrics_port)
+
+
+@click.group(help="API tokens of the chunk-upload gateway.")
+def tokens() -> None:
+    pass
+
+
+@tokens.command("create", help="Create a token for an organization; prints it once.")
+@click.option("--org", "organization", required=True, help="Organization slug.")
+@click.option(
+    "--scopes",
+    required=True,
+    multiple=True,
+    help=f"Scopes, comma or space separated ({', '.join(sorted(KNOWN_SCOPES))}).",
+)
+@click.option("--name", help="A note to tell tokens apart.")
+def tokens_create(organization: str, scopes: tuple[str, ...], name: str | None) -> None:
+    settings = Settings.from_env()
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        try:
+            created = create_token(connection, organization, scopes, name)
+        except (RegistryError, TokenError) as error:
+            raise click.ClickException(str(error)) from None
+    click.echo(created.token)
+    click.echo(
+        f"token {created.token_id} for {created.organization_slug} with scopes "
+        f"{' '.join(created.scopes)}; it is shown only now, store it safely.",
+        err=True,
+    )

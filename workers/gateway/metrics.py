@@ -1,0 +1,71 @@
+"""The gateway's Prometheus series (base units, `_total` counters, bounded labels).
+
+- `workers_gateway_requests_total{route,method,status}` and
+  `workers_gateway_request_duration_seconds{route,method}`: `route` is the route template
+  (`/api/0/organizations/{org}/chunk-upload/`), never the raw path;
+- `workers_gateway_chunks_accepted_total`, `workers_gateway_chunk_bytes_accepted_total`
+  (decompressed bytes of chunks Kafka acknowledged);
+- `workers_gateway_rejections_total{reason}`: short fixed codes (`too_many_chunks`,
+  `chunk_too_large`, `corrupt_gzip`, `unauthenticated`, `forbidden`, `kafka_unavailable`...);
+- `workers_gateway_produce_latency_seconds`: from the first produce of a request to the
+  acknowledgement of its last chunk;
+- `workers_gateway_assemble_total{kind,state}`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from workers.common.metrics import sanitize_reason
+from workers.common.metrics._common import DURATION_BUCKETS
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "workers_gateway_requests_total",
+            "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"),
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "workers_gateway_request_duration_seconds",
+            "Time to answer a request, by route template and method.",
+            ("route", "method"),
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.chunks_accepted = Counter(
+            "workers_gateway_chunks_accepted_total",
+            "Chunks acknowledged by Kafka and answered with 200.",
+            registry=registry,
+        )
+        self.bytes_accepted = Counter(
+            "workers_gateway_chunk_bytes_accepted_total",
+            "Decompressed bytes of the accepted chunks.",
+            registry=registry,
+        )
+        self.__rejections = Counter(
+            "workers_gateway_rejections_total",
+            "Requests refused, by reason code.",
+            ("reason",),
+            registry=registry,
+        )
+        self.produce_latency = Histogram(
+            "workers_gateway_produce_latency_seconds",
+            "From producing a request's chunks to Kafka's acknowledgement of all of them.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.__assemble = Counter(
+            "workers_gateway_assemble_total",
+            "Files answered by the assemble endpoints, by kind and state.",
+            ("kind", "state"),
+            registry=registry,
+        )
+
+    def rejected(self, reason: str) -> None:
+        self.__rejections.labels(sanitize_reason(reason)).inc()
+
+    def assembled(self, kind: str, state: str) -> None:
+        self.__assemble.labels(kind, state).inc()

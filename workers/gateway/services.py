@@ -1,0 +1,107 @@
+"""The per-process resources of the gateway, opened together and closed together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Final
+
+from confluent_kafka import Producer
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from workers.blob_ingest.definition import INPUT_TOPIC
+from workers.blob_ingest.resources import open_blob_storage
+from workers.common.kafka_config import producer_configuration
+from workers.common.settings import Settings
+from workers.common.storage import BlobStorage
+from workers.gateway.assemble import Assembler
+from workers.gateway.metrics import GatewayMetrics
+from workers.gateway.options import UploadLimits
+from workers.gateway.pending import DEFAULT_TTL_SECONDS, PendingChunks
+from workers.gateway.publisher import ChunkPublisher
+
+DEFAULT_PRODUCE_TIMEOUT_SECONDS: Final = 30.0
+POOL_OPEN_TIMEOUT_SECONDS: Final = 30.0
+DEFAULT_MAX_CONCURRENT_UPLOADS: Final = 8
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    public_url: str | None = None
+    topic: str = INPUT_TOPIC
+    limits: UploadLimits = field(default_factory=UploadLimits)
+    produce_timeout_seconds: float = DEFAULT_PRODUCE_TIMEOUT_SECONDS
+    pending_ttl_seconds: int = DEFAULT_TTL_SECONDS
+    #: Upload requests buffering chunks at once (each holds up to about 33 MiB).
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
+
+
+@dataclass(frozen=True)
+class GatewayServices:
+    config: GatewayConfig
+    pool: AsyncConnectionPool
+    redis: Redis
+    storage: BlobStorage
+    publisher: ChunkPublisher
+    pending: PendingChunks
+    assembler: Assembler
+    metrics: GatewayMetrics
+    upload_slots: asyncio.Semaphore
+
+
+def gateway_producer(settings: Settings, config: GatewayConfig) -> Producer:
+    # librdkafka gives up on a message a little before the request stops waiting for it.
+    timeout_ms = max(int(config.produce_timeout_seconds * 1000) - 500, 1000)
+    return Producer(
+        producer_configuration(
+            settings,
+            client_id="workers-gateway",
+            # sentry-cli sends gzip chunks: lz4 on top of gzip costs CPU and saves nothing.
+            overrides={
+                "message.timeout.ms": timeout_ms,
+                "linger.ms": 2,
+                "compression.type": "none",
+            },
+        )
+    )
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, config: GatewayConfig, metrics: GatewayMetrics
+) -> AsyncIterator[GatewayServices]:
+    """Everything opened here is closed again, also when a later step fails to open."""
+    async with AsyncExitStack() as stack:
+        pool = AsyncConnectionPool(
+            settings.database_url,
+            min_size=1,
+            max_size=settings.database_pool_max_size,
+            name="gateway",
+            open=False,
+            kwargs={"application_name": "gateway", "autocommit": True},
+        )
+        await pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_SECONDS)
+        stack.push_async_callback(pool.close)
+        redis: Redis = Redis.from_url(settings.redis_url)
+        stack.push_async_callback(redis.aclose)
+        storage = open_blob_storage(settings)
+        stack.callback(storage.close)
+        publisher = ChunkPublisher(
+            gateway_producer(settings, config), config.topic, config.produce_timeout_seconds
+        )
+        stack.callback(publisher.close)
+        pending = PendingChunks(redis, config.pending_ttl_seconds)
+        yield GatewayServices(
+            config=config,
+            pool=pool,
+            redis=redis,
+            storage=storage,
+            publisher=publisher,
+            pending=pending,
+            assembler=Assembler(pool, pending, storage),
+            metrics=metrics,
+            upload_slots=asyncio.Semaphore(config.max_concurrent_uploads),
+        )
