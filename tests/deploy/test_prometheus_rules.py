@@ -5,23 +5,17 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from tests.deploy.promql import RULES, load_rules
 from workers.stack.tools import DeployTools
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-RULES = PROMETHEUS_DIR / "workers.rules.yml"
 RULE_TESTS = PROMETHEUS_DIR / "tests" / "workers.rules.test.yml"
 # `level:metric:operations`, https://prometheus.io/docs/practices/rules/
 RECORD_NAME = re.compile(r"[a-z_]+:[a-z_]+:[a-z0-9_]+")
-
-
-def load_rules() -> list[dict[str, Any]]:
-    groups: list[dict[str, Any]] = yaml.safe_load(RULES.read_text())["groups"]
-    return [rule for group in groups for rule in group["rules"]]
 
 
 def promtool(tools: DeployTools, *args: str, cwd: Path = PROMETHEUS_DIR) -> str:
