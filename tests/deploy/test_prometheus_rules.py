@@ -58,4 +58,6 @@ def test_rules_follow_the_naming_conventions() -> None:
             assert {"summary", "description"} <= rule["annotations"].keys()
         # rate()/increase()/changes() of a counter: counters end in _total.
         for function, metric in re.findall(r"\b(rate|increase)\((\w+)", rule["expr"]):
-            assert metric.endswith(("_total", "_bucket")), f"{function}({metric}) in {rule}"
+            assert metric.endswith(("_total", "_bucket", "_count")), (
+                f"{function}({metric}) in {rule}"
+            )

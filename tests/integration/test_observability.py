@@ -373,3 +373,25 @@ def test_prometheus_scrapes_the_fleet_evaluates_the_rules_and_fires_the_dlq_aler
 
     firing = wait_for(dlq_alerts, 60, "WorkersDeadLetterMessages to fire for every worker")
     assert all(a["severity"] == "warning" and a["reason"] for a in firing)
+
+
+def test_the_series_the_stall_alert_watches_are_live(fleet: list[Consumer]) -> None:
+    """WorkersConsumerStalled reads lag and committed offset per partition of the input topic.
+
+    It cannot use `arroyo_consumer_commit_status_total`: with the fleet's synchronous commits
+    that counter stays at zero, which this test also pins down.
+    """
+    for consumer in fleet:
+
+        def committed(c: Consumer = consumer) -> dict[str, float] | None:
+            offsets = families(c.worker.scrape())["workers_consumer_committed_offset"]
+            found = {s.labels["partition"]: s.value for s in offsets.samples}
+            assert {s.labels["topic"] for s in offsets.samples} <= {c.topic}
+            return found if sum(found.values()) > 0 else None
+
+        offsets = wait_for(committed, 30, f"{consumer.name} to report committed offsets")
+        text = consumer.worker.scrape()
+        lag = families(text)["workers_consumer_lag_messages"]
+        assert {s.labels["topic"] for s in lag.samples} == {consumer.topic}
+        assert {s.labels["partition"] for s in lag.samples} == set(offsets)
+        assert total(text, "arroyo_consumer_commit_status") == 0
