@@ -21,6 +21,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from tests.deploy.promql import load_rules
 from tests.deploy.render import PROMETHEUS_RULE, RULES, render_prometheus_rule
 from tests.deploy.support import (
     KUSTOMIZATIONS,
@@ -422,3 +423,15 @@ def test_kustomize_is_the_pinned_version(deploy_tools: DeployTools) -> None:
     ).stdout
     assert output.strip() == KUSTOMIZE_VERSION
     assert Path(deploy_tools.kustomize).is_file()
+
+
+def test_the_pod_restart_alert_watches_every_worker_container(rendered: list[Manifest]) -> None:
+    (rule,) = [r for r in load_rules() if r.get("alert") == "WorkersPodRestarting"]
+    (pattern,) = re.findall(r'container=~"([^"]+)"', rule["expr"])
+    containers = {
+        container["name"]
+        for deployment in find(rendered, "Deployment")
+        for container in deployment["spec"]["template"]["spec"]["containers"]
+    }
+    assert {name for name in containers if re.fullmatch(pattern, name)} == containers
+    assert not re.fullmatch(pattern, "workers-setup")
