@@ -15,10 +15,23 @@ Every variant reads all of it with its own consumer group, side by side in one r
   CommitOffsets` (kept below, verbatim apart from its tally), on the fleet's consumer
   configuration, no flags;
 - `fleet`: today's chain (`BillingStrategyFactory`, first-custom-metric flags on, against the
-  stack's PostgreSQL and Redis) on the fleet's consumer configuration;
+  stack's PostgreSQL and Redis) on the fleet's consumer configuration, fed by `RunConsumer`
+  (one Arroyo message per partition and fetch) as `workers run billing` is;
+- `fleet_per_message`: the same chain fed by Arroyo's `KafkaConsumer`, one Arroyo message
+  per Kafka message (what `RunConsumer` saves);
 - `fleet_aggregated`: the same with `--aggregate-window-ms 200`;
-- `fleet_stock_arroyo`: today's chain on Arroyo's stock consumer configuration
-  (`build_kafka_consumer_configuration` defaults, `queued.min.messages=10000`; SPEC §7).
+- `fleet_stock_arroyo`: today's chain (with `RunConsumer`) on Arroyo's stock consumer
+  configuration
+  (`build_kafka_consumer_configuration` defaults, `queued.min.messages=10000`; SPEC §7);
+- `quix_streams`: the peer, the same billing job written as a Quix Streams app
+  (`bench/quix_billing_app.py`, in its own virtualenv `bench/.venv-quix` made on demand by
+  `bench/quix_env.py`: Quix pins confluent-kafka < 2.13). Same decode, validation, counting
+  and outcome bytes (`bench/quix_billing.py`, checked against `workers.billing` by
+  `tests/unit/test_bench_quix_billing.py`), no flags written (custom-metric projects are
+  only spotted), invalid messages dropped; the fleet's librdkafka tuning, commit interval
+  (1 s) and producer settings. Its clock runs from the first message to the end of the
+  checkpoint after the last one (outcomes acknowledged, offsets committed), measured in the
+  app; its outcome topic is read back and must hold exactly the expected outcomes.
 
 Arroyo variants run an in-process `StreamProcessor` (like `bench.consumer_throughput`); the
 clock runs from the first message the chain sees to the moment the offsets of all messages
@@ -35,6 +48,7 @@ where the time goes. Usage: `python -m bench.billing [--messages N] [--mix produ
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import cProfile
 import io
@@ -42,13 +56,14 @@ import logging
 import pstats
 import random
 import statistics
+import subprocess
 import sys
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -56,6 +71,7 @@ from typing import Any, Final, NoReturn
 
 import orjson
 import psycopg
+from arroyo.backends.abstract import Consumer as ArroyoConsumer
 from arroyo.backends.abstract import Producer as ArroyoProducer
 from arroyo.backends.abstract import ProducerFuture
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
@@ -80,15 +96,20 @@ from arroyo.types import (
     Topic,
     Value,
 )
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka import Producer as ConfluentProducer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 from redis import Redis
 
+from bench.quix_env import REPO_ROOT, ensure_quix_venv
 from tests.support.kafka import make_topics, unique_name
 from workers.billing.counting import BillableOutcome, BillingCounter
-from workers.billing.definition import build_outcomes_producer, flag_store_factory
+from workers.billing.definition import (
+    OUTCOMES_PRODUCER_OVERRIDES,
+    build_outcomes_producer,
+    flag_store_factory,
+)
 from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
 from workers.billing.message import BucketError, parse_bucket
 from workers.billing.outcome import OutcomeEncoder
@@ -101,6 +122,7 @@ from workers.common.kafka_config import (
     consumer_configuration,
     producer_configuration,
 )
+from workers.common.message_runs import RunConsumer
 from workers.common.metrics import FleetMetrics
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG, create_organization
 from workers.common.settings import Settings
@@ -115,8 +137,10 @@ VARIANTS: Final = (
     "plain_billing",
     "previous",
     "fleet",
+    "fleet_per_message",
     "fleet_aggregated",
     "fleet_stock_arroyo",
+    "quix_streams",
 )
 
 
@@ -414,6 +438,8 @@ class Workload:
     messages: int
     organization_id: int
     project_ids: list[int]
+    # (org_id, project_id, category, quantity) -> how many outcomes the input must yield.
+    expected: Mapping[tuple[int, int, int, int], int] = field(default_factory=dict)
 
 
 class Stopwatch(ProcessingStrategyFactory[KafkaPayload]):
@@ -443,7 +469,7 @@ class Stopwatch(ProcessingStrategyFactory[KafkaPayload]):
         self.inner.shutdown()
 
 
-class _Head(ProcessingStrategy[KafkaPayload]):
+class _Head(ProcessingStrategy[Any]):
     def __init__(self, watch: Stopwatch, inner: ProcessingStrategy[KafkaPayload]) -> None:
         self.__watch = watch
         self.__inner = inner
@@ -471,10 +497,14 @@ def run_arroyo(
     factory: ProcessingStrategyFactory[KafkaPayload],
     consumer_config: dict[str, Any],
     profile: cProfile.Profile | None = None,
+    runs: bool = True,
 ) -> float:
     watch = Stopwatch(factory, work.messages)
+    consumer: ArroyoConsumer[Any] = (
+        RunConsumer(consumer_config) if runs else KafkaConsumer(consumer_config)
+    )
     processor = StreamProcessor(
-        KafkaConsumer(consumer_config),
+        consumer,
         Topic(work.topic),
         watch,
         CommitPolicy(DEFAULT_COMMIT_INTERVAL_MS / 1000.0, None),
@@ -588,6 +618,148 @@ def plain_billing(work: Workload, outcomes_topic: str) -> float:
     return seen / elapsed
 
 
+# -- the Quix Streams peer -------------------------------------------------------------------
+
+# Keys Quix sets itself (group, offsets, commits, statistics) or that are Arroyo's own.
+_QUIX_OWNED_KEYS: Final = frozenset(
+    {
+        "bootstrap.servers",
+        "group.id",
+        "auto.offset.reset",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "statistics.interval.ms",
+        "stats_cb",
+        "log_level",
+    }
+)
+
+
+def _librdkafka_extras(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The fleet's librdkafka tuning, for Quix's `*_extra_config` (JSON scalars only)."""
+    return {
+        key: value
+        for key, value in config.items()
+        if key not in _QUIX_OWNED_KEYS
+        and not key.startswith("arroyo.")
+        and isinstance(value, str | int | float | bool)
+    }
+
+
+#: The last Quix run's own report (its JSON line), for the final figures.
+quix_reports: list[dict[str, Any]] = []
+
+
+def quix_streams(work: Workload, outcomes_topic: str) -> float:
+    """Run the Quix Streams app in its virtualenv over the input; verify what it produced."""
+    python = ensure_quix_venv()
+    settings = work.settings
+    consumer_extras = _librdkafka_extras(fleet_consumer_config(settings))
+    producer_extras = _librdkafka_extras(
+        producer_configuration(settings, "bench-quix", OUTCOMES_PRODUCER_OVERRIDES)
+    )
+    command = [
+        str(python),
+        "-m",
+        "bench.quix_billing_app",
+        "--broker",
+        settings.kafka_bootstrap_servers,
+        "--input-topic",
+        work.topic,
+        "--output-topic",
+        outcomes_topic,
+        "--group",
+        unique_name("bench-bill-quix"),
+        "--messages",
+        str(work.messages),
+        "--commit-interval",
+        str(DEFAULT_COMMIT_INTERVAL_MS / 1000.0),
+        "--consumer-config",
+        orjson.dumps(consumer_extras).decode(),
+        "--producer-config",
+        orjson.dumps(producer_extras).decode(),
+    ]
+    finished = subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        check=True,
+        timeout=120 + work.messages / 1000,
+    )
+    lines = [line for line in finished.stdout.splitlines() if line.startswith(b"{")]
+    assert lines, f"the Quix app printed no report: {finished.stdout[-2000:]!r}"
+    report: dict[str, Any] = orjson.loads(lines[-1])
+    quix_reports.append(report)
+    assert report["messages"] == work.messages, report
+    expected = work.expected
+    assert report["outcomes"] == sum(expected.values()), (report, sum(expected.values()))
+    assert report["custom_projects"] == CUSTOM_PROJECTS, report
+    verify_outcomes(work, outcomes_topic, expected)
+    return float(report["msg_per_s"])
+
+
+_OUTCOME_KEYS: Final = [
+    "timestamp",
+    "org_id",
+    "project_id",
+    "key_id",
+    "outcome",
+    "reason",
+    "event_id",
+    "category",
+    "quantity",
+]
+
+
+def verify_outcomes(
+    work: Workload, topic: str, expected: Mapping[tuple[int, int, int, int], int]
+) -> None:
+    """Read `topic` to its end: exactly the expected outcomes, keyless, in the SPEC §4 shape."""
+    consumer = Consumer(
+        {
+            **work.settings.kafka_client_config(),
+            "group.id": unique_name("bench-verify"),
+            "enable.auto.commit": False,
+        }
+    )
+    ends: dict[int, int] = {}
+    assignment = []
+    for index in range(PARTITIONS):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, index), timeout=10)
+        if high > low:
+            ends[index] = high
+            assignment.append(TopicPartition(topic, index, low))
+    consumer.assign(assignment)
+    seen: collections.Counter[Any] = collections.Counter()
+    try:
+        while ends:
+            for message in consumer.consume(1000, 5.0):
+                error = message.error()
+                assert error is None, error
+                assert message.key() is None, message.key()
+                value = message.value() or b""
+                outcome = orjson.loads(value)
+                assert list(outcome) == _OUTCOME_KEYS, value
+                assert b" " not in value, value
+                assert outcome["outcome"] == 0, value
+                seen[
+                    (
+                        outcome["org_id"],
+                        outcome["project_id"],
+                        outcome["category"],
+                        outcome["quantity"],
+                    )
+                ] += 1
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None
+                assert offset is not None
+                if partition in ends and offset + 1 >= ends[partition]:
+                    del ends[partition]
+    finally:
+        consumer.close()
+    assert seen == collections.Counter(expected), "the Quix app's outcomes differ"
+
+
 # -- workload ---------------------------------------------------------------------------------
 
 
@@ -623,7 +795,23 @@ def prepare(settings: Settings, messages: int, mix_name: str) -> Workload:
             except BufferError:
                 producer.poll(0.05)
     assert producer.flush(60) == 0
-    return Workload(settings, topic, messages, organization.id, project_ids)
+    return Workload(
+        settings, topic, messages, organization.id, project_ids, expected_outcomes(traffic)
+    )
+
+
+def expected_outcomes(traffic: Sequence[KafkaPayload]) -> collections.Counter[Any]:
+    """The outcomes the input must yield (by the fleet's own decoding and counting)."""
+    counter = BillingCounter()
+    expected: collections.Counter[Any] = collections.Counter()
+    for payload in traffic:
+        try:
+            outcome = counter.count(parse_bucket(payload.value))
+        except BucketError:
+            continue
+        if outcome is not None:
+            expected[tuple(outcome)] += 1
+    return expected
 
 
 def reset_flags(work: Workload) -> None:
@@ -676,11 +864,14 @@ def run_variant(
         return plain_decode(work)
     if variant == "plain_billing":
         return plain_billing(work, outcomes_topic)
+    if variant == "quix_streams":
+        return quix_streams(work, outcomes_topic)
     if variant == "previous":
         return run_arroyo(
             work,
             PreviousBillingFactory(work.settings, outcomes_topic),
             fleet_consumer_config(work.settings),
+            runs=False,
         )
     reset_flags(work)
     if variant == "fleet":
@@ -689,6 +880,13 @@ def run_variant(
             fleet_factory(work, outcomes_topic),
             fleet_consumer_config(work.settings),
             profile,
+        )
+    elif variant == "fleet_per_message":
+        rate = run_arroyo(
+            work,
+            fleet_factory(work, outcomes_topic),
+            fleet_consumer_config(work.settings),
+            runs=False,
         )
     elif variant == "fleet_aggregated":
         rate = run_arroyo(
@@ -708,10 +906,12 @@ def run_variant(
 def print_table(rates: Mapping[str, float]) -> None:
     ceiling = rates.get("plain_billing") or max(rates.values())
     previous = rates.get("previous")
-    print(f"{'variant':<22}{'msg/s':>12}{'vs plain_billing':>18}{'vs previous':>13}")
+    quix = rates.get("quix_streams")
+    print(f"{'variant':<22}{'msg/s':>12}{'vs plain_billing':>18}{'vs previous':>13}{'vs quix':>10}")
     for variant, rate in rates.items():
         versus = f"{rate / previous:>13.2f}" if previous else f"{'-':>13}"
-        print(f"{variant:<22}{rate:>12,.0f}{rate / ceiling:>18.2f}{versus}")
+        versus_quix = f"{rate / quix:>10.2f}" if quix else f"{'-':>10}"
+        print(f"{variant:<22}{rate:>12,.0f}{rate / ceiling:>18.2f}{versus}{versus_quix}")
 
 
 def write_chart(rates: Mapping[str, float], path: Path, title: str) -> None:
@@ -726,7 +926,7 @@ def write_chart(rates: Mapping[str, float], path: Path, title: str) -> None:
     values = [rates[name] for name in names]
     colours = ["#9e9e9e" if name.startswith("plain") else "#1f77b4" for name in names]
     colours = [
-        "#d62728" if name == "previous" else colour
+        "#d62728" if name == "previous" else "#ff7f0e" if name == "quix_streams" else colour
         for name, colour in zip(names, colours, strict=True)
     ]
     bars = axes.barh(names, values, color=colours)
@@ -759,6 +959,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants: {', '.join(sorted(unknown))}")
+    if "quix_streams" in variants:
+        ensure_quix_venv()  # before the input is produced: a broken install fails fast
     work = prepare(settings, args.messages, args.mix)
     profile = cProfile.Profile() if args.profile else None
     samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -793,6 +995,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         figures["fleet_vs_plain_billing"] = round(rates["fleet"] / rates["plain_billing"], 2)
     if "plain_decode" in rates and "fleet" in rates:
         figures["fleet_vs_plain_decode"] = round(rates["fleet"] / rates["plain_decode"], 2)
+    if "quix_streams" in rates and "fleet" in rates:
+        figures["fleet_vs_quix_streams"] = round(rates["fleet"] / rates["quix_streams"], 2)
+    if quix_reports:
+        figures["quix_streams_last_run"] = quix_reports[-1]
     print(orjson.dumps(figures).decode())
 
 

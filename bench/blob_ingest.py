@@ -45,6 +45,10 @@ Storage goes to a fresh directory under `--scratch-dir` (default /tmp, the disk)
 at a tmpfs (`--scratch-dir /dev/shm`, where fsync costs nothing) shows what the chain costs
 without the disk: Kafka, validation, PostgreSQL and Python.
 
+The disk ceiling (`--disk-ceiling-files`, default 5,000) is measured in the same run: 4 KiB
+files created, written and fsynced by the backend's pool size of threads and nothing else, so
+the batched 4 KiB rate can be read against what this disk allows at all.
+
 Prints a table, writes a bar chart (`bench/results/blob_ingest.png`, prints its path) and,
 as the last line, one JSON object with the figures. Afterwards the temporary storage dirs,
 the topics and the rows and organization the bench created are removed (`--keep-rows` keeps
@@ -71,7 +75,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -118,6 +122,7 @@ from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.common.snowflake import LeasedSnowflakeGenerator, WorkerIdLeases, lease_redis_client
 from workers.common.storage import BlobStorage, StoredObject
+from workers.common.storage.filesystem import DEFAULT_SYNC_THREADS
 from workers.common.topics import DEFAULT_TOPIC_CONFIG, TopicSpec, create_topics
 
 Mode = Literal["batched", "per-chunk"]
@@ -467,6 +472,52 @@ def delete_topics(settings: Settings, topics: Sequence[str]) -> None:
             future.result()
 
 
+# -- the disk's own ceiling ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiskCeiling:
+    files: int
+    seconds: float
+
+    @property
+    def files_per_second(self) -> float:
+        return self.files / self.seconds
+
+
+def measure_disk_ceiling(scratch: Path, size: int, files: int) -> DiskCeiling:
+    """Durable small files with nothing else: what the storage step can do at best here.
+
+    `files` random `size`-byte files, each created, written and fsynced by the filesystem
+    backend's own pool size of threads, then one directory fsync: the per-file work the
+    worker's filesystem backend cannot avoid (it adds a rename and the batch bookkeeping).
+    """
+    directory = scratch / "disk-ceiling"
+    directory.mkdir()
+    payloads = [os.urandom(size) for _ in range(files)]
+
+    def write(index: int) -> None:
+        descriptor = os.open(directory / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(descriptor, payloads[index])
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    os.sync()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(DEFAULT_SYNC_THREADS) as pool:
+        list(pool.map(write, range(files)))
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    ceiling = DiskCeiling(files, time.perf_counter() - started)
+    shutil.rmtree(directory, ignore_errors=True)
+    return ceiling
+
+
 # -- reporting ----------------------------------------------------------------------------------
 
 
@@ -548,7 +599,9 @@ def write_chart(results: Sequence[RunResult], path: Path) -> None:
     plt.close(figure)
 
 
-def figures(results: Sequence[RunResult], chart: Path) -> dict[str, Any]:
+def figures(
+    results: Sequence[RunResult], chart: Path, ceiling: DiskCeiling | None
+) -> dict[str, Any]:
     ratio = ratios(results)
     by_key = {(r.spec.mode, r.spec.chunk_size): r for r in results}
     batched_4k = by_key.get(("batched", 4 * KIB))
@@ -578,6 +631,14 @@ def figures(results: Sequence[RunResult], chart: Path) -> dict[str, Any]:
             "batched_4KiB_at_least_5000_chunks_per_s": batched_4k is not None
             and batched_4k.chunks_per_second >= TARGET_CHUNKS_PER_S_4K,
         },
+        "disk_ceiling_4KiB_files_per_s": (
+            round(ceiling.files_per_second, 1) if ceiling is not None else None
+        ),
+        "batched_4KiB_vs_disk_ceiling": (
+            round(batched_4k.chunks_per_second / ceiling.files_per_second, 2)
+            if ceiling is not None and batched_4k is not None
+            else None
+        ),
         "chart": str(chart),
     }
 
@@ -610,6 +671,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile", type=Path, metavar="DIR", help="cProfile every run, .prof files into DIR"
     )
     parser.add_argument("--keep-rows", action="store_true", help="keep the rows afterwards")
+    parser.add_argument(
+        "--disk-ceiling-files",
+        type=int,
+        default=5_000,
+        help="4 KiB files for the disk-ceiling measurement (0: skip it)",
+    )
     args = parser.parse_args(argv)
     for name in ("chunks_4k", "per_chunk_4k", "chunks_1m", "per_chunk_1m"):
         if getattr(args, name) < 0:
@@ -640,6 +707,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     scratch = Path(tempfile.mkdtemp(prefix="bench-blob-ingest-", dir=args.scratch_dir))
     results: list[RunResult] = []
+    ceiling: DiskCeiling | None = None
     try:
         started = time.perf_counter()
         paddings = {
@@ -694,6 +762,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"--- profile {mode} {size_label(size)} ({profile}) ---", file=sys.stderr)
                 print(result.profile_top, file=sys.stderr)
             results.append(result)
+        if args.disk_ceiling_files:
+            ceiling = measure_disk_ceiling(scratch, 4 * KIB, args.disk_ceiling_files)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         delete_topics(settings, list(topics.values()))
@@ -701,9 +771,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             remove_rows(settings, organization.id)
 
     print_table(results)
+    if ceiling is not None:
+        print(
+            f"disk ceiling (4 KiB files created, written and fsynced by "
+            f"{DEFAULT_SYNC_THREADS} threads, nothing else): {ceiling.files_per_second:,.0f} "
+            f"files/s in {args.scratch_dir}"
+        )
     write_chart(results, args.chart)
     print(f"chart: {args.chart}")
-    print(orjson.dumps(figures(results, args.chart)).decode())
+    print(orjson.dumps(figures(results, args.chart, ceiling)).decode())
 
 
 if __name__ == "__main__":

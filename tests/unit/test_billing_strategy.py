@@ -36,8 +36,10 @@ from workers.billing.message import BucketError, parse_bucket
 from workers.billing.metrics import BillingMetrics
 from workers.billing.strategy import BillingStrategyFactory, OutcomeDeliveryError
 from workers.billing.traffic import sample_traffic
+from workers.common.message_runs import MessageRun
 from workers.common.metrics import FleetMetrics
 
+Headers = list[tuple[str, bytes]]
 INPUT = Topic("snuba-generic-metrics")
 OUTPUT = Topic("outcomes-billing")
 DLQ = Topic("snuba-generic-metrics-dlq")
@@ -117,7 +119,7 @@ class FakeProducer:
         self.queue_limit = queue_limit
         self.order = order
         self.on_deliver = on_deliver
-        self.pending: list[tuple[Callable[[Any, Any], None], str, bytes]] = []
+        self.pending: list[tuple[Callable[[Any, Any], None], str, bytes, Headers]] = []
         self.reports: list[tuple[Callable[[Any, Any], None], KafkaError | None, bytes]] = []
         self.flushed = False
         self.batches = 0
@@ -137,20 +139,35 @@ class FakeProducer:
             if len(self) >= self.queue_limit:
                 item["_error"] = KafkaError(KafkaError._QUEUE_FULL)
                 continue
-            self.pending.append((on_delivery, topic, item["value"]))
+            self.pending.append((on_delivery, topic, item["value"], []))
             queued += 1
         return queued
 
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Any = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        assert on_delivery is not None
+        assert value is not None
+        if len(self) >= self.queue_limit:
+            raise BufferError("queue full")
+        self.pending.append((on_delivery, topic, value, list(headers or [])))
+
     def deliver(self, index: int = 0) -> bytes:
-        callback, topic, value = self.pending.pop(index)
+        callback, topic, value, headers = self.pending.pop(index)
         if self.on_deliver is not None:
             self.on_deliver(value)
-        self.broker.produce(Partition(Topic(topic), 0), KafkaPayload(None, value, []))
+        self.broker.produce(Partition(Topic(topic), 0), KafkaPayload(None, value, headers))
         self.reports.append((callback, None, value))
         return value
 
     def fail(self, index: int = 0, code: int = KafkaError.MSG_SIZE_TOO_LARGE) -> bytes:
-        callback, _, value = self.pending.pop(index)
+        callback, _, value, _ = self.pending.pop(index)
         self.reports.append((callback, KafkaError(code), value))
         return value
 
@@ -907,3 +924,152 @@ def test_a_producer_raising_buffer_error_is_retried_not_dropped(
     strategy.submit(message(bucket(6.0), 0))
     settle(strategy, lambda: commits.at() == 1)
     assert [o["quantity"] for o in outcomes(broker)] == [6]
+
+
+# -- runs (what `RunConsumer` hands the chain) ----------------------------------------------
+
+
+class RawMessage:
+    """The part of a confluent-kafka message a run carries."""
+
+    def __init__(self, value: bytes, offset: int, headers: Headers | None = None) -> None:
+        self._value = value
+        self._offset = offset
+        self._headers = headers
+
+    def key(self) -> bytes | None:
+        return b"k"
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def headers(self) -> Headers | None:
+        return self._headers
+
+    def offset(self) -> int | None:
+        return self._offset
+
+
+def run(values: list[bytes], first_offset: int, partition: int = 0) -> Message[MessageRun]:
+    raws = [RawMessage(value, first_offset + i) for i, value in enumerate(values)]
+    return Message(
+        BrokerValue(MessageRun(raws), Partition(INPUT, partition), raws[-1]._offset, datetime.now())
+    )
+
+
+def dlq_messages(broker: LocalBroker[KafkaPayload]) -> list[KafkaPayload]:
+    found = []
+    offset = 0
+    while (value := broker.consume(Partition(DLQ, 0), offset)) is not None:
+        found.append(value.payload)
+        offset += 1
+    return found
+
+
+def test_a_run_dead_letters_its_invalid_messages_and_commits_after_their_delivery(
+    broker: LocalBroker[KafkaPayload], registry: CollectorRegistry
+) -> None:
+    producer = FakeProducer(broker, auto=False)
+    commits = CommitLog()
+    factory = make_factory(producer, registry, max_batch_messages=100, dlq_topic=DLQ.name)
+    strategy = factory.create_with_partitions(commits, {})
+
+    strategy.submit(run([BILLABLE, INVALID, NOT_BILLABLE, BILLABLE], 10))
+    poll_for(strategy)
+    assert commits.at() is None
+    assert len(producer.pending) == 3  # two outcomes and one DLQ copy
+
+    dlq_index = next(i for i, entry in enumerate(producer.pending) if entry[1] == DLQ.name)
+    producer.deliver(dlq_index)
+    producer.deliver(0)
+    poll_for(strategy)
+    assert commits.at() is None  # one outcome still unacknowledged
+    producer.deliver(0)
+    settle(strategy, lambda: commits.at() == 14)
+
+    [copy] = dlq_messages(broker)
+    assert copy.value == INVALID
+    headers = dict(copy.headers)
+    assert headers["reason"] == b"invalid_json: payload is not valid JSON"
+    assert headers["original_offset"] == b"11"
+    assert headers["original_partition"] == b"0"
+    assert headers["original_topic"] == INPUT.name.encode()
+    assert len(outcomes(broker)) == 2
+    dlq_total = registry.get_sample_value(
+        "workers_dlq_messages_total", {"worker": "billing", "reason": "invalid_json"}
+    )
+    assert dlq_total == 1.0
+
+
+def test_a_failed_dead_letter_is_produced_again_before_the_commit(
+    broker: LocalBroker[KafkaPayload], registry: CollectorRegistry
+) -> None:
+    producer = FakeProducer(broker, auto=False)
+    commits = CommitLog()
+    factory = make_factory(producer, registry, max_batch_messages=100, dlq_topic=DLQ.name)
+    strategy = factory.create_with_partitions(commits, {})
+    strategy.submit(run([INVALID], 0))
+    poll_for(strategy)
+    producer.fail(0, KafkaError._MSG_TIMED_OUT)
+    poll_for(strategy)
+    assert commits.at() is None
+    producer.auto = True
+    settle(strategy, lambda: commits.at() == 1)
+    assert [copy.value for copy in dlq_messages(broker)] == [INVALID]
+
+
+def test_a_run_longer_than_a_batch_commits_batch_by_batch_with_exact_totals(
+    broker: LocalBroker[KafkaPayload], registry: CollectorRegistry
+) -> None:
+    producer = FakeProducer(broker, auto=False)
+    commits = CommitLog()
+    factory = make_factory(producer, registry, max_batch_messages=4, max_batch_seconds=60)
+    strategy = factory.create_with_partitions(commits, {})
+    values = [bucket(float(i + 1)) for i in range(10)]
+    strategy.submit(run(values, 100))
+    # Two full batches closed inside the run; the last two messages wait for the deadline.
+    poll_for(strategy)
+    assert len(producer.pending) == 8
+    for _ in range(4):
+        producer.deliver(0)
+    settle(strategy, lambda: commits.at() == 104)
+    producer.auto = True
+    settle(strategy, lambda: commits.at() == 108)
+    strategy.close()
+    strategy.join(1.0)
+    assert commits.at() == 110
+    assert sorted(item["quantity"] for item in outcomes(broker)) == list(range(1, 11))
+
+
+def test_without_a_dlq_topic_invalid_messages_of_a_run_are_skipped_and_committed_past(
+    broker: LocalBroker[KafkaPayload], registry: CollectorRegistry
+) -> None:
+    producer = FakeProducer(broker)
+    commits = CommitLog()
+    strategy = make_factory(producer, registry).create_with_partitions(commits, {})
+    strategy.submit(run([INVALID, BILLABLE], 0))
+    settle(strategy, lambda: commits.at() == 2)
+    assert dlq_messages(broker) == []
+    assert len(outcomes(broker)) == 1
+
+
+def test_backpressure_on_a_run_rejects_before_touching_it(
+    broker: LocalBroker[KafkaPayload], registry: CollectorRegistry
+) -> None:
+    producer = FakeProducer(broker, auto=False)
+    commits = CommitLog()
+    factory = make_factory(
+        producer, registry, max_batch_messages=2, max_pending_batches=1, max_batch_seconds=60
+    )
+    strategy = factory.create_with_partitions(commits, {})
+    # Five batches close inside the run; the next step takes one, the rest wait in order.
+    strategy.submit(run([BILLABLE] * 10, 0))
+    with pytest.raises(MessageRejected):
+        strategy.submit(run([BILLABLE], 10))
+    producer.auto = True
+    settle(strategy, lambda: commits.at() == 10)
+    strategy.submit(run([BILLABLE], 10))
+    strategy.close()
+    strategy.join(1.0)
+    assert commits.at() == 11
+    assert len(outcomes(broker)) == 11

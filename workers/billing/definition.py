@@ -151,6 +151,8 @@ def build_strategy_factory(context: StrategyContext) -> BillingStrategyFactory:
         max_batch_messages=context.max_batch_size,
         max_batch_seconds=context.max_batch_time_seconds,
         aggregate_window_seconds=window_ms / 1000.0 if window_ms else None,
+        dlq_topic=context.dlq_topic,
+        worker=context.worker,
     )
 
 
@@ -167,6 +169,7 @@ BILLING_CONSUMER: Final = ConsumerDefinition(
     topic_config={"compression.type": "lz4", "max.message.bytes": "10000000"},
     click_options=CLICK_OPTIONS,
     sample_traffic=sample_traffic,
+    consumes_runs=True,
 )
 
 __all__ = ["BILLING_CONSUMER", "build_strategy_factory", "sample_traffic"]

@@ -56,7 +56,6 @@ from arroyo.processing.strategies.abstract import (
 )
 from arroyo.types import (
     FILTERED_PAYLOAD,
-    BaseValue,
     BrokerValue,
     Commit,
     FilteredPayload,
@@ -80,6 +79,8 @@ from workers.billing.metrics import (
     MetricsSource,
 )
 from workers.billing.outcome import ClockNs, OutcomeEncoder
+from workers.common.dlq import dlq_headers, reason_code
+from workers.common.message_runs import MessageRun, RawMessage
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,17 @@ class OutcomeProducer(Protocol):
         on_delivery: DeliveryCallback | None = None,
     ) -> int: ...
 
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        # confluent-kafka's own type is a list of (str, str | bytes | None) pairs.
+        headers: Any = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None: ...
+
     def poll(self, timeout: float = -1) -> int: ...
 
     def flush(self, timeout: float = -1) -> int: ...
@@ -159,7 +171,7 @@ class OutcomeDeliveryError(RuntimeError):
 class OutcomeBatch:
     """What `TranslateOutcomes` hands to `DeliverOutcomes` for a run of input messages."""
 
-    __slots__ = ("by_category", "candidates", "messages", "payloads")
+    __slots__ = ("by_category", "candidates", "dead_letters", "messages", "payloads")
 
     def __init__(
         self,
@@ -167,6 +179,7 @@ class OutcomeBatch:
         by_category: dict[int, list[int]],
         candidates: frozenset[ProjectKey],
         messages: int,
+        dead_letters: list[DeadLetter] | None = None,
     ) -> None:
         # `{"value": outcome bytes}` per outcome, as `produce_batch` takes them.
         self.payloads = payloads
@@ -175,20 +188,41 @@ class OutcomeBatch:
         # Custom-metric projects of these messages this process does not know to be flagged.
         self.candidates = candidates
         self.messages = messages
+        # Invalid messages of runs, to be copied to the DLQ topic before the offsets move on.
+        self.dead_letters: list[DeadLetter] = dead_letters if dead_letters is not None else []
+
+
+class DeadLetter:
+    """An invalid message of a `MessageRun`, with where it came from and why it is invalid."""
+
+    __slots__ = ("message", "partition", "reason")
+
+    def __init__(self, message: RawMessage, partition: Partition, reason: str) -> None:
+        self.message = message
+        self.partition = partition
+        self.reason = reason
 
 
 BatchPayload = OutcomeBatch | FilteredPayload
 
 
-class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
+InputPayload = KafkaPayload | MessageRun | FilteredPayload
+
+
+class TranslateOutcomes(ProcessingStrategy[InputPayload]):
     """Decodes each bucket, counts it, and closes the outcomes of a run of messages as a batch.
 
-    Invalid input raises `InvalidMessage` (routed to the DLQ by the runtime) with a reason
-    `"<code>: <detail>"`; its offset still belongs to the current batch, so it is committed
-    past once the batch is done (the runtime flushes the DLQ copy before committing).
+    Input is either one message per Arroyo message (`KafkaPayload`, from Arroyo's own
+    consumer) or a `MessageRun` (from `RunConsumer`, the fleet's default for this worker).
+    Invalid input gets a reason `"<code>: <detail>"`: a single message raises
+    `InvalidMessage` (routed to the DLQ by the runtime, which flushes the copy before it
+    commits); an invalid message of a run becomes a `DeadLetter` of the current batch, which
+    the next step copies to the DLQ topic before the batch's offsets are released. Either
+    way its offset belongs to the current batch and is committed past once the batch is done.
 
     `MessageRejected` is raised only before a message is touched (while a closed batch still
-    waits for the next step), so a resubmitted message is never counted twice.
+    waits for the next step), so a resubmitted message is never counted twice. A run may
+    close several batches; they wait in order for the next step.
     """
 
     def __init__(
@@ -221,7 +255,7 @@ class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
             self.__max_outcomes = max_batch_outcomes
             self.__max_seconds = max_batch_seconds
         self.__partitions: dict[int, Partition] = {}
-        self.__carried: Message[BatchPayload] | None = None
+        self.__carried: deque[Message[BatchPayload]] = deque()
         self.__seen = 0
         self.__closed = False
         self.__reset()
@@ -233,41 +267,84 @@ class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
         # category -> [billable buckets, quantity]
         self.__stats: dict[int, list[int]] = {}
         self.__candidates: set[ProjectKey] = set()
+        self.__dead_letters: list[DeadLetter] = []
         self.__messages = 0
         self.__deadline = 0.0
 
-    def submit(self, message: Message[KafkaPayload | FilteredPayload]) -> None:
-        # The hot path: one call per consumed message, so attributes are read once into
-        # locals and nothing is called that need not be.
+    def submit(self, message: Message[InputPayload]) -> None:
         assert not self.__closed
-        if self.__carried is not None and not self.__forward_carried():
+        if self.__carried and not self.__forward_carried():
             raise MessageRejected()
         value = message.value
-        messages = self.__messages + 1
-        self.__messages = messages
-        if messages == 1:
+        if self.__messages == 0:
             self.__deadline = time.monotonic() + self.__max_seconds
         if type(value) is BrokerValue:
             partition = value.partition
-            index = partition.index
-            self.__offsets[index] = value.offset + 1
-            if index not in self.__partitions:
-                self.__partitions[index] = partition
+            if partition.index not in self.__partitions:
+                self.__partitions[partition.index] = partition
+            payload = value.payload
+            if type(payload) is MessageRun:
+                self.__submit_run(payload, partition)
+                return
+            self.__offsets[partition.index] = value.offset + 1
         else:
             self.__note_committable(value.committable)
-        payload = value.payload
+            payload = value.payload
+        self.__messages += 1
         if isinstance(payload, FilteredPayload):
             self.__maybe_close()
             return
+        assert isinstance(payload, KafkaPayload)
+        try:
+            self.__translate(payload.value)
+        except BucketError as error:
+            self.__tally.invalid(error.code)
+            if not isinstance(value, BrokerValue):
+                raise
+            self.__maybe_close()
+            raise InvalidMessage(
+                value.partition, value.offset, reason=error.reason, log_exception=False
+            ) from None
+        self.__maybe_close()
 
+    def __submit_run(self, run: MessageRun, partition: Partition) -> None:
+        # The hot path: one iteration per consumed message.
+        index = partition.index
+        translate = self.__translate
+        max_messages = self.__max_messages
+        max_outcomes = self.__max_outcomes
+        last = len(run.messages) - 1
+        for position, raw in enumerate(run.messages):
+            self.__messages += 1
+            try:
+                translate(raw.value() or b"")
+            except BucketError as error:
+                self.__tally.invalid(error.code)
+                self.__dead_letters.append(DeadLetter(raw, partition, error.reason))
+            if (
+                self.__messages >= max_messages
+                or len(self.__payloads) >= max_outcomes
+                or len(self.__sums) >= max_outcomes
+            ) and position != last:
+                # The batch closes inside the run: its offsets end at this message.
+                offset = raw.offset()
+                assert offset is not None
+                self.__offsets[index] = offset + 1
+                self.__close_batch()
+                self.__deadline = time.monotonic() + self.__max_seconds
+        offset = run.messages[last].offset()
+        assert offset is not None
+        self.__offsets[index] = offset + 1
+        self.__maybe_close()
+
+    def __translate(self, raw: bytes) -> None:
+        """Decode, count and encode one bucket; raises `BucketError` for invalid input."""
         tally = self.__tally
         seen = self.__seen = self.__seen + 1
         started = time.perf_counter() if not seen & _SAMPLE_MASK else 0.0
-        try:
-            bucket = parse_bucket(payload.value)
-        except BucketError as error:
-            self.__reject(value, error)
-        org_id, project_id, metric_id, metric_type, _, use_case, _, counter, meta = bucket
+        org_id, project_id, metric_id, metric_type, _, use_case, _, counter, meta = parse_bucket(
+            raw
+        )
         tally.decoded += 1
         type_key = (metric_type, use_case if use_case in KNOWN_USE_CASES else OTHER_USE_CASE)
         by_type = tally.by_type_use_case
@@ -288,15 +365,10 @@ class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
                         key = (org_id, project_id, category)
                         sums = self.__sums
                         sums[key] = sums.get(key, 0) + quantity
-                        if len(sums) >= self.__max_outcomes:
-                            self.__close_batch()
                     else:
-                        payloads = self.__payloads
-                        payloads.append(
+                        self.__payloads.append(
                             {"value": self.__encode(org_id, project_id, category, quantity)}
                         )
-                        if len(payloads) >= self.__max_outcomes:
-                            self.__close_batch()
         if meta:
             detector = self.__detector
             if detector is not None and detector.is_custom(meta, metric_id):
@@ -307,8 +379,6 @@ class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
                     self.__candidates.add(project)
         if started:
             tally.observe_decode_latency(time.perf_counter() - started)
-        if messages >= self.__max_messages and self.__messages:
-            self.__close_batch()
 
     def __maybe_close(self) -> None:
         if (
@@ -323,22 +393,10 @@ class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
             self.__offsets[partition.index] = offset
             self.__partitions.setdefault(partition.index, partition)
 
-    def __reject(
-        self, value: BaseValue[KafkaPayload | FilteredPayload], error: BucketError
-    ) -> NoReturn:
-        self.__tally.invalid(error.code)
-        if not isinstance(value, BrokerValue):
-            raise error
-        self.__maybe_close()
-        raise InvalidMessage(
-            value.partition, value.offset, reason=error.reason, log_exception=False
-        ) from None
-
     def __close_batch(self) -> None:
         """Turn the current run of messages into one batch message for the next step."""
         if not self.__messages:
             return
-        assert self.__carried is None
         payloads = self.__payloads
         stats = self.__stats
         by_category: dict[int, list[int]] = {}
@@ -362,27 +420,33 @@ class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
             )
         partitions = self.__partitions
         committable = {partitions[index]: offset for index, offset in self.__offsets.items()}
-        batch = OutcomeBatch(payloads, by_category, frozenset(self.__candidates), self.__messages)
+        batch = OutcomeBatch(
+            payloads,
+            by_category,
+            frozenset(self.__candidates),
+            self.__messages,
+            self.__dead_letters,
+        )
         self.__reset()
-        self.__carried = Message(Value(batch, committable))
+        self.__carried.append(Message(Value(batch, committable)))
         self.__forward_carried()
 
     def __forward_carried(self) -> bool:
-        """Hand the closed batch on; False when the next step pushed back (kept for later)."""
+        """Hand closed batches on, in order; False when the next step pushed back."""
         carried = self.__carried
-        if carried is not None:
+        while carried:
             try:
-                self.__next_step.submit(carried)
+                self.__next_step.submit(carried[0])
             except MessageRejected:
                 return False
-            self.__carried = None
+            carried.popleft()
         return True
 
     def poll(self) -> None:
-        if self.__carried is not None:
+        if self.__carried:
             self.__forward_carried()
         now = time.monotonic()
-        if self.__messages and now >= self.__deadline and self.__carried is None:
+        if self.__messages and now >= self.__deadline and not self.__carried:
             self.__close_batch()
         self.__next_step.poll()
         self.__tally.maybe_flush(now)
@@ -396,18 +460,14 @@ class TranslateOutcomes(ProcessingStrategy[KafkaPayload | FilteredPayload]):
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.__carried is None:
-                self.__close_batch()
-            if self.__carried is None:
-                break
+        self.__close_batch()
+        while not self.__forward_carried():
             if deadline is not None and time.monotonic() >= deadline:
-                logger.warning("join timed out before the last batch could be handed on")
+                logger.warning("join timed out before the last batches could be handed on")
                 break
             # The next step is over its in-flight budget: let it make progress, then retry.
             time.sleep(_JOIN_POLL_SECONDS)
             self.__next_step.poll()
-            self.__forward_carried()
         self.__next_step.close()
         self.__next_step.join(_remaining(deadline))
         self.__tally.flush()
@@ -420,6 +480,7 @@ class _InFlight:
         "by_category",
         "failures",
         "job",
+        "letter_retries",
         "pending_partitions",
         "remaining",
         "retries",
@@ -433,13 +494,16 @@ class _InFlight:
         batch: OutcomeBatch,
         job: FlagJob | None,
         retries: list[tuple[_InFlight, bytes, str]],
+        letter_retries: list[tuple[_InFlight, DeadLetter, str]],
         failures: list[KafkaError],
     ) -> None:
-        self.remaining = self.size = len(batch.payloads)
+        self.size = len(batch.payloads)
+        self.remaining = self.size + len(batch.dead_letters)
         self.by_category = batch.by_category
         self.job = job
         self.unsent: list[dict[str, Any]] = []
         self.retries = retries
+        self.letter_retries = letter_retries
         self.failures = failures
         self.pending_partitions = 0
         self.sent_at = time.monotonic()
@@ -453,6 +517,15 @@ class _InFlight:
         else:
             self.failures.append(error)
 
+    def dead_letter_delivered(self, letter: DeadLetter, error: KafkaError | None) -> None:
+        """The delivery report for one DLQ copy (called from `producer.poll`)."""
+        if error is None:
+            self.remaining -= 1
+        elif is_retriable(error):
+            self.letter_retries.append((self, letter, error.name()))
+        else:
+            self.failures.append(error)
+
     @property
     def done(self) -> bool:
         job = self.job
@@ -460,7 +533,13 @@ class _InFlight:
 
 
 class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
-    """Produces each batch's outcomes, starts its flag job and releases completed offsets."""
+    """Produces each batch's outcomes, starts its flag job and releases completed offsets.
+
+    A batch's dead letters (invalid messages of runs) are copied to `dlq_topic` with the
+    fleet's DLQ headers through the same producer, and count as part of the batch: its
+    offsets are released only after Kafka acknowledged them too. Without a `dlq_topic` they
+    are logged (never their bytes) and skipped.
+    """
 
     def __init__(
         self,
@@ -473,9 +552,16 @@ class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
         max_pending_outcomes: int = DEFAULT_MAX_PENDING_OUTCOMES,
         max_pending_batches: int = DEFAULT_MAX_PENDING_BATCHES,
         backoff: Backoff | None = None,
+        dlq_topic: str | None = None,
+        worker: str = "billing",
+        on_dead_letter: Callable[[str], None] | None = None,
     ) -> None:
         self.__producer = producer
         self.__topic = topic.name
+        self.__dlq_topic = dlq_topic
+        self.__worker = worker
+        self.__on_dead_letter = on_dead_letter
+        self.__letter_retries: list[tuple[_InFlight, DeadLetter, str]] = []
         self.__next_step = next_step
         self.__tally = tally
         self.__metrics: BillingMetrics = tally.billing
@@ -512,11 +598,13 @@ class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
         if batch.candidates and self.__flag_writer is not None:
             job = self.__flag_writer.submit(batch.candidates)
             self.__tally.flag_submitted += len(batch.candidates)
-        tracker = _InFlight(batch, job, self.__retries, self.__failures)
+        tracker = _InFlight(batch, job, self.__retries, self.__letter_retries, self.__failures)
         if batch.payloads:
             self.__outstanding += len(batch.payloads)
             self.__send(tracker, batch.payloads)
             self.__tally.produced += len(batch.payloads)
+        if batch.dead_letters:
+            self.__send_dead_letters(tracker, batch.dead_letters)
         self.__in_flight.append(tracker)
         queues = self.__queues
         for partition, offset in committable.items():
@@ -564,6 +652,54 @@ class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
             self.__unsent.append(tracker)
             self.__retry_at = time.monotonic() + self.__backoff.next_delay()
 
+    def __send_dead_letters(self, tracker: _InFlight, letters: list[DeadLetter]) -> None:
+        for letter in letters:
+            code = reason_code(letter.reason)
+            message = letter.message
+            offset = message.offset()
+            if self.__dlq_topic is None:
+                tracker.remaining -= 1
+                logger.warning(
+                    "invalid message skipped (no DLQ topic)",
+                    extra={"partition": letter.partition.index, "offset": offset, "reason": code},
+                )
+                continue
+            if self.__on_dead_letter is not None:
+                self.__on_dead_letter(code)
+            logger.warning(
+                "message sent to DLQ",
+                extra={
+                    "dlq_topic": self.__dlq_topic,
+                    "partition": letter.partition.index,
+                    "offset": offset,
+                    "reason": letter.reason,
+                },
+            )
+            self.__produce_dead_letter(tracker, letter)
+
+    def __produce_dead_letter(self, tracker: _InFlight, letter: DeadLetter) -> None:
+        assert self.__dlq_topic is not None
+        message = letter.message
+        offset = message.offset()
+        assert offset is not None
+        try:
+            self.__producer.produce(
+                self.__dlq_topic,
+                message.value(),
+                message.key(),
+                headers=dlq_headers(
+                    message.headers() or (),
+                    letter.partition,
+                    offset,
+                    letter.reason,
+                    self.__worker,
+                ),
+                on_delivery=lambda error, _message: tracker.dead_letter_delivered(letter, error),
+            )
+        except BufferError:
+            self.__letter_retries.append((tracker, letter, "_QUEUE_FULL"))
+            self.__retry_at = time.monotonic() + self.__backoff.next_delay()
+
     # -- poll -------------------------------------------------------------------------------
 
     def poll(self) -> None:
@@ -584,7 +720,7 @@ class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
     def __progress(self) -> None:
         if self.__failures:
             self.__raise_failure()
-        if self.__retries or self.__unsent:
+        if self.__retries or self.__unsent or self.__letter_retries:
             self.__resend()
         self.__release()
 
@@ -610,14 +746,18 @@ class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
                 "outcome deliveries failed with a retriable error; producing them again",
                 extra={"outcomes": len(retries), "error": retries[0][2]},
             )
+        letters, self.__letter_retries = self.__letter_retries, []
+        for tracker, letter, error_name in letters:
+            self.__metrics.produce_retry(error_name)
+            self.__produce_dead_letter(tracker, letter)
         unsent, self.__unsent = self.__unsent, []
         for tracker in unsent:
             payloads, tracker.unsent = tracker.unsent, []
             self.__send(tracker, payloads)
-        if retries and not self.__unsent:
+        if (retries or letters) and not self.__unsent:
             # Whatever fails next waits a little longer.
             self.__retry_at = now + self.__backoff.next_delay()
-        elif not retries and not self.__unsent:
+        elif not retries and not letters and not self.__unsent:
             self.__backoff.reset()
 
     def __release(self) -> None:
@@ -685,7 +825,7 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
-class BillingStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
+class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
     """Builds the billing chain on every assignment; owns the per-process resources.
 
     One outcomes producer and one flag writer per process, both built on the first
@@ -712,6 +852,8 @@ class BillingStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
         producer_close_timeout: float = DEFAULT_PRODUCER_CLOSE_TIMEOUT_SECONDS,
         flag_writer_close_timeout: float = DEFAULT_FLAG_WRITER_CLOSE_TIMEOUT_SECONDS,
         flag_backoff: Backoff | None = None,
+        dlq_topic: str | None = None,
+        worker: str = "billing",
     ) -> None:
         if min(max_pending_outcomes, max_pending_batches, max_batch_messages) < 1:
             raise ValueError("pending and batch limits must be >= 1")
@@ -720,6 +862,9 @@ class BillingStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
         if aggregate_window_seconds is not None and aggregate_window_seconds <= 0:
             raise ValueError("aggregate_window_seconds must be positive (or None for off)")
         self.__producer_factory = producer_factory
+        self.__dlq_topic = dlq_topic
+        self.__worker = worker
+        self.__on_dead_letter = metrics.dlq_message
         self.__producer: OutcomeProducer | None = None
         self.__topic = Topic(outcomes_topic)
         self.__counter = (
@@ -772,7 +917,7 @@ class BillingStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
 
     def create_with_partitions(
         self, commit: Commit, partitions: Mapping[Partition, int]
-    ) -> ProcessingStrategy[KafkaPayload]:
+    ) -> ProcessingStrategy[InputPayload]:
         writer = self.__flag_writer
         deliver = DeliverOutcomes(
             self.__get_producer(),
@@ -782,6 +927,9 @@ class BillingStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
             flag_writer=writer,
             max_pending_outcomes=self.__max_pending_outcomes,
             max_pending_batches=self.__max_pending_batches,
+            dlq_topic=self.__dlq_topic,
+            worker=self.__worker,
+            on_dead_letter=self.__on_dead_letter,
         )
         translate: ProcessingStrategy[Any] = TranslateOutcomes(
             deliver,

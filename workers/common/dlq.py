@@ -12,7 +12,7 @@ such as `invalid_json`; only the code becomes a metric label.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from arroyo.backends.abstract import Producer, ProducerFuture
 from arroyo.backends.kafka import KafkaPayload
@@ -33,6 +33,24 @@ def reason_code(reason: str | None) -> str:
     return reason.split(":", 1)[0].strip() or "unspecified"
 
 
+def dlq_headers(
+    headers: Sequence[tuple[str, bytes]],
+    partition: Partition,
+    offset: int,
+    reason: str,
+    worker: str,
+) -> list[tuple[str, bytes]]:
+    """The headers of a DLQ copy: the original ones plus where it came from and why."""
+    return [
+        *headers,
+        ("original_topic", partition.topic.name.encode()),
+        ("original_partition", str(partition.index).encode()),
+        ("original_offset", str(offset).encode()),
+        ("reason", reason.encode()[:MAX_REASON_HEADER_BYTES]),
+        ("worker", worker.encode()),
+    ]
+
+
 class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
     def __init__(
         self, producer: Producer[KafkaPayload], topic: Topic, worker: str, metrics: FleetMetrics
@@ -46,14 +64,9 @@ class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
         self, value: BrokerValue[KafkaPayload], reason: str | None = None
     ) -> ProducerFuture[BrokerValue[KafkaPayload]]:
         text = reason or "unspecified"
-        headers = [
-            *value.payload.headers,
-            ("original_topic", value.partition.topic.name.encode()),
-            ("original_partition", str(value.partition.index).encode()),
-            ("original_offset", str(value.offset).encode()),
-            ("reason", text.encode()[:MAX_REASON_HEADER_BYTES]),
-            ("worker", self.__worker.encode()),
-        ]
+        headers = dlq_headers(
+            value.payload.headers, value.partition, value.offset, text, self.__worker
+        )
         self.__metrics.dlq_message(reason_code(reason))
         logger.warning(
             "message sent to DLQ",

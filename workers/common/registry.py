@@ -31,13 +31,17 @@ class StrategyContext:
     metrics: FleetMetrics
     # Values of the definition's own `click_options`, keyed by parameter name.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Where a strategy that consumes runs copies invalid messages (None: DLQ disabled).
+    dlq_topic: str | None = None
 
     @property
     def max_batch_time_seconds(self) -> float:
         return self.max_batch_time_ms / 1000.0
 
 
-StrategyFactoryBuilder = Callable[[StrategyContext], ProcessingStrategyFactory[KafkaPayload]]
+# The factory takes `KafkaPayload` messages, or `MessageRun`s when the definition
+# `consumes_runs`.
+StrategyFactoryBuilder = Callable[[StrategyContext], ProcessingStrategyFactory[Any]]
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class ConsumerDefinition:
     click_options: Sequence[click.Option] = ()
     # Sample input for the demo (`workers demo`): (count, seed) → messages, a few invalid.
     sample_traffic: Callable[[int, int], Sequence[KafkaPayload]] | None = None
+    # Fetch with `RunConsumer`: the chain receives one `MessageRun` per partition and
+    # fetch, and dead-letters invalid messages itself (to `StrategyContext.dlq_topic`).
+    consumes_runs: bool = False
 
     @property
     def consumer_group(self) -> str:

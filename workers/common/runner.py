@@ -36,6 +36,7 @@ from workers.common.kafka_config import (
     consumer_configuration,
     producer_configuration,
 )
+from workers.common.message_runs import RunConsumer
 from workers.common.metrics import (
     ArroyoPrometheusBackend,
     ConsumerLagReporter,
@@ -80,18 +81,16 @@ class RunOptions:
         )
 
 
-class HealthcheckFirst(ProcessingStrategyFactory[KafkaPayload]):
+class HealthcheckFirst(ProcessingStrategyFactory[Any]):
     """Puts Arroyo's `Healthcheck` at the head of every chain the inner factory builds."""
 
-    def __init__(
-        self, healthcheck_file: Path, inner: ProcessingStrategyFactory[KafkaPayload]
-    ) -> None:
+    def __init__(self, healthcheck_file: Path, inner: ProcessingStrategyFactory[Any]) -> None:
         self.__healthcheck_file = str(healthcheck_file)
         self.__inner = inner
 
     def create_with_partitions(
         self, commit: Commit, partitions: Mapping[Partition, int]
-    ) -> ProcessingStrategy[KafkaPayload]:
+    ) -> ProcessingStrategy[Any]:
         return Healthcheck(
             self.__healthcheck_file, self.__inner.create_with_partitions(commit, partitions)
         )
@@ -103,7 +102,7 @@ class HealthcheckFirst(ProcessingStrategyFactory[KafkaPayload]):
 class ShutdownSignals:
     """SIGTERM/SIGINT ask the processor to stop; a second signal exits at once."""
 
-    def __init__(self, processor: StreamProcessor[KafkaPayload]) -> None:
+    def __init__(self, processor: StreamProcessor[Any]) -> None:
         self.__processor = processor
         self.__previous: dict[int, Any] = {}
 
@@ -128,7 +127,7 @@ def build_strategy_factory(
     options: RunOptions,
     settings: Settings,
     metrics: FleetMetrics,
-) -> ProcessingStrategyFactory[KafkaPayload]:
+) -> ProcessingStrategyFactory[Any]:
     context = StrategyContext(
         worker=definition.name,
         settings=settings,
@@ -137,6 +136,7 @@ def build_strategy_factory(
         max_batch_time_ms=options.max_batch_time_ms,
         metrics=metrics,
         options=options.worker_options,
+        dlq_topic=definition.dlq_topic if options.enable_dlq else None,
     )
     factory = definition.build_strategy_factory(context)
     if options.healthcheck_file is not None:
@@ -145,13 +145,13 @@ def build_strategy_factory(
 
 
 def build_processor(
-    consumer: Consumer[KafkaPayload],
+    consumer: Consumer[Any],
     definition: ConsumerDefinition,
     options: RunOptions,
     settings: Settings,
     metrics: FleetMetrics,
     dlq_policy: DlqPolicy[KafkaPayload] | None,
-) -> StreamProcessor[KafkaPayload]:
+) -> StreamProcessor[Any]:
     return StreamProcessor(
         consumer,
         Topic(options.input_topic),
@@ -165,7 +165,7 @@ def build_processor(
     )
 
 
-def run_until_shutdown(processor: StreamProcessor[KafkaPayload]) -> None:
+def run_until_shutdown(processor: StreamProcessor[Any]) -> None:
     """Run the loop; SIGTERM/SIGINT end it gracefully (in-flight work joined and committed)."""
     signals = ShutdownSignals(processor)
     signals.install()
@@ -189,21 +189,23 @@ def run_consumer(
     if serve_metrics and options.metrics_port is not None:
         metrics_server = start_metrics_server(options.metrics_port, registry)
 
-    consumer = KafkaConsumer(
-        consumer_configuration(
-            settings,
-            ConsumerOptions(
-                group_id=options.consumer_group,
-                auto_offset_reset=options.auto_offset_reset,
-                max_poll_interval_ms=options.max_poll_interval_ms,
-                group_instance_id=options.group_instance_id,
-            ),
-            stats_callback=ConsumerLagReporter(registry, definition.name),
-        )
+    configuration = consumer_configuration(
+        settings,
+        ConsumerOptions(
+            group_id=options.consumer_group,
+            auto_offset_reset=options.auto_offset_reset,
+            max_poll_interval_ms=options.max_poll_interval_ms,
+            group_instance_id=options.group_instance_id,
+        ),
+        stats_callback=ConsumerLagReporter(registry, definition.name),
+    )
+    consumer: Consumer[Any] = (
+        RunConsumer(configuration) if definition.consumes_runs else KafkaConsumer(configuration)
     )
     dlq_producer: KafkaProducer | None = None
     dlq_policy: DlqPolicy[KafkaPayload] | None = None
-    if options.enable_dlq and definition.dlq_topic:
+    # A chain that consumes runs dead-letters invalid messages itself.
+    if options.enable_dlq and definition.dlq_topic and not definition.consumes_runs:
         dlq_producer = KafkaProducer(
             producer_configuration(settings, client_id=f"{definition.name}-dlq")
         )
@@ -216,7 +218,7 @@ def run_consumer(
             "worker": definition.name,
             "topic": options.input_topic,
             "group": options.consumer_group,
-            "dlq_topic": definition.dlq_topic if dlq_policy else None,
+            "dlq_topic": definition.dlq_topic if options.enable_dlq else None,
         },
     )
     try:

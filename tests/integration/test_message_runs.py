@@ -1,0 +1,174 @@
+"""`RunConsumer` against the real local Kafka: runs per partition, pause, rebalance, commits."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from arroyo.types import BrokerValue, Partition, Topic
+
+from tests.support.kafka import make_topics, produce, unique_name
+from tests.support.waiting import wait_for
+from workers.common.kafka_config import ConsumerOptions, consumer_configuration
+from workers.common.kafka_offsets import committed_offsets
+from workers.common.message_runs import MessageRun, RunConsumer
+from workers.common.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+MESSAGES = 2_000
+
+
+def build(settings: Settings, group: str, max_fetch: int = 500) -> RunConsumer:
+    return RunConsumer(
+        consumer_configuration(settings, ConsumerOptions(group_id=group)),
+        max_fetch_messages=max_fetch,
+    )
+
+
+class Assignment:
+    def __init__(self) -> None:
+        self.partitions: set[Partition] = set()
+        self.revoked: list[Partition] = []
+
+    def assigned(self, offsets: Mapping[Partition, int]) -> None:
+        self.partitions.update(offsets)
+
+    def revoke(self, partitions: Sequence[Partition]) -> None:
+        self.partitions.difference_update(partitions)
+        self.revoked.extend(partitions)
+
+
+def values_of(run: BrokerValue[MessageRun]) -> list[tuple[int, int]]:
+    """(partition, offset) of every message of the run, checked against the run's own."""
+    positions = []
+    for raw in run.payload.messages:
+        offset = raw.offset()
+        assert offset is not None
+        positions.append((run.partition.index, offset))
+    assert positions[-1][1] == run.offset
+    return positions
+
+
+def drain(
+    consumer: RunConsumer, seen: list[tuple[int, int]], until: int, timeout: float = 60.0
+) -> list[BrokerValue[MessageRun]]:
+    runs: list[BrokerValue[MessageRun]] = []
+
+    def more() -> bool:
+        run = consumer.poll(0.2)
+        if run is not None:
+            runs.append(run)
+            seen.extend(values_of(run))
+        return len(seen) >= until
+
+    wait_for(more, timeout=timeout, interval=0.0, what=f"{until} messages consumed")
+    return runs
+
+
+@pytest.fixture
+def topic(settings: Settings) -> str:
+    name = unique_name("runs")
+    make_topics(settings, name, partitions=3)
+    produce(settings, name, ((str(i).encode(), str(i).encode()) for i in range(MESSAGES)))
+    return name
+
+
+def test_runs_cover_every_message_once_in_partition_order_and_commit(
+    settings: Settings, topic: str
+) -> None:
+    group = unique_name("runs-group")
+    consumer = build(settings, group)
+    consumer.subscribe([Topic(topic)])
+    seen: list[tuple[int, int]] = []
+    runs = drain(consumer, seen, MESSAGES)
+    assert len(seen) == len(set(seen)) == MESSAGES
+    assert len(runs) < MESSAGES // 10  # consumed in runs, not one by one
+    for partition in {p for p, _ in seen}:
+        offsets = [o for p, o in seen if p == partition]
+        assert offsets == list(range(len(offsets)))
+    positions = consumer.tell()
+    for run in runs:
+        assert positions[run.partition] >= run.next_offset
+    consumer.stage_offsets(dict(positions))
+    consumer.commit_offsets()
+    consumer.close()
+    committed = committed_offsets(settings, group, topic)
+    assert sum(committed.values()) == MESSAGES
+
+
+def test_pause_drops_fetched_runs_and_resume_fetches_them_again(
+    settings: Settings, topic: str
+) -> None:
+    consumer = build(settings, unique_name("runs-pause"), max_fetch=300)
+    assignment = Assignment()
+    consumer.subscribe([Topic(topic)], on_assign=assignment.assigned)
+    seen: list[tuple[int, int]] = []
+    drain(consumer, seen, 1)
+    # Runs of the other partitions may be fetched and waiting: pausing everything drops them.
+    paused = list(consumer.tell())
+    consumer.pause(paused)
+    assert sorted(consumer.paused(), key=lambda p: p.index) == sorted(paused, key=lambda p: p.index)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert consumer.poll(0.05) is None, "a paused consumer returned a run"
+    consumer.resume(paused)
+    drain(consumer, seen, MESSAGES)
+    assert len(seen) == len(set(seen)) == MESSAGES
+    consumer.close()
+
+
+def test_a_rebalance_hands_every_message_to_exactly_one_member(
+    settings: Settings, topic: str
+) -> None:
+    group = unique_name("runs-rebalance")
+    first, second = build(settings, group, max_fetch=100), build(settings, group, max_fetch=100)
+    first_assignment, second_assignment = Assignment(), Assignment()
+    first.subscribe(
+        [Topic(topic)], on_assign=first_assignment.assigned, on_revoke=first_assignment.revoke
+    )
+    seen: dict[str, list[tuple[int, int]]] = {"first": [], "second": []}
+    drain(first, seen["first"], 300)
+    # Commit what `first` has handed out, so the new owner of a moved partition starts there.
+    first.stage_offsets(dict(first.tell()))
+    first.commit_offsets()
+    handed_out = len(seen["first"])
+    second.subscribe(
+        [Topic(topic)], on_assign=second_assignment.assigned, on_revoke=second_assignment.revoke
+    )
+
+    def both_assigned() -> bool:
+        for name, consumer in (("first", first), ("second", second)):
+            run = consumer.poll(0.1)
+            if run is not None:
+                seen[name].extend(values_of(run))
+                # Commit as we go: a partition moving later starts where its owner stopped.
+                consumer.stage_offsets({run.partition: run.next_offset})
+                consumer.commit_offsets()
+        return bool(second_assignment.partitions) and not (
+            first_assignment.partitions & second_assignment.partitions
+        )
+
+    wait_for(both_assigned, timeout=60, interval=0.0, what="a rebalance between the two members")
+    assert first_assignment.revoked
+    total: list[Any] = []
+
+    def everything() -> bool:
+        for name, consumer in (("first", first), ("second", second)):
+            run = consumer.poll(0.1)
+            if run is not None:
+                seen[name].extend(values_of(run))
+                consumer.stage_offsets({run.partition: run.next_offset})
+                consumer.commit_offsets()
+        total[:] = seen["first"] + seen["second"]
+        return len(set(total)) >= MESSAGES
+
+    wait_for(everything, timeout=60, interval=0.0, what="every message consumed")
+    assert handed_out > 0
+    # Every message was consumed; nothing a member handed out after the move is a duplicate
+    # of what the other member handed out (runs of revoked partitions were dropped).
+    assert len(total) == len(set(total)) == MESSAGES
+    first.close()
+    second.close()
