@@ -23,7 +23,10 @@ Series
   `workers_step_latency_seconds`, `workers_batch_size_messages`; and
   `workers_dlq_messages_total{reason}`. Reasons are short fixed codes (`[a-z0-9_]`, ≤ 64
   characters, at most 32 per step); anything else is counted as `reason="other"`.
-- `workers_consumer_lag_messages{topic,partition}` (`lag`): librdkafka `consumer_lag`.
+- `workers_consumer_lag_messages{topic,partition}` (`lag`): librdkafka `consumer_lag`;
+  `workers_consumer_committed_offset{topic,partition}`: librdkafka `committed_offset`.
+- `process_*` (prometheus-client's process collector) of the process serving `/metrics`,
+  added by `start_metrics_server`: `process_start_time_seconds` tells restarts apart.
 
 Several consumer processes (`workers run NAME --processes N`)
 -------------------------------------------------------------

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 #: The variable that switches prometheus-client to multiprocess mode at import time.
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -38,13 +41,38 @@ class MetricsServer:
         self._thread.join(_SHUTDOWN_JOIN_SECONDS)
 
 
+class _Delegate(Collector):
+    """Collects everything another registry holds (so it can be served with more)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self._registry.collect()
+
+
+def served_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """`registry` plus prometheus-client's `process_*` metrics of this (the serving) process.
+
+    `process_start_time_seconds` tells restarts apart (the `WorkersProcessRestarting` alert);
+    CPU, memory and open files come along. `registry` itself is left unchanged.
+    """
+    served = CollectorRegistry()
+    served.register(_Delegate(registry))
+    ProcessCollector(registry=served)
+    return served
+
+
 def start_metrics_server(
     port: int,
     registry: CollectorRegistry,
     host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes the pod from outside
 ) -> MetricsServer:
-    """Serve `registry` on `http://host:port/metrics`; port 0 picks a free port (see `.port`)."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    """Serve `registry` and this process's `process_*` metrics on `http://host:port/metrics`.
+
+    Port 0 picks a free port (see `.port`).
+    """
+    server, thread = start_http_server(port, addr=host, registry=served_registry(registry))
     return MetricsServer(host=host, port=int(server.server_port), _server=server, _thread=thread)
 
 

@@ -2,9 +2,12 @@
 
 `ConsumerLagReporter(registry, worker)` is a confluent-kafka `stats_cb`. librdkafka calls it
 every `statistics.interval.ms` (Arroyo sets 1000 ms) from inside `poll()` with its statistics
-JSON; the reporter sets `workers_consumer_lag_messages{worker,topic,partition}` and then hands
-the same JSON to Arroyo's own `stats_callback`, so
-`arroyo_consumer_librdkafka_total_queue_size` keeps working.
+JSON; the reporter sets `workers_consumer_lag_messages{worker,topic,partition}` and
+`workers_consumer_committed_offset{worker,topic,partition}` (librdkafka's `committed_offset`:
+`changes()` of it is committed progress, which the `WorkersConsumerStalled` alert watches) and
+then hands the same JSON to Arroyo's own `stats_callback`, so
+`arroyo_consumer_librdkafka_total_queue_size` keeps working. Both gauges follow the same rules
+(skips, revoked partitions) below.
 
 Which lag: librdkafka's `consumer_lag`, the end offset (high watermark, or last stable offset
 under `isolation.level=read_committed`) minus the *committed* offset. Not
@@ -47,12 +50,12 @@ logger = logging.getLogger(__name__)
 INACTIVE_FETCH_STATES: Final = frozenset({"none", "stopping", "stopped"})
 
 
-def partition_lags(stats: Mapping[str, Any]) -> dict[tuple[str, str], int]:
-    """`(topic, partition) → consumer_lag` for the partitions this consumer is consuming."""
-    lags: dict[tuple[str, str], int] = {}
+def _partition_values(stats: Mapping[str, Any], key: str) -> dict[tuple[str, str], int]:
+    """`(topic, partition) → stats[key]` for the partitions this consumer is consuming."""
+    values: dict[tuple[str, str], int] = {}
     topics = stats.get("topics")
     if not isinstance(topics, Mapping):
-        return lags
+        return values
     for topic_name, topic in topics.items():
         partitions = topic.get("partitions") if isinstance(topic, Mapping) else None
         if not isinstance(partitions, Mapping):
@@ -65,15 +68,26 @@ def partition_lags(stats: Mapping[str, Any]) -> dict[tuple[str, str], int]:
                 continue
             if partition.get("fetch_state") in INACTIVE_FETCH_STATES:
                 continue
-            lag = partition.get("consumer_lag")
-            if not isinstance(lag, int) or isinstance(lag, bool) or lag < 0:
+            value = partition.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 continue
-            lags[(str(topic_name), str(partition_id))] = lag
-    return lags
+            values[(str(topic_name), str(partition_id))] = value
+    return values
+
+
+def partition_lags(stats: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+    """`(topic, partition) → consumer_lag` for the partitions this consumer is consuming."""
+    return _partition_values(stats, "consumer_lag")
+
+
+def partition_committed_offsets(stats: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+    """`(topic, partition) → committed_offset` (same partitions; none before a commit)."""
+    return _partition_values(stats, "committed_offset")
 
 
 class ConsumerLagReporter:
-    """confluent-kafka `stats_cb` feeding `workers_consumer_lag_messages` (see module doc)."""
+    """confluent-kafka `stats_cb` feeding `workers_consumer_lag_messages` and
+    `workers_consumer_committed_offset` (see module doc)."""
 
     def __init__(
         self,
@@ -92,7 +106,16 @@ class ConsumerLagReporter:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # The committed offset itself: `changes()` of it is committed progress (the stall alert).
+        self._committed = Gauge(
+            "workers_consumer_committed_offset",
+            "Committed offset per assigned partition (librdkafka committed_offset).",
+            ("worker", "topic", "partition"),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self._reported: set[tuple[str, str]] = set()
+        self._reported_offsets: set[tuple[str, str]] = set()
         self._log_once = LogOnce(logger, max_keys=8)
 
     def __call__(self, stats_json: str) -> None:
@@ -111,16 +134,26 @@ class ConsumerLagReporter:
                 )
 
     def update(self, stats: Mapping[str, Any]) -> None:
-        """Set the gauge from parsed librdkafka statistics."""
-        lags = partition_lags(stats)
-        for (topic, partition), lag in lags.items():
-            self._gauge.labels(self._worker, topic, partition).set(lag)
-        gone = self._reported - lags.keys()
+        """Set the gauges from parsed librdkafka statistics."""
+        self._reported = self._set(self._gauge, partition_lags(stats), self._reported)
+        self._reported_offsets = self._set(
+            self._committed, partition_committed_offsets(stats), self._reported_offsets
+        )
+
+    def _set(
+        self,
+        gauge: Gauge,
+        values: dict[tuple[str, str], int],
+        reported: set[tuple[str, str]],
+    ) -> set[tuple[str, str]]:
+        for (topic, partition), value in values.items():
+            gauge.labels(self._worker, topic, partition).set(value)
+        gone = reported - values.keys()
         if gone:
             multiprocess = multiprocess_active()
             for topic, partition in gone:
                 if multiprocess:
-                    self._gauge.labels(self._worker, topic, partition).set(0)
+                    gauge.labels(self._worker, topic, partition).set(0)
                 else:
-                    self._gauge.remove(self._worker, topic, partition)
-        self._reported = set(lags)
+                    gauge.remove(self._worker, topic, partition)
+        return set(values)
