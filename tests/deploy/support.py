@@ -105,7 +105,18 @@ def one(manifests: list[Manifest], kind: str, name: str) -> Manifest:
 
 
 def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    """A `matchLabels` selector (the only form the manifests use) matches `labels`."""
-    assert set(selector) <= {"matchLabels"}, selector
+    """A label selector (`matchLabels` and `In`/`NotIn` `matchExpressions`) matches `labels`."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
     match = selector.get("matchLabels", {})
-    return bool(match) and all(labels.get(key) == value for key, value in match.items())
+    expressions = selector.get("matchExpressions", [])
+    if not match and not expressions:
+        return False
+    if not all(labels.get(key) == value for key, value in match.items()):
+        return False
+    for expression in expressions:
+        operator = expression["operator"]
+        assert operator in ("In", "NotIn"), expression
+        inside = labels.get(expression["key"]) in expression["values"]
+        if inside != (operator == "In"):
+            return False
+    return True

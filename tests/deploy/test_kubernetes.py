@@ -38,6 +38,9 @@ from tests.deploy.support import (
 )
 from workers.common.settings import ENVIRONMENT_VARIABLES, KAFKA_CONFIG_PREFIX, Settings
 from workers.common.supervisor import CHILD_SHUTDOWN_GRACE_SECONDS
+from workers.gateway.app import HEALTH_ROUTE
+from workers.gateway.cli import serve_gateway
+from workers.gateway.services import DEFAULT_PRODUCE_TIMEOUT_SECONDS
 from workers.stack.tools import DeployTools
 
 CRDS = ROOT / "deploy" / "schemas" / "crds"
@@ -47,6 +50,7 @@ CUSTOM_KINDS = {"ScaledObject", "PodMonitor", "PrometheusRule"}
 # Credentials: only ever in the Secret, never in the ConfigMap.
 SECRET_VARIABLES = {"DATABASE_URL", "REDIS_URL", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
 SECRET_KAFKA_PROPERTIES = re.compile(r"sasl\.(username|password)|ssl\.key\..*|.*secret.*")
+GATEWAY_COMMAND = ["workers", "serve", "gateway"]
 DOCKERFILE_USER = re.compile(r"^USER (\d+)(?::(\d+))?$", re.MULTILINE)
 
 
@@ -435,3 +439,50 @@ def test_the_pod_restart_alert_watches_every_worker_container(rendered: list[Man
     }
     assert {name for name in containers if re.fullmatch(pattern, name)} == containers
     assert not re.fullmatch(pattern, "workers-setup")
+
+
+# ---- the gateway --------------------------------------------------------------------------
+
+
+def _gateway(manifests: list[Manifest]) -> tuple[str, Manifest, dict[str, Any]]:
+    """(process type, Deployment, parsed `workers serve gateway` options) of the gateway."""
+    found = [(name, argv) for name, argv in procfile().items() if argv[:3] == GATEWAY_COMMAND]
+    assert len(found) == 1, "the Procfile runs the gateway exactly once"
+    name, argv = found[0]
+    options = serve_gateway.make_context("gateway", argv[len(GATEWAY_COMMAND) :]).params
+    return name, one(manifests, "Deployment", name), options
+
+
+def test_the_gateway_is_served_probed_scaled_and_scraped(rendered: list[Manifest]) -> None:
+    name, deployment, options = _gateway(rendered)
+    assert options["host"] == "0.0.0.0", "a pod must listen beyond its loopback"
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"http": options["port"], "metrics": options["metrics_port"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": HEALTH_ROUTE, "port": "http"}, probe
+
+    service = one(rendered, "Service", name)
+    assert selects({"matchLabels": service["spec"]["selector"]}, template["metadata"]["labels"])
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+
+    (monitor,) = find(rendered, "PodMonitor")
+    assert selects(monitor["spec"]["selector"], template["metadata"]["labels"])
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+
+    autoscaler = one(rendered, "HorizontalPodAutoscaler", name)
+    assert autoscaler["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": name,
+    }
+    assert autoscaler["spec"]["minReplicas"] >= 2, "one pod down must not stop uploads"
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    assert not find(rendered, "ScaledObject", name), "two autoscalers would fight"
+
+    budget = one(rendered, "PodDisruptionBudget", name)
+    assert selects(budget["spec"]["selector"], template["metadata"]["labels"])
+    grace = template["spec"]["terminationGracePeriodSeconds"]
+    assert grace > DEFAULT_PRODUCE_TIMEOUT_SECONDS, "an upload in flight may finish"

@@ -2,7 +2,7 @@
 
 Every consumer of the Procfile runs with its production flags (its own topics, a free metrics
 port and a temporary healthcheck file instead of the fixed ones) and gets traffic including
-bad input. Then:
+bad input; so does the gateway (`web`): an accepted upload, a wrong token, a bad part. Then:
 
 - every metric name the alert/recording rules and the Grafana dashboard read is one the
   workers really export (`/metrics` scraped), and what they export follows Prometheus naming;
@@ -21,6 +21,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -37,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.promql import EXTERNAL_METRICS, RULES, exported_names_used
 from tests.deploy.support import is_consumer_command, procfile
+from tests.support.gateway import GatewayProcess, multipart_body
 from tests.support.kafka import make_topics, unique_name
 from tests.support.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
@@ -45,6 +47,7 @@ from workers.blob_ingest.event import encode_headers
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.fleet import build_registry
+from workers.gateway.tokens import create_token
 from workers.stack.processes import free_port
 from workers.stack.tools import ensure_prometheus
 
@@ -52,7 +55,8 @@ pytestmark = pytest.mark.integration
 
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 # Options `WorkerProcess` sets itself or this test replaces.
-REPLACED_OPTIONS = ("--metrics-port", "--healthcheck-file")
+REPLACED_OPTIONS = ("--metrics-port", "--healthcheck-file", "--host", "--port")
+GATEWAY_COMMAND = ["workers", "serve", "gateway"]
 UNIT_SUFFIXES = ("_seconds", "_bytes", "_messages")
 
 
@@ -72,7 +76,8 @@ class Consumer:
 
 
 def production_args(argv: list[str]) -> list[str]:
-    """`workers run NAME ...` from the Procfile, without the options this test replaces."""
+    """`workers run NAME ...` / `workers serve gateway ...` from the Procfile, without the
+    options this test replaces."""
     args = argv[3:]
     kept: list[str] = []
     skip = False
@@ -210,10 +215,61 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Consumer]]:
             assert consumer.worker.stop() == 0
 
 
+@dataclass
+class Gateway:
+    process: GatewayProcess
+    organization: str
+    token: str
+
+    def traffic(self) -> None:
+        """An accepted upload (200), a wrong token (401) and a part without filename (400)."""
+        url = f"{self.process.url}/api/0/organizations/{self.organization}/chunk-upload/"
+        data = f"observability upload {uuid.uuid4()}".encode()
+        for token, parts, status in (
+            (self.token, [("file", hashlib.sha1(data).hexdigest(), data)], 200),
+            ("wrong", [("file", "x", data)], 401),
+            (self.token, [("file", None, data)], 400),
+        ):
+            body, content_type = multipart_body(parts)
+            request = urllib.request.Request(
+                url,
+                data=body,
+                method="POST",
+                headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    answered = response.status
+            except urllib.error.HTTPError as error:
+                answered = error.code
+            assert answered == status, (parts[0][1], answered)
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[Gateway]:
+    (argv,) = [argv for argv in procfile().values() if argv[:3] == GATEWAY_COMMAND]
+    settings = Settings.from_env()
+    topic = unique_name("observability-chunks")
+    make_topics(settings, topic)
+    slug = f"obs-gw-{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        create_organization(connection, slug, None)
+        token = create_token(connection, slug, ["project:releases"]).token
+    process = GatewayProcess(
+        *production_args(argv), "--topic", topic, log_name=f"observability-{topic}"
+    )
+    try:
+        served = Gateway(process, slug, token)
+        served.traffic()
+        yield served
+    finally:
+        assert process.stop() == 0
+
+
 def test_rules_and_dashboard_read_only_metrics_the_workers_export(
-    fleet: list[Consumer],
+    fleet: list[Consumer], gateway: Gateway
 ) -> None:
-    exported: set[str] = set()
+    exported = scraped_names(gateway.process.scrape())
     for consumer in fleet:
         exported |= scraped_names(consumer.worker.scrape())
     used = exported_names_used()
@@ -222,9 +278,14 @@ def test_rules_and_dashboard_read_only_metrics_the_workers_export(
     assert not EXTERNAL_METRICS.keys() & exported
 
 
-def test_exported_metrics_follow_prometheus_naming(fleet: list[Consumer]) -> None:
-    for consumer in fleet:
-        for family in text_string_to_metric_families(consumer.worker.scrape()):
+def test_exported_metrics_follow_prometheus_naming(fleet: list[Consumer], gateway: Gateway) -> None:
+    scrapes: list[tuple[str | None, str]] = [
+        (consumer.name, consumer.worker.scrape()) for consumer in fleet
+    ]
+    # The gateway is not a registry worker: its series carry no `worker` label.
+    scrapes.append((None, gateway.process.scrape()))
+    for worker, text in scrapes:
+        for family in text_string_to_metric_families(text):
             if not family.name.startswith("workers_"):
                 continue
             names = {sample.name for sample in family.samples}
@@ -235,7 +296,7 @@ def test_exported_metrics_follow_prometheus_naming(fleet: list[Consumer]) -> Non
             else:
                 assert not family.name.endswith("_total"), family.name
             for sample in family.samples:
-                assert sample.labels.get("worker") == consumer.name, sample
+                assert sample.labels.get("worker") == worker, sample
 
 
 def test_liveness_probe_command_passes_while_the_loop_runs(fleet: list[Consumer]) -> None:
@@ -315,9 +376,12 @@ class PrometheusServer:
 
 
 @pytest.fixture
-def prometheus(fleet: list[Consumer], tmp_path: Path) -> Iterator[PrometheusServer]:
+def prometheus(
+    fleet: list[Consumer], gateway: Gateway, tmp_path: Path
+) -> Iterator[PrometheusServer]:
     _, binary = ensure_prometheus(print)
     targets = [f"127.0.0.1:{consumer.worker.metrics_port}" for consumer in fleet]
+    targets.append(f"127.0.0.1:{gateway.process.metrics_port}")
     server = PrometheusServer(binary, tmp_path, targets)
     try:
         wait_for(server.ready, 60, "Prometheus to be ready")
@@ -327,19 +391,31 @@ def prometheus(fleet: list[Consumer], tmp_path: Path) -> Iterator[PrometheusServ
 
 
 def test_prometheus_scrapes_the_fleet_evaluates_the_rules_and_fires_the_dlq_alert(
-    fleet: list[Consumer], prometheus: PrometheusServer
+    fleet: list[Consumer], gateway: Gateway, prometheus: PrometheusServer
 ) -> None:
     workers = {consumer.name for consumer in fleet}
 
     def targets_up() -> bool:
         up = prometheus.query('up{job="workers"}')
-        return len(up) == len(fleet) and all(r["value"][1] == "1" for r in up)
+        return len(up) == len(fleet) + 1 and all(r["value"][1] == "1" for r in up)
 
-    wait_for(targets_up, 30, "Prometheus to scrape every worker")
+    wait_for(targets_up, 30, "Prometheus to scrape every worker and the gateway")
     # New traffic while Prometheus watches: the counters must move between its scrapes.
     settings = Settings.from_env()
     for consumer in fleet:
         send(settings, consumer.topic, consumer.traffic(2))
+    gateway.traffic()
+
+    def gateway_moved() -> set[str] | None:
+        statuses = {
+            r["metric"]["status"]
+            for r in prometheus.query(
+                "sum by (status) (increase(workers_gateway_requests_total[1m])) > 0"
+            )
+        }
+        return statuses if {"200", "400", "401"} <= statuses else None
+
+    wait_for(gateway_moved, 60, "the gateway's request counters to increase per status")
 
     def moved(promql: str) -> set[str] | None:
         found = {r["metric"]["worker"] for r in prometheus.query(promql)}
