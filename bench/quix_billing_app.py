@@ -6,8 +6,8 @@ Runs ONLY in the Quix virtualenv (`bench/quix_env.py` makes it; Quix pins conflu
     bench/.venv-quix/bin/python -m bench.quix_billing_app --broker 127.0.0.1:39092 \
         --input-topic IN --output-topic OUT --group G --messages 200000
 
-It imports nothing from `workers`: the per-message work is `bench.quix_billing.BillingJob`
-(a checked port of the fleet's decode, validation, counting and outcome bytes, SPEC §4).
+The per-message work is `bench.quix_billing.BillingJob`: the fleet's own decode, validation,
+counting and outcome bytes (SPEC §4), from the pure-Python modules of `workers.billing`.
 
 The app, written the way Quix's documentation writes one:
 

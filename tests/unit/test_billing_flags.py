@@ -11,16 +11,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support.waiting import wait_for
 from workers.billing.backoff import Backoff
+from workers.billing.custom_metrics import CustomMetricDetector, Mri, parse_mri
 from workers.billing.flags import (
-    CustomMetricDetector,
     FlagCheck,
     FlagStoreError,
     FlagWriter,
     KnownProjects,
-    Mri,
     ProjectKey,
     flag_cache_key,
-    parse_mri,
     resolve_metric_name,
 )
 from workers.billing.metrics import BillingMetrics

@@ -38,12 +38,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, Protocol
 
 import psycopg
 from redis import Redis
@@ -66,11 +65,6 @@ logger = logging.getLogger(__name__)
 
 FLAG_KEY_TTL_SECONDS: Final = 604_800  # 7 days
 FIRST_CUSTOM_METRIC_EVENT: Final = "first_custom_metric.sent"
-CUSTOM_NAMESPACE: Final = "custom"
-MRI_PATTERN: Final = re.compile(
-    r"^(?P<entity>[^:]+):(?P<namespace>[^/]+)/(?P<name>[^@]+)@(?P<unit>.+)$"
-)
-
 DEFAULT_KNOWN_CAPACITY: Final = 100_000
 DEFAULT_MISSING_TTL_SECONDS: Final = 60.0
 DEFAULT_CONNECT_TIMEOUT_SECONDS: Final = 5.0
@@ -87,20 +81,6 @@ def flag_cache_key(org_id: int, project_id: int) -> str:
     return f"has-custom-metrics-flag-updated:{org_id}:{project_id}"
 
 
-class Mri(NamedTuple):
-    entity: str
-    namespace: str
-    name: str
-    unit: str
-
-
-def parse_mri(text: str) -> Mri | None:
-    match = MRI_PATTERN.match(text)
-    if match is None:
-        return None
-    return Mri(match["entity"], match["namespace"], match["name"], match["unit"])
-
-
 def resolve_metric_name(mapping_meta: Mapping[str, Any], metric_id: int) -> str | None:
     """The string `mapping_meta` maps `str(metric_id)` to, searching every inner map."""
     key = str(metric_id)
@@ -110,40 +90,6 @@ def resolve_metric_name(mapping_meta: Mapping[str, Any], metric_id: int) -> str 
             if type(name) is str:
                 return name
     return None
-
-
-class CustomMetricDetector:
-    """Is a bucket a custom metric? The MRI verdict is cached per name (bounded)."""
-
-    __slots__ = ("_id_texts", "_max_names", "_verdicts")
-
-    def __init__(self, max_names: int = 10_000) -> None:
-        self._max_names = max_names
-        self._verdicts: dict[str, bool] = {}
-        self._id_texts: dict[int, str] = {}
-
-    def is_custom(self, mapping_meta: Mapping[str, Any], metric_id: int) -> bool:
-        if not mapping_meta:
-            return False
-        key = self._id_texts.get(metric_id)
-        if key is None:
-            if len(self._id_texts) >= self._max_names:
-                self._id_texts.clear()
-            key = self._id_texts[metric_id] = str(metric_id)
-        for inner in mapping_meta.values():
-            if type(inner) is dict:
-                name = inner.get(key)
-                if type(name) is str:
-                    break
-        else:
-            return False
-        verdict = self._verdicts.get(name)
-        if verdict is None:
-            if len(self._verdicts) >= self._max_names:
-                self._verdicts.clear()
-            mri = parse_mri(name)
-            verdict = self._verdicts[name] = mri is not None and mri.namespace == CUSTOM_NAMESPACE
-        return verdict
 
 
 class KnownProjects:

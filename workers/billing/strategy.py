@@ -68,7 +68,8 @@ from confluent_kafka import KafkaError
 
 from workers.billing.backoff import Backoff
 from workers.billing.counting import BillingCounter
-from workers.billing.flags import CustomMetricDetector, FlagJob, FlagStore, FlagWriter, ProjectKey
+from workers.billing.custom_metrics import CustomMetricDetector
+from workers.billing.flags import FlagJob, FlagStore, FlagWriter, ProjectKey
 from workers.billing.message import BucketError, parse_bucket
 from workers.billing.metrics import (
     KNOWN_USE_CASES,
