@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from arroyo.backends.kafka import build_kafka_consumer_configuration
 from arroyo.errors import ConsumerError, TransportError
 from arroyo.types import BrokerValue, Partition, Topic
 from confluent_kafka import KafkaError
 
-from workers.common.message_runs import MessageRun, runs_of
+from workers.common.message_runs import MessageRun, RunConsumer, runs_of
 
 
 class FakeMessage:
@@ -92,3 +93,59 @@ def test_partitions_are_interned() -> None:
 def test_a_run_is_never_empty() -> None:
     with pytest.raises(ValueError, match="at least one message"):
         MessageRun([])
+
+
+# Nothing listens on port 9: creating the consumer connects to nothing before `subscribe`.
+def configuration() -> dict[str, Any]:
+    # A fresh dict each time: Arroyo's consumer edits the one it gets.
+    return {
+        **build_kafka_consumer_configuration(
+            {"bootstrap.servers": "127.0.0.1:9"}, group_id="unit", auto_offset_reset="earliest"
+        ),
+        "arroyo.enable.auto.commit": False,
+    }
+
+
+class FakeConfluent:
+    """Records `consume()` calls; returns what it is given, in order."""
+
+    def __init__(self, answers: list[list[Any]]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[int, float]] = []
+
+    def consume(self, count: int, timeout: float) -> list[Any]:
+        self.calls.append((count, timeout))
+        return self.answers.pop(0) if self.answers else []
+
+
+def _run_consumer(fake: FakeConfluent, **options: Any) -> RunConsumer:
+    # The fake stands in for librdkafka's consumer.
+    consumer = RunConsumer(configuration(), **options)
+    consumer._RunConsumer__confluent = fake  # type: ignore[attr-defined]
+    return consumer
+
+
+@pytest.mark.parametrize(("asked", "waited"), [(1.0, 0.05), (None, 0.05), (0.01, 0.01)])
+def test_poll_never_waits_longer_than_max_wait(asked: float | None, waited: float) -> None:
+    fake = FakeConfluent([])
+    consumer = _run_consumer(fake)
+    try:
+        assert consumer.poll(asked) is None
+    finally:
+        consumer.close()
+    assert fake.calls == [(1000, 0), (1, waited)]
+
+
+def test_poll_with_zero_timeout_does_not_wait() -> None:
+    fake = FakeConfluent([])
+    consumer = _run_consumer(fake, max_wait_seconds=0.2)
+    try:
+        assert consumer.poll(0) is None
+    finally:
+        consumer.close()
+    assert fake.calls == [(1000, 0)]
+
+
+def test_max_wait_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_wait_seconds"):
+        RunConsumer(configuration(), max_wait_seconds=0)

@@ -16,7 +16,11 @@ Semantics a strategy must keep in mind:
   be raised as `InvalidMessage`: the strategy dead-letters it itself (see `dlq_headers`);
 - runs fetched but not handed to Arroyo yet are dropped when their partition is paused,
   seeked or revoked; the read offset (`tell()`) only moves past a run once it is returned,
-  so a later fetch starts again from the first dropped message.
+  so a later fetch starts again from the first dropped message;
+- `poll()` waits at most `max_wait_seconds` (50 ms) for a first message, however long
+  Arroyo asks, so the strategy's `poll()` keeps running while traffic pauses;
+- an error event inside a fetch is raised from `poll()` in its place: the runs before it
+  are handed out first, the runs after it by the following polls (none is dropped).
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Messages fetched per `consume()` call (librdkafka returns fewer when fewer are ready).
 DEFAULT_MAX_FETCH_MESSAGES: Final = 1_000
+#: The longest `poll()` waits for a first message, whatever timeout Arroyo passes (1 s).
+DEFAULT_MAX_WAIT_SECONDS: Final = 0.05
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -142,9 +148,12 @@ class RunConsumer(Consumer[MessageRun]):
         self,
         configuration: Mapping[str, Any],
         max_fetch_messages: int = DEFAULT_MAX_FETCH_MESSAGES,
+        max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
     ) -> None:
         if max_fetch_messages < 1:
             raise ValueError("max_fetch_messages must be >= 1")
+        if max_wait_seconds <= 0:
+            raise ValueError("max_wait_seconds must be positive")
         self.__inner = KafkaConsumer(configuration)
         # Arroyo keeps its confluent-kafka consumer private; `consume()` is the one call it
         # does not expose. Checked here so an Arroyo upgrade fails loudly, not subtly.
@@ -156,6 +165,7 @@ class RunConsumer(Consumer[MessageRun]):
             )
         self.__confluent: ConfluentConsumer = confluent
         self.__max_fetch = max_fetch_messages
+        self.__max_wait = max_wait_seconds
         self.__ready: deque[BrokerValue[MessageRun] | Exception] = deque()
         self.__partitions: dict[tuple[str, int], Partition] = {}
 
@@ -182,13 +192,16 @@ class RunConsumer(Consumer[MessageRun]):
 
     def __fetch(self, timeout: float | None) -> None:
         # `consume(n, timeout)` waits until it has `n` messages or the timeout passed; a
-        # poll must instead return as soon as anything is there (Arroyo polls with 1 s, and
-        # the chain's own deadlines run between polls). So: take what is queued, and only
-        # when nothing is, wait for the first message.
+        # poll must instead return as soon as anything is there. So: take what is queued,
+        # and only when nothing is, wait for the first message, but never long: Arroyo polls
+        # with 1 s, and the chain's own work runs only between polls (closing a batch after
+        # its 20 ms, serving delivery reports, releasing offsets). Waiting the full second
+        # would hold the last messages before a pause in traffic for up to two of them.
         confluent = self.__confluent
         messages: list[Any] = confluent.consume(self.__max_fetch, 0)
         if not messages and timeout != 0:
-            messages = confluent.consume(1, -1 if timeout is None else timeout)
+            wait = self.__max_wait if timeout is None else min(timeout, self.__max_wait)
+            messages = confluent.consume(1, wait)
             if messages and self.__max_fetch > 1:
                 messages.extend(confluent.consume(self.__max_fetch - 1, 0))
         if messages:
