@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from unittest import mock
 
 import yaml
@@ -33,6 +33,17 @@ def procfile() -> dict[str, list[str]]:
             name, _, command = line.partition(":")
             processes[name.strip()] = shlex.split(command)
     return processes
+
+
+#: How the Procfile starts the chunk-upload gateway (its `web` process).
+GATEWAY_COMMAND: Final = ["workers", "serve", "gateway"]
+
+
+def gateway_process() -> tuple[str, list[str]]:
+    """(process type, argv) of the Procfile's one gateway process."""
+    found = [(name, argv) for name, argv in procfile().items() if argv[:3] == GATEWAY_COMMAND]
+    assert len(found) == 1, "the Procfile runs the gateway exactly once"
+    return found[0]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import yaml
 from tests.deploy.promql import load_rules
 from tests.deploy.render import PROMETHEUS_RULE, RULES, render_prometheus_rule
 from tests.deploy.support import (
+    GATEWAY_COMMAND,
     KUSTOMIZATIONS,
     ROOT,
     Manifest,
@@ -50,7 +51,6 @@ CUSTOM_KINDS = {"ScaledObject", "PodMonitor", "PrometheusRule"}
 # Credentials: only ever in the Secret, never in the ConfigMap.
 SECRET_VARIABLES = {"DATABASE_URL", "REDIS_URL", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"}
 SECRET_KAFKA_PROPERTIES = re.compile(r"sasl\.(username|password)|ssl\.key\..*|.*secret.*")
-GATEWAY_COMMAND = ["workers", "serve", "gateway"]
 DOCKERFILE_USER = re.compile(r"^USER (\d+)(?::(\d+))?$", re.MULTILINE)
 
 

@@ -37,7 +37,7 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.promql import EXTERNAL_METRICS, RULES, exported_names_used
-from tests.deploy.support import is_consumer_command, procfile
+from tests.deploy.support import gateway_process, is_consumer_command, procfile
 from tests.support.gateway import GatewayProcess, multipart_body
 from tests.support.kafka import make_topics, unique_name
 from tests.support.waiting import wait_for
@@ -56,7 +56,6 @@ pytestmark = pytest.mark.integration
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 # Options `WorkerProcess` sets itself or this test replaces.
 REPLACED_OPTIONS = ("--metrics-port", "--healthcheck-file", "--host", "--port")
-GATEWAY_COMMAND = ["workers", "serve", "gateway"]
 UNIT_SUFFIXES = ("_seconds", "_bytes", "_messages")
 
 
@@ -247,7 +246,7 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
-    (argv,) = [argv for argv in procfile().values() if argv[:3] == GATEWAY_COMMAND]
+    _, argv = gateway_process()
     settings = Settings.from_env()
     topic = unique_name("observability-chunks")
     make_topics(settings, topic)
