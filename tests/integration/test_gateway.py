@@ -3,6 +3,7 @@ blob-ingest worker process."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -388,6 +389,21 @@ def test_chunks_on_their_way_are_created_not_missing(stack: Stack) -> None:
         assert gateway.stop() == 0
 
 
+def _one_chunk_answers_503(stack: Stack, gateway: GatewayProcess, data: bytes) -> httpx.Client:
+    """POST `data` as one chunk to `gateway`, expecting 503; returns the open client."""
+    body, content_type = multipart_body([("file", sha1(data), data)])
+    headers = {"Authorization": f"Bearer {stack.org.write_token}"}
+    client = httpx.Client(base_url=gateway.url, headers=headers, timeout=60)
+    with contextlib.ExitStack() as on_failure:
+        on_failure.callback(client.close)
+        response = client.post(
+            stack.upload_url(), content=body, headers={"Content-Type": content_type}
+        )
+        assert response.status_code == 503, response.text
+        on_failure.pop_all()
+    return client
+
+
 def test_kafka_down_answers_503_and_reports_nothing_accepted(stack: Stack) -> None:
     unreachable = f"127.0.0.1:{free_port()}"
     gateway = GatewayProcess(
@@ -396,17 +412,14 @@ def test_kafka_down_answers_503_and_reports_nothing_accepted(stack: Stack) -> No
     )  # fmt: skip
     try:
         data = os.urandom(3000)
-        body, content_type = multipart_body([("file", sha1(data), data)])
-        headers = {"Authorization": f"Bearer {stack.org.write_token}"}
-        with httpx.Client(base_url=gateway.url, headers=headers, timeout=60) as client:
-            response = client.post(
-                stack.upload_url(), content=body, headers={"Content-Type": content_type}
-            )
-            assert response.status_code == 503, response.text
+        client = _one_chunk_answers_503(stack, gateway, data)
+        try:
             answer = client.post(
                 f"/api/0/projects/{stack.org.slug}/{stack.org.project}/files/difs/assemble/",
                 json={sha1(data): {"name": "x", "chunks": [sha1(data)]}},
             ).json()[sha1(data)]
+        finally:
+            client.close()
         assert (answer["state"], answer["missingChunks"]) == ("not_found", [sha1(data)])
         assert gateway.metric("workers_gateway_chunks_accepted_total") == 0
         assert gateway.metric("workers_gateway_rejections_total", reason="kafka_unavailable") == 1
@@ -456,14 +469,7 @@ def test_redis_down_after_kafka_acknowledged_is_a_503_not_a_success(stack: Stack
         env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, log_name="gateway-redis-down",
     )  # fmt: skip
     try:
-        data = os.urandom(2000)
-        body, content_type = multipart_body([("file", sha1(data), data)])
-        headers = {"Authorization": f"Bearer {stack.org.write_token}"}
-        with httpx.Client(base_url=gateway.url, headers=headers, timeout=60) as client:
-            response = client.post(
-                stack.upload_url(), content=body, headers={"Content-Type": content_type}
-            )
-        assert response.status_code == 503, response.text
+        _one_chunk_answers_503(stack, gateway, os.urandom(2000)).close()
         assert gateway.metric("workers_gateway_chunks_accepted_total") == 0
     finally:
         assert gateway.stop() == 0
