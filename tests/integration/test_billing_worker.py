@@ -21,6 +21,7 @@ import re
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -476,6 +477,26 @@ def test_custom_metrics_flag_exactly_the_right_projects_once_with_two_racing_wor
     assert len(read_available(stack, topics.outcomes)) == 2 * len(ids)
 
 
+class PacedProducer(threading.Thread):
+    """Produces `values` in slices of 500 at `per_second`, acknowledged slice by slice."""
+
+    def __init__(self, stack: Settings, topic: str, values: list[bytes], per_second: int) -> None:
+        super().__init__(name="paced-producer", daemon=True)
+        self.__stack, self.__topic, self.__values = stack, topic, values
+        self.__interval = 500 / per_second
+        self.produced = 0
+
+    def run(self) -> None:
+        next_slice = time.monotonic()
+        for start in range(0, len(self.__values), 500):
+            piece = self.__values[start : start + 500]
+            produce(self.__stack, self.__topic, ((None, value) for value in piece))
+            self.produced += len(piece)
+            # Pacing the input (a stream's rate), not waiting for anything.
+            next_slice += self.__interval
+            time.sleep(max(next_slice - time.monotonic(), 0.0))
+
+
 def test_kill_9_mid_stream_then_restart_bills_every_bucket_and_flags_right(
     stack: Settings, topics: Topics, projects: Projects, record_property: Any
 ) -> None:
@@ -493,7 +514,6 @@ def test_kill_9_mid_stream_then_restart_bills_every_bucket_and_flags_right(
             metric = rng.choice((TRANSACTIONS_USAGE_METRIC_ID, SPANS_USAGE_METRIC_ID))
             values.append(usage_bucket(metric, float(rng.randint(1, 9)), 99, index))
             billable_projects.add(index)
-    produce(stack, topics.input, ((None, value) for value in values))
     group = topics.group()
 
     def start() -> WorkerProcess:
@@ -503,16 +523,30 @@ def test_kill_9_mid_stream_then_restart_bills_every_bucket_and_flags_right(
             topics.input, topics.outcomes, group, "--group-instance-id", "billing-0"
         )
 
+    # A live stream, so the kill lands mid-stream however fast the worker is: a head start,
+    # then the rest at a steady 10,000 messages a second while the worker runs.
+    head = 2_000
+    produce(stack, topics.input, ((None, value) for value in values[:head]))
     victim = start()
     wait_for(
-        lambda: len(read_available(stack, topics.outcomes)) >= 3000,
+        lambda: len(read_available(stack, topics.outcomes)) >= 1_000,
         60,
-        "the first outcomes",
+        "the worker's first outcomes",
+        interval=0.05,
+    )
+    stream = PacedProducer(stack, topics.input, values[head:], per_second=10_000)
+    stream.start()
+    wait_for(
+        lambda: len(read_available(stack, topics.outcomes)) >= 6_000,
+        60,
+        "outcomes of the live stream",
         interval=0.05,
     )
     victim.stop(signal.SIGKILL)
+    produced_at_kill = head + stream.produced
     committed_at_kill = total(committed_offsets(stack, group, topics.input))
-    assert committed_at_kill < total_messages, "killed too late: nothing left in flight"
+    assert produced_at_kill < total_messages, "killed too late: the stream had ended"
+    stream.join()
 
     survivor = start()
     try:
@@ -526,7 +560,8 @@ def test_kill_9_mid_stream_then_restart_bills_every_bucket_and_flags_right(
     duplicates = len(outcomes) - len(per_bucket)
     record_property("duplicate_outcomes_after_kill_9", duplicates)
     print(
-        f"\nkill -9: committed {committed_at_kill} of {total_messages} at the kill; "
+        f"\nkill -9: committed {committed_at_kill} of {produced_at_kill} produced "
+        f"({total_messages} in all) at the kill; "
         f"{len(outcomes)} outcomes for {len(per_bucket)} buckets: {duplicates} duplicates"
     )
     flagged, events = _flag_state(stack, org)
