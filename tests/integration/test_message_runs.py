@@ -139,7 +139,7 @@ def test_a_rebalance_hands_every_message_to_exactly_one_member(
         [Topic(topic)], on_assign=second_assignment.assigned, on_revoke=second_assignment.revoke
     )
 
-    def both_assigned() -> bool:
+    def take_and_commit() -> None:
         for name, consumer in (("first", first), ("second", second)):
             run = consumer.poll(0.1)
             if run is not None:
@@ -147,6 +147,9 @@ def test_a_rebalance_hands_every_message_to_exactly_one_member(
                 # Commit as we go: a partition moving later starts where its owner stopped.
                 consumer.stage_offsets({run.partition: run.next_offset})
                 consumer.commit_offsets()
+
+    def both_assigned() -> bool:
+        take_and_commit()
         return bool(second_assignment.partitions) and not (
             first_assignment.partitions & second_assignment.partitions
         )
@@ -156,12 +159,7 @@ def test_a_rebalance_hands_every_message_to_exactly_one_member(
     total: list[Any] = []
 
     def everything() -> bool:
-        for name, consumer in (("first", first), ("second", second)):
-            run = consumer.poll(0.1)
-            if run is not None:
-                seen[name].extend(values_of(run))
-                consumer.stage_offsets({run.partition: run.next_offset})
-                consumer.commit_offsets()
+        take_and_commit()
         total[:] = seen["first"] + seen["second"]
         return len(set(total)) >= MESSAGES
 
