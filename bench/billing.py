@@ -21,13 +21,13 @@ Every variant reads all of it with its own consumer group, side by side in one r
   per Kafka message (what `RunConsumer` saves);
 - `fleet_aggregated`: the same with `--aggregate-window-ms 200`;
 - `fleet_stock_arroyo`: today's chain (with `RunConsumer`) on Arroyo's stock consumer
-  configuration
-  (`build_kafka_consumer_configuration` defaults, `queued.min.messages=10000`; SPEC §7);
+  configuration (`build_kafka_consumer_configuration` defaults, `queued.min.messages=10000`;
+  SPEC §7);
 - `quix_streams`: the peer, the same billing job written as a Quix Streams app
   (`bench/quix_billing_app.py`, in its own virtualenv `bench/.venv-quix` made on demand by
-  `bench/quix_env.py`: Quix pins confluent-kafka < 2.13). Same decode, validation, counting
-  and outcome bytes (`bench/quix_billing.py`, checked against `workers.billing` by
-  `tests/unit/test_bench_quix_billing.py`), no flags written (custom-metric projects are
+  `bench/quix_env.py`: Quix pins confluent-kafka < 2.13). The fleet's own decode,
+  validation, counting and outcome bytes (`bench/quix_billing.py` composes the pure-Python
+  modules of `workers.billing`), no flags written (custom-metric projects are
   only spotted), invalid messages dropped; the fleet's librdkafka tuning, commit interval
   (1 s) and producer settings. Its clock runs from the first message to the end of the
   checkpoint after the last one (outcomes acknowledged, offsets committed), measured in the
