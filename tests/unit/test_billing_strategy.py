@@ -1041,6 +1041,39 @@ def test_a_run_longer_than_a_batch_commits_batch_by_batch_with_exact_totals(
     assert sorted(item["quantity"] for item in outcomes(broker)) == list(range(1, 11))
 
 
+@pytest.mark.parametrize(
+    "limit", [{"max_batch_outcomes": 3}, {"aggregate_window_seconds": 60, "max_aggregate_keys": 3}]
+)
+def test_a_batch_full_of_outcomes_closes_inside_a_run(
+    broker: LocalBroker[KafkaPayload], registry: CollectorRegistry, limit: dict[str, Any]
+) -> None:
+    producer = FakeProducer(broker, auto=False)
+    commits = CommitLog()
+    factory = make_factory(
+        producer, registry, max_batch_messages=1000, max_batch_seconds=60, **limit
+    )
+    strategy = factory.create_with_partitions(commits, {})
+    # Billable buckets of distinct projects between non-billable ones: every third billable
+    # bucket fills the batch, which ends at that message.
+    values = [
+        bucket(2.0, project_id=index) if index % 2 == 0 else bucket(0.5, project_id=index)
+        for index in range(14)
+    ]
+    strategy.submit(run(values, 100))
+    # Two full batches closed inside the run; the last billable bucket waits for the deadline.
+    poll_for(strategy)
+    assert len(producer.pending) == 6
+    for _ in range(3):
+        producer.deliver(0)
+    settle(strategy, lambda: commits.at() == 105)
+    producer.auto = True
+    settle(strategy, lambda: commits.at() == 111)
+    strategy.close()
+    strategy.join(1.0)
+    assert commits.at() == 114
+    assert sorted(item["project_id"] for item in outcomes(broker)) == list(range(0, 14, 2))
+
+
 def test_without_a_dlq_topic_invalid_messages_of_a_run_are_skipped_and_committed_past(
     broker: LocalBroker[KafkaPayload], registry: CollectorRegistry
 ) -> None:

@@ -313,20 +313,16 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
         index = partition.index
         translate = self.__translate
         max_messages = self.__max_messages
-        max_outcomes = self.__max_outcomes
         last = len(run.messages) - 1
         for position, raw in enumerate(run.messages):
             self.__messages += 1
             try:
-                translate(raw.value() or b"")
+                outcomes_full = translate(raw.value() or b"")
             except BucketError as error:
                 self.__tally.invalid(error.code)
                 self.__dead_letters.append(DeadLetter(raw, partition, error.reason))
-            if (
-                self.__messages >= max_messages
-                or len(self.__payloads) >= max_outcomes
-                or len(self.__sums) >= max_outcomes
-            ) and position != last:
+                outcomes_full = False
+            if (outcomes_full or self.__messages >= max_messages) and position != last:
                 # The batch closes inside the run: its offsets end at this message.
                 offset = raw.offset()
                 assert offset is not None
@@ -338,8 +334,11 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
         self.__offsets[index] = offset + 1
         self.__maybe_close()
 
-    def __translate(self, raw: bytes) -> None:
-        """Decode, count and encode one bucket; raises `BucketError` for invalid input."""
+    def __translate(self, raw: bytes) -> bool:
+        """Decode, count and encode one bucket; raises `BucketError` for invalid input.
+
+        True when the batch now holds its maximum of outcomes (or aggregation keys)."""
+        full = False
         tally = self.__tally
         seen = self.__seen = self.__seen + 1
         started = time.perf_counter() if not seen & _SAMPLE_MASK else 0.0
@@ -366,10 +365,13 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
                         key = (org_id, project_id, category)
                         sums = self.__sums
                         sums[key] = sums.get(key, 0) + quantity
+                        full = len(sums) >= self.__max_outcomes
                     else:
-                        self.__payloads.append(
+                        payloads = self.__payloads
+                        payloads.append(
                             {"value": self.__encode(org_id, project_id, category, quantity)}
                         )
+                        full = len(payloads) >= self.__max_outcomes
         if meta:
             detector = self.__detector
             if detector is not None and detector.is_custom(meta, metric_id):
@@ -380,6 +382,7 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
                     self.__candidates.add(project)
         if started:
             tally.observe_decode_latency(time.perf_counter() - started)
+        return full
 
     def __maybe_close(self) -> None:
         if (
