@@ -6,7 +6,8 @@ rest distributions, sets and gauges, 0.1 % malformed; `--mix demo`: 80 % usage c
 Every variant reads all of it with its own consumer group, side by side in one run:
 
 - `plain_decode`: the ceiling for consuming: a plain confluent-kafka loop, `consume()` in
-  batches of 1000, decoding each value with orjson; produces nothing;
+  batches of 1000, decoding each value with the fleet's JSON library and schema (msgspec
+  into `WireBucket`, what `parse_bucket` decodes first); produces nothing;
 - `plain_billing`: the ceiling for the job: the same loop doing the billing work
   (`parse_bucket`, count, encode) and producing the outcomes with `produce_batch` and a
   delivery callback; no commits, no flags;
@@ -20,9 +21,17 @@ Every variant reads all of it with its own consumer group, side by side in one r
 - `fleet_per_message`: the same chain fed by Arroyo's `KafkaConsumer`, one Arroyo message
   per Kafka message (what `RunConsumer` saves);
 - `fleet_aggregated`: the same with `--aggregate-window-ms 200`;
-- `fleet_stock_arroyo`: today's chain (with `RunConsumer`) on Arroyo's stock consumer
-  configuration (`build_kafka_consumer_configuration` defaults, `queued.min.messages=10000`;
-  SPEC §7);
+- `arroyo_stock`: the issue's variant (b), the same chain on Arroyo's stock consumer and
+  its stock configuration: Arroyo's `KafkaConsumer` (one message per poll) configured by
+  `build_kafka_consumer_configuration`'s defaults (`queued.min.messages=10000`, librdkafka's
+  `fetch.queue.backoff.ms=1000`; SPEC §7), i.e. what dropping the fleet's strategy factory
+  into a stock Arroyo consumer gives;
+- `fleet_stock_config`: the same chain fed by the fleet's `RunConsumer`, on that stock
+  configuration: what the configuration alone costs. With batched consumption it is a timer,
+  not CPU: once a partition holds `queued.min.messages` librdkafka waits
+  `fetch.queue.backoff.ms` (1 s) before fetching it again, so this variant runs at about
+  partitions x 10,000 messages per second whatever the chain does, and a short run measures
+  how many of those 1 s waits it happened to straddle (use 200,000 messages or more);
 - `quix_streams`: the peer, the same billing job written as a Quix Streams app
   (`bench/quix_billing_app.py`, in its own virtualenv `bench/.venv-quix` made on demand by
   `bench/quix_env.py`: Quix pins confluent-kafka < 2.13). The fleet's own decode,
@@ -69,6 +78,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
+import msgspec
 import orjson
 import psycopg
 from arroyo.backends.abstract import Consumer as ArroyoConsumer
@@ -111,7 +121,7 @@ from workers.billing.definition import (
     flag_store_factory,
 )
 from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
-from workers.billing.message import BucketError, parse_bucket
+from workers.billing.message import BucketError, WireBucket, parse_bucket
 from workers.billing.outcome import OutcomeEncoder
 from workers.billing.strategy import BillingStrategyFactory
 from workers.billing.traffic import DEMO_MIX, PRODUCTION_MIX, sample_traffic_for_projects
@@ -139,7 +149,8 @@ VARIANTS: Final = (
     "fleet",
     "fleet_per_message",
     "fleet_aggregated",
-    "fleet_stock_arroyo",
+    "arroyo_stock",
+    "fleet_stock_config",
     "quix_streams",
 )
 
@@ -564,15 +575,15 @@ def plain_decode(work: Workload) -> float:
     consumer.subscribe([work.topic])
     seen = 0
     started: float | None = None
-    loads = orjson.loads
+    decode = msgspec.json.Decoder(WireBucket).decode
     while seen < work.messages:
         for message in consumer.consume(1000, 1.0):
             if message.error() is not None:
                 continue
             if started is None:
                 started = time.perf_counter()
-            with contextlib.suppress(orjson.JSONDecodeError):
-                loads(message.value() or b"")
+            with contextlib.suppress(msgspec.MsgspecError):
+                decode(message.value() or b"")
             seen += 1
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
@@ -892,7 +903,14 @@ def run_variant(
         rate = run_arroyo(
             work, fleet_factory(work, outcomes_topic, 0.2), fleet_consumer_config(work.settings)
         )
-    elif variant == "fleet_stock_arroyo":
+    elif variant == "arroyo_stock":
+        rate = run_arroyo(
+            work,
+            fleet_factory(work, outcomes_topic),
+            stock_consumer_config(work.settings),
+            runs=False,
+        )
+    elif variant == "fleet_stock_config":
         rate = run_arroyo(
             work, fleet_factory(work, outcomes_topic), stock_consumer_config(work.settings)
         )
@@ -905,13 +923,14 @@ def run_variant(
 
 def print_table(rates: Mapping[str, float]) -> None:
     ceiling = rates.get("plain_billing") or max(rates.values())
-    previous = rates.get("previous")
-    quix = rates.get("quix_streams")
-    print(f"{'variant':<22}{'msg/s':>12}{'vs plain_billing':>18}{'vs previous':>13}{'vs quix':>10}")
+    baselines = [(name, rates.get(name)) for name in ("previous", "arroyo_stock", "quix_streams")]
+    header = "".join(f"{'vs ' + name:>20}" for name, _ in baselines)
+    print(f"{'variant':<22}{'msg/s':>12}{'vs plain_billing':>18}{header}")
     for variant, rate in rates.items():
-        versus = f"{rate / previous:>13.2f}" if previous else f"{'-':>13}"
-        versus_quix = f"{rate / quix:>10.2f}" if quix else f"{'-':>10}"
-        print(f"{variant:<22}{rate:>12,.0f}{rate / ceiling:>18.2f}{versus}{versus_quix}")
+        versus = "".join(
+            f"{rate / baseline:>20.2f}" if baseline else f"{'-':>20}" for _, baseline in baselines
+        )
+        print(f"{variant:<22}{rate:>12,.0f}{rate / ceiling:>18.2f}{versus}")
 
 
 def write_chart(rates: Mapping[str, float], path: Path, title: str) -> None:
@@ -992,8 +1011,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     if "previous" in rates and "fleet" in rates:
         figures["fleet_vs_previous"] = round(rates["fleet"] / rates["previous"], 2)
-    if "fleet_stock_arroyo" in rates and "fleet" in rates:
-        figures["fleet_vs_stock_arroyo"] = round(rates["fleet"] / rates["fleet_stock_arroyo"], 2)
+    for stock in ("arroyo_stock", "fleet_stock_config"):
+        if stock in rates and "fleet" in rates:
+            figures[f"fleet_vs_{stock}"] = round(rates["fleet"] / rates[stock], 2)
     if "plain_billing" in rates and "fleet" in rates:
         figures["fleet_vs_plain_billing"] = round(rates["fleet"] / rates["plain_billing"], 2)
     if "plain_decode" in rates and "fleet" in rates:

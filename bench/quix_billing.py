@@ -42,7 +42,7 @@ class BillingJob:
         self.custom_projects: set[ProjectKey] = set()
 
     def bill(self, raw: bytes) -> bytes | None:
-        org_id, project_id, metric_id, _, _, _, _, counter, meta = parse_bucket(raw)
+        org_id, project_id, metric_id, _, _, _, counter, meta = parse_bucket(raw)
         outcome = None
         if counter is not None:
             category = self._categories.get(metric_id)

@@ -2,9 +2,10 @@
 
 Quix Streams pins confluent-kafka < 2.13 and the fleet needs 2.16, so the Quix peer of
 `bench/billing.py` runs in its own virtualenv, made on demand from PyPI with pinned versions
-(orjson pinned to the fleet's version, so both sides decode with the same library). It is
-idempotent: a stamp file records what was installed (requirements and interpreter) and the
-virtualenv is made again, from scratch, only when that changes or the stamp is missing.
+(orjson and msgspec pinned to the fleet's versions, so both sides decode with the same
+libraries). It is idempotent: a stamp file records what was installed (requirements and
+interpreter) and the virtualenv is made again, from scratch, only when that changes or the
+stamp is missing.
 
     python -m bench.quix_env          # make it (or confirm it is up to date), print its python
 """
@@ -22,7 +23,11 @@ REPO_ROOT: Final = BENCH_DIR.parent
 VENV_DIR: Final = BENCH_DIR / ".venv-quix"
 STAMP: Final = VENV_DIR / "bench-quix-stamp.txt"
 QUIXSTREAMS_VERSION: Final = "3.28.1"
-REQUIREMENTS: Final = (f"quixstreams=={QUIXSTREAMS_VERSION}", "orjson==3.13.0")
+REQUIREMENTS: Final = (
+    f"quixstreams=={QUIXSTREAMS_VERSION}",
+    "orjson==3.13.0",
+    "msgspec==0.22.0",
+)
 
 
 def venv_python(venv_dir: Path = VENV_DIR) -> Path:
@@ -56,7 +61,7 @@ def ensure_quix_venv(venv_dir: Path = VENV_DIR) -> Path:
         check=True,
     )
     subprocess.run(
-        [str(python), "-c", "import quixstreams, orjson, confluent_kafka"],
+        [str(python), "-c", "import quixstreams, orjson, msgspec, confluent_kafka"],
         check=True,
         cwd=venv_dir,
     )

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import click
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -132,7 +133,7 @@ def test_sample_traffic_is_deterministic_and_realistic() -> None:
             kinds[f"invalid:{error.code}"] += 1
             kinds["invalid"] += 1
             continue
-        value = bucket.value
+        value = orjson.loads(payload.value)["value"]
         if isinstance(value, dict):
             kinds[f"{bucket.type}:{value.get('format', 'gauge')}"] += 1
         else:

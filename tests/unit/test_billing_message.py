@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sentry_kafka_schemas import get_codec, iter_examples
 
 from workers.billing import message as m
 from workers.billing.message import BucketError, parse_bucket
+from workers.billing.traffic import sample_traffic
 
 SECRET = "S3CRET-PAYLOAD-MARKER"
 
@@ -61,7 +66,6 @@ def test_every_bundled_example_is_accepted() -> None:
         assert bucket.project_id == data["project_id"]
         assert bucket.metric_id == data["metric_id"]
         assert bucket.type == data["type"]
-        assert bucket.value == data["value"]
         assert bucket.mapping_meta == data["mapping_meta"]
         if data["type"] == "c":
             assert bucket.counter == data["value"]
@@ -95,7 +99,6 @@ def test_non_scalar_values_are_accepted_and_never_counters(value: Any) -> None:
     for metric_type in ("c", "d", "s", "g"):
         bucket = parse_bucket(_raw(type=metric_type, value=value))
         assert bucket.counter is None
-        assert bucket.value == value
 
 
 def test_ids_up_to_u64_max_are_accepted() -> None:
@@ -227,3 +230,160 @@ def test_non_finite_counter_is_rejected_when_decoded_from_lenient_json(
     assert _code(b"{}") == m.NON_NUMERIC_COUNTER
     monkeypatch.setattr(m, "loads", lambda raw: {**_valid(), "value": float("nan")})
     assert _code(b"{}") == m.NON_NUMERIC_COUNTER
+
+
+# -- the fast path (msgspec) and the checked path (orjson + hand checks) agree -----------------
+
+_ANY_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.sampled_from([0, 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+_OBJECT_FIELD_VALUES: st.SearchStrategy[Any] = st.sampled_from(
+    [
+        None,
+        True,
+        0,
+        2,
+        -1,
+        2**64,
+        1.5,
+        "AAAA",
+        "KLUv/QBYQQ",
+        "AAAAA",
+        "array",
+        "zstd",
+        [],
+        [1, 2.5],
+        {},
+    ]
+)
+# Objects made of any subset of the encoded-series and gauge fields (and one more).
+_VALUE_OBJECTS = st.dictionaries(
+    st.sampled_from(["format", "data", "min", "max", "sum", "count", "last", "extra"]),
+    _OBJECT_FIELD_VALUES,
+)
+_VALUES = st.one_of(
+    st.integers(min_value=-(2**66), max_value=2**66),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(
+        st.integers(min_value=-(2**66), max_value=2**66)
+        | st.floats(allow_nan=False, allow_infinity=False),
+        max_size=5,
+    ),
+    st.fixed_dictionaries(
+        {
+            "format": st.sampled_from(["array", "base64", "zstd", "lz4"]),
+            "data": st.sampled_from(
+                ["AAAA", "AQAAAAcAAAA", "KLUv/QBYQQ", "!!", "AAAAA", [1.0, 2], []]
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "min": st.integers(0, 5),
+            "max": st.floats(0, 5),
+            "sum": st.integers(0, 9),
+            "count": st.integers(0, 3) | st.floats(0, 3),
+            "last": st.integers(0, 5),
+        }
+    ),
+    _VALUE_OBJECTS,
+    _ANY_JSON,
+)
+_FIELDS = (
+    "org_id",
+    "project_id",
+    "metric_id",
+    "type",
+    "value",
+    "timestamp",
+    "use_case_id",
+    "mapping_meta",
+)
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> bytes:
+    data = _valid(
+        type=draw(st.sampled_from(["c", "d", "s", "g"])),
+        value=draw(_VALUES),
+        org_id=draw(st.sampled_from([1, 2**64 - 1, 2**63 + 5])),
+        mapping_meta={
+            "c": {
+                "9223372036854775945": draw(
+                    st.sampled_from(["c:custom/x@none", "c:transactions/usage@none"])
+                )
+            }
+        },
+        tags={"9223372036854776010": draw(st.text(max_size=6))},
+    )
+    for field in draw(st.lists(st.sampled_from(_FIELDS), max_size=2, unique=True)):
+        if draw(st.booleans()):
+            del data[field]
+        else:
+            data[field] = draw(_ANY_JSON)
+    if draw(st.booleans()):
+        data[draw(st.text(max_size=6))] = draw(_ANY_JSON)
+    # The stdlib encoder writes integers of any size (orjson stops at 64 bits).
+    return json.dumps(data, ensure_ascii=draw(st.booleans())).encode()
+
+
+def _verdict(parse: Any, raw: bytes) -> Any:
+    try:
+        return ("bucket", parse(raw))
+    except BucketError as error:
+        return ("error", error.reason)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(raw=_messages())
+def test_fast_and_checked_paths_give_the_same_verdict(raw: bytes) -> None:
+    assert _verdict(parse_bucket, raw) == _verdict(m.parse_checked, raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_messages(), cut=st.integers(min_value=0, max_value=600), junk=st.binary(max_size=3))
+def test_paths_agree_on_damaged_bytes(raw: bytes, cut: int, junk: bytes) -> None:
+    damaged = raw[:cut] + junk + raw[cut:]
+    assert _verdict(parse_bucket, damaged) == _verdict(m.parse_checked, damaged)
+
+
+def test_invalid_utf8_in_a_field_billing_never_reads_is_invalid_json() -> None:
+    raw = _raw(tags={"9223372036854776010": "PLACEHOLDER"}).replace(b"PLACEHOLDER", b"\xff\xfe")
+    assert _code(raw) == m.INVALID_JSON
+
+
+def test_duplicate_keys_take_the_last_value_on_both_paths() -> None:
+    raw = _raw(org_id=5).replace(b'"org_id":5', b'"org_id":4,"org_id":5')
+    assert parse_bucket(raw).org_id == 5
+    assert m.parse_checked(raw).org_id == 5
+
+
+def test_a_double_overflow_in_a_field_billing_never_reads_is_tolerated() -> None:
+    # Valid JSON that orjson alone refuses: the fast path never decodes that field.
+    raw = _raw(retention_days=90).replace(b'"retention_days":90', b'"retention_days":1e400')
+    assert parse_bucket(raw).counter == 7.0
+
+
+def test_the_fast_path_decides_valid_traffic_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    traffic = [payload.value for payload in sample_traffic(2000, 7)]
+    expected = {}
+    for raw in traffic:
+        with contextlib.suppress(BucketError):
+            expected[raw] = m.parse_checked(raw)
+
+    def not_expected(raw: bytes) -> m.MetricBucket:
+        raise AssertionError("the checked path was asked about a valid message")
+
+    monkeypatch.setattr(m, "parse_checked", not_expected)
+    assert len(expected) > 1900
+    for raw, bucket in expected.items():
+        assert parse_bucket(raw) == bucket

@@ -33,7 +33,7 @@ from workers.billing.counting import (
 )
 from workers.billing.flags import FlagCheck, FlagStore, ProjectKey
 from workers.billing.message import BucketError, parse_bucket
-from workers.billing.metrics import BillingMetrics
+from workers.billing.metrics import LATENCY_SAMPLE_EVERY, BillingMetrics
 from workers.billing.strategy import BillingStrategyFactory, OutcomeDeliveryError
 from workers.billing.traffic import sample_traffic
 from workers.common.message_runs import MessageRun
@@ -1106,3 +1106,27 @@ def test_backpressure_on_a_run_rejects_before_touching_it(
     strategy.join(1.0)
     assert commits.at() == 11
     assert len(outcomes(broker)) == 11
+
+
+@pytest.mark.parametrize(("runs", "per_run"), [(10, 100), (600, 1)])
+def test_decode_latency_is_observed_about_once_per_256_messages(
+    broker: LocalBroker[KafkaPayload], registry: CollectorRegistry, runs: int, per_run: int
+) -> None:
+    factory = make_factory(
+        FakeProducer(broker), registry, max_batch_messages=5000, max_batch_seconds=60
+    )
+    strategy = factory.create_with_partitions(CommitLog(), {})
+    for index in range(runs):
+        strategy.submit(run([bucket([1.0])] * per_run, index * per_run))
+    strategy.close()
+    strategy.join(1.0)
+    observed = registry.get_sample_value(
+        "workers_step_latency_seconds_count", {"worker": "billing", "step": "decode"}
+    )
+    # One observation each time the message count passes a multiple of 256.
+    assert observed == (runs * per_run) // LATENCY_SAMPLE_EVERY
+    total = registry.get_sample_value(
+        "workers_step_latency_seconds_sum", {"worker": "billing", "step": "decode"}
+    )
+    assert total is not None
+    assert total > 0

@@ -14,7 +14,8 @@ Per-step series (`workers_step_*{worker="billing", step=...}`, from `FleetMetric
   (with `--aggregate-window-ms`, one outcome stands for many billable buckets);
 - `flag`: in = custom-metric projects handed to the flag writer, out = checks finished.
 
-`decode` latency is sampled: one message in `LATENCY_SAMPLE_EVERY` is timed.
+`decode` latency is sampled: each time the message count passes a multiple of
+`LATENCY_SAMPLE_EVERY`, the mean time per message of the run being translated is observed.
 
 Billing series (`BillingMetrics`, registered in the fleet registry, every one with `worker`):
 
@@ -56,7 +57,7 @@ COUNT_STEP: Final = "count"
 PRODUCE_STEP: Final = "produce"
 FLAG_STEP: Final = "flag"
 
-#: Time one message in this many (a power of two) for the `decode` latency histogram.
+#: One `decode` latency observation per this many messages (a power of two).
 LATENCY_SAMPLE_EVERY: Final = 256
 DEFAULT_FLUSH_INTERVAL_SECONDS: Final = 1.0
 
