@@ -7,7 +7,8 @@ Every variant reads all of it with its own consumer group, side by side in one r
 
 - `plain_decode`: the ceiling for consuming: a plain confluent-kafka loop, `consume()` in
   batches of 1000, decoding each value with the fleet's JSON library and schema (msgspec
-  into `WireBucket`, what `parse_bucket` decodes first); produces nothing;
+  into `WireBucket`, what `parse_bucket` decodes first); produces nothing. Both plain loops
+  use the fleet's librdkafka consumer tuning;
 - `plain_billing`: the ceiling for the job: the same loop doing the billing work
   (`parse_bucket`, count, encode) and producing the outcomes with `produce_batch` and a
   delivery callback; no commits, no flags;
@@ -560,13 +561,18 @@ def fleet_factory(
 
 
 def _plain_consumer(settings: Settings, group: str) -> Consumer:
+    """A confluent-kafka consumer with the fleet's librdkafka tuning (minus Arroyo's keys).
+
+    The tuning matters for a ceiling: with librdkafka's default `fetch.queue.backoff.ms`
+    (1 s) a loop that drains its prefetch queue (64 MiB) waits a second for the next fetch.
+    """
+    fleet = consumer_configuration(settings, ConsumerOptions(group_id=group))
     config = {
-        **settings.kafka_client_config(),
-        "group.id": group,
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "queued.min.messages": 100_000,
+        key: value
+        for key, value in fleet.items()
+        if not key.startswith("arroyo.") and key != "stats_cb"
     }
+    config["statistics.interval.ms"] = 0
     return Consumer(config)
 
 

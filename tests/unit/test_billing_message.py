@@ -265,11 +265,29 @@ _OBJECT_FIELD_VALUES: st.SearchStrategy[Any] = st.sampled_from(
         {},
     ]
 )
+_OBJECT_KEYS = st.sampled_from(["format", "data", "min", "max", "sum", "count", "last", "extra"])
 # Objects made of any subset of the encoded-series and gauge fields (and one more).
-_VALUE_OBJECTS = st.dictionaries(
-    st.sampled_from(["format", "data", "min", "max", "sum", "count", "last", "extra"]),
-    _OBJECT_FIELD_VALUES,
-)
+_VALUE_OBJECTS = st.dictionaries(_OBJECT_KEYS, _OBJECT_FIELD_VALUES)
+
+
+@st.composite
+def _near_value_objects(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid gauge or encoded series with one field set (maybe to null) or removed."""
+    value: dict[str, Any] = dict(
+        draw(
+            st.sampled_from(
+                [GAUGE, {"format": "base64", "data": "AAAA"}, {"format": "array", "data": [1]}]
+            )
+        )
+    )
+    key = draw(_OBJECT_KEYS)
+    if draw(st.booleans()):
+        value.pop(key, None)
+    else:
+        value[key] = draw(_OBJECT_FIELD_VALUES)
+    return value
+
+
 _VALUES = st.one_of(
     st.integers(min_value=-(2**66), max_value=2**66),
     st.floats(allow_nan=False, allow_infinity=False),
@@ -296,6 +314,7 @@ _VALUES = st.one_of(
         }
     ),
     _VALUE_OBJECTS,
+    _near_value_objects(),
     _ANY_JSON,
 )
 _FIELDS = (
@@ -387,3 +406,20 @@ def test_the_fast_path_decides_valid_traffic_on_its_own(monkeypatch: pytest.Monk
     assert len(expected) > 1900
     for raw, bucket in expected.items():
         assert parse_bucket(raw) == bucket
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        ({**GAUGE, "format": None}, m.UNKNOWN_VALUE_FORMAT),
+        ({**GAUGE, "data": None}, m.WRONG_TYPE),
+        ({**GAUGE, "data": "AAAA"}, m.WRONG_TYPE),
+        ({"format": "array", "data": None}, m.WRONG_TYPE),
+        ({**GAUGE, "min": None}, m.WRONG_TYPE),
+    ],
+)
+def test_explicit_nulls_in_value_objects_are_not_taken_as_absent(value: Any, code: str) -> None:
+    raw = _value("g", value)
+    assert _code(raw) == code
+    with pytest.raises(BucketError):
+        m.parse_checked(raw)

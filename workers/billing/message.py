@@ -45,6 +45,7 @@ from math import isfinite
 from typing import Annotated, Any, Final, Literal, NamedTuple, NoReturn
 
 import msgspec
+from msgspec import UNSET, UnsetType
 from orjson import JSONDecodeError, loads
 
 # Reason codes (the part of an InvalidMessage reason before the colon).
@@ -116,15 +117,18 @@ _NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class _WireValueObject(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """An encoded series (`format`, `data`) or a gauge (`min` ... `last`): None = absent."""
+    """An encoded series (`format`, `data`) or a gauge (`min` ... `last`).
 
-    format: Literal["array", "base64", "zstd"] | None = None
-    data: str | list[float] | None = None
-    min: float | None = None
-    max: float | None = None
-    sum: float | None = None
-    count: int | None = None
-    last: float | None = None
+    An absent field is `UNSET`; an explicit null is a decode error (the checked path decides).
+    """
+
+    format: Literal["array", "base64", "zstd"] | UnsetType = UNSET
+    data: str | list[float] | UnsetType = UNSET
+    min: float | UnsetType = UNSET
+    max: float | UnsetType = UNSET
+    sum: float | UnsetType = UNSET
+    count: int | UnsetType = UNSET
+    last: float | UnsetType = UNSET
 
 
 class WireBucket(msgspec.Struct, gc=False):
@@ -216,15 +220,15 @@ def parse_bucket(raw: bytes) -> MetricBucket:
 def _value_object_ok(value: _WireValueObject) -> bool:
     """Whether `parse_checked` accepts this object as it is (else it decides)."""
     value_format = value.format
-    if value_format is None:
+    if value_format is UNSET:
         count = value.count
         return (
-            value.data is None
-            and value.min is not None
-            and value.max is not None
-            and value.sum is not None
-            and count is not None
-            and value.last is not None
+            value.data is UNSET
+            and value.min is not UNSET
+            and value.max is not UNSET
+            and value.sum is not UNSET
+            and value.last is not UNSET
+            and count is not UNSET
             and _INT64_MIN <= count < U64_LIMIT
         )
     # An encoded series: fields of a gauge beside it are ignored, as `parse_checked` does.
