@@ -23,13 +23,14 @@ Two paths, one verdict. `parse_bucket` first decodes into a typed msgspec `Struc
 (`WireBucket`): msgspec checks the types of the fields it reads in C and skips the fields
 billing never reads (tags, ...) without building them, about twice as fast as orjson plus
 the checks in Python. A message the fast path does not accept outright (any msgspec error,
-an id of 2**64 or more, a scalar under the wrong type, an integer counter outside 64 bits)
-goes to `parse_checked`, which decodes with orjson and checks every field by hand: it is the
-specification of what is valid and the only place reasons are made, so both paths give the
-same bucket or the same error (a property test compares them). Two things the fast path must
-check itself because msgspec does not look inside skipped fields: the payload is valid UTF-8
-(checked only when it is not ASCII); a number too large for a double in a field billing never
-reads is accepted (it is valid JSON; orjson alone refuses it).
+an id of 2**64 or more, a scalar under the wrong type, an integer counter outside 64 bits, a
+value object that is not exactly a gauge or a well-formed series) goes to `parse_checked`,
+which decodes with orjson and checks every field by hand: it is the specification of what is
+valid and the only place reasons are made, so both paths give the same bucket or the same
+error (a property test compares them). msgspec does not look inside the fields it skips,
+which matters twice: the fast path checks that the payload is UTF-8 itself (only when it is
+not ASCII), and a number too large for a double in a field billing never reads is accepted
+(it is valid JSON; orjson alone refuses it).
 
 A rejected message raises `BucketError(code, detail)`: `code` is a short fixed snake_case
 identifier and `detail` names at most a field, never payload bytes. The strategy turns it
