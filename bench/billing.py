@@ -871,6 +871,18 @@ def cleanup(work: Workload, topics: Sequence[str]) -> None:
             logging.getLogger(__name__).warning("could not delete a topic: %s", error)
 
 
+# The variants running today's chain: (aggregation window in seconds, Arroyo's stock
+# consumer configuration instead of the fleet's, fed by `RunConsumer` rather than Arroyo's
+# one-message-per-poll `KafkaConsumer`).
+_CHAIN_VARIANTS: Final[Mapping[str, tuple[float | None, bool, bool]]] = {
+    "fleet": (None, False, True),
+    "fleet_per_message": (None, False, False),
+    "fleet_aggregated": (0.2, False, True),
+    "arroyo_stock": (None, True, False),
+    "fleet_stock_config": (None, True, True),
+}
+
+
 def run_variant(
     work: Workload, variant: str, profile: cProfile.Profile | None, created: list[str]
 ) -> float:
@@ -891,38 +903,20 @@ def run_variant(
             fleet_consumer_config(work.settings),
             runs=False,
         )
-    reset_flags(work)
-    if variant == "fleet":
-        rate = run_arroyo(
-            work,
-            fleet_factory(work, outcomes_topic),
-            fleet_consumer_config(work.settings),
-            profile,
-        )
-    elif variant == "fleet_per_message":
-        rate = run_arroyo(
-            work,
-            fleet_factory(work, outcomes_topic),
-            fleet_consumer_config(work.settings),
-            runs=False,
-        )
-    elif variant == "fleet_aggregated":
-        rate = run_arroyo(
-            work, fleet_factory(work, outcomes_topic, 0.2), fleet_consumer_config(work.settings)
-        )
-    elif variant == "arroyo_stock":
-        rate = run_arroyo(
-            work,
-            fleet_factory(work, outcomes_topic),
-            stock_consumer_config(work.settings),
-            runs=False,
-        )
-    elif variant == "fleet_stock_config":
-        rate = run_arroyo(
-            work, fleet_factory(work, outcomes_topic), stock_consumer_config(work.settings)
-        )
-    else:
+    if variant not in _CHAIN_VARIANTS:
         raise ValueError(f"unknown variant {variant}")
+    aggregate_window_seconds, stock_config, runs = _CHAIN_VARIANTS[variant]
+    consumer_config = (stock_consumer_config if stock_config else fleet_consumer_config)(
+        work.settings
+    )
+    reset_flags(work)
+    rate = run_arroyo(
+        work,
+        fleet_factory(work, outcomes_topic, aggregate_window_seconds),
+        consumer_config,
+        profile if variant == "fleet" else None,
+        runs=runs,
+    )
     flagged = flagged_count(work)
     assert flagged == CUSTOM_PROJECTS, f"{variant}: {flagged} projects flagged"
     return rate

@@ -185,9 +185,12 @@ def parse_bucket(raw: bytes) -> MetricBucket:
     project_id = wire.project_id
     metric_id = wire.metric_id
     timestamp = wire.timestamp
-    if org_id >= U64_LIMIT or project_id >= U64_LIMIT or metric_id >= U64_LIMIT:
-        return parse_checked(raw)
-    if timestamp >= U64_LIMIT:
+    if (
+        org_id >= U64_LIMIT
+        or project_id >= U64_LIMIT
+        or metric_id >= U64_LIMIT
+        or timestamp >= U64_LIMIT
+    ):
         return parse_checked(raw)
     metric_type = wire.type
     value = wire.value
