@@ -35,7 +35,15 @@ import pytest
 from redis import Redis
 from sentry_kafka_schemas import get_codec, iter_examples
 
-from tests.support.kafka import Record, make_topics, produce, read_all, read_available, unique_name
+from tests.support.kafka import (
+    Record,
+    make_topics,
+    produce,
+    read_all,
+    read_available,
+    unique_name,
+    wait_until_committed,
+)
 from tests.support.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
 from workers.billing.counting import (
@@ -48,7 +56,7 @@ from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
 from workers.billing.message import BucketError, parse_bucket
 from workers.billing.summary import flagged_projects, outcome_totals
 from workers.billing.traffic import sample_traffic
-from workers.common.kafka_offsets import committed_offsets, high_watermarks, total
+from workers.common.kafka_offsets import committed_offsets, total
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG, create_organization
 from workers.common.settings import Settings
 
@@ -88,18 +96,6 @@ def billing_worker(input_topic: str, outcomes_topic: str, group: str, *extra: st
         *extra,
         log_name=f"billing-{group}",
     )  # fmt: skip
-
-
-def wait_until_committed(
-    stack: Settings, group: str, topic: str, timeout: float = 60.0
-) -> dict[int, int]:
-    target = high_watermarks(stack, topic)
-
-    def done() -> dict[int, int] | None:
-        committed = committed_offsets(stack, group, topic)
-        return committed if committed == target else None
-
-    return wait_for(done, timeout, f"group {group} to commit all of {topic}", interval=0.2)
 
 
 def usage_bucket(metric_id: int, value: Any, org_id: int, project_id: int, **extra: Any) -> bytes:
@@ -312,9 +308,6 @@ def _totals_if_complete(
     return dict(totals) if found == wanted else None
 
 
-# Known flaky on a just-started broker (librdkafka's view of the missing topic); see the
-# closing note of this session. One rerun, never silently skipped.
-@pytest.mark.flaky(reruns=1)
 def test_outcomes_topic_outage_backpressures_and_resumes_without_loss(
     stack: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -19,10 +19,11 @@ from tests.support.kafka import (
     read_all,
     read_available,
     unique_name,
+    wait_until_committed,
 )
 from tests.support.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
-from workers.common.kafka_offsets import committed_offsets, high_watermarks
+from workers.common.kafka_offsets import committed_offsets, fully_committed, high_watermarks
 from workers.common.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def test_graceful_restart_resumes_from_committed_offset_without_gaps_or_repeats(
     first = EchoProcess(input_topic, output_topic, group)
     assert len(read_all(settings, output_topic, 300)) == 300
     assert first.stop() == 0
-    assert committed_offsets(settings, group, input_topic) == high_watermarks(settings, input_topic)
+    assert fully_committed(settings, group, input_topic)
 
     produce(settings, input_topic, ((f"k{i}".encode(), f"w{i}".encode()) for i in range(150)))
     second = EchoProcess(input_topic, output_topic, group)
@@ -82,7 +83,7 @@ def test_graceful_restart_resumes_from_committed_offset_without_gaps_or_repeats(
     echoed = _echoed(records)
     assert Counter(echoed).most_common(1)[0][1] == 1, "a message was processed twice"
     assert set(echoed) == _input_positions(settings, input_topic)
-    assert committed_offsets(settings, group, input_topic) == high_watermarks(settings, input_topic)
+    assert fully_committed(settings, group, input_topic)
 
 
 def test_kill_9_reprocesses_only_the_uncommitted_tail(
@@ -102,14 +103,7 @@ def test_kill_9_reprocesses_only_the_uncommitted_tail(
     before_restart = _echoed(read_available(settings, output_topic))
 
     survivor = EchoProcess(input_topic, output_topic, group, "--group-instance-id", "echo-0")
-    wait_for(
-        lambda: (
-            committed_offsets(settings, group, input_topic)
-            == high_watermarks(settings, input_topic)
-        ),
-        60,
-        "the restarted consumer to commit everything",
-    )
+    wait_until_committed(settings, group, input_topic, timeout=60)
     assert survivor.stop() == 0
 
     echoed = _echoed(read_available(settings, output_topic))
@@ -200,7 +194,7 @@ def test_processes_share_partitions_and_metrics_are_aggregated(
         )
     finally:
         assert echo.stop() == 0
-    assert committed_offsets(settings, group, input_topic) == high_watermarks(settings, input_topic)
+    assert fully_committed(settings, group, input_topic)
 
 
 def test_a_dead_child_stops_the_others_and_the_parent_fails(settings: Settings) -> None:

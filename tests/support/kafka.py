@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from tests.support.waiting import wait_for
+from workers.common.kafka_offsets import committed_offsets, fully_committed, high_watermarks
 from workers.common.settings import Settings
 from workers.common.topics import TopicSpec, create_topics
 
@@ -97,9 +99,24 @@ def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60.
 
 def read_available(settings: Settings, topic: str, timeout: float = 30.0) -> list[Record]:
     """Every record of `topic` up to the high watermarks as of now."""
-    from workers.common.kafka_offsets import high_watermarks
-
     expected = sum(high_watermarks(settings, topic).values())
     records = read_all(settings, topic, expected, timeout)
     assert len(records) >= expected, f"read {len(records)} of {expected} records of {topic}"
     return records
+
+
+def wait_until_committed(
+    settings: Settings, group: str, topic: str, timeout: float = 60.0
+) -> dict[int, int]:
+    """Wait until `group` committed every message of `topic`; its committed offsets.
+
+    An empty partition has nothing to commit and never gets a commit: it counts as done
+    (comparing committed offsets with high watermarks would wait for it forever).
+    """
+    wait_for(
+        lambda: fully_committed(settings, group, topic),
+        timeout,
+        f"group {group} to commit all of {topic}",
+        interval=0.2,
+    )
+    return committed_offsets(settings, group, topic)

@@ -62,20 +62,25 @@ def _partitions(consumer: Consumer, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, index) for index in sorted(found.partitions)]
 
 
-def high_watermarks(settings: Settings, topic: str) -> dict[int, int]:
-    return _retrying(lambda: _high_watermarks(settings, topic))
+def watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
+    """(low, high) watermark per partition; a partition is empty when low == high."""
+    return _retrying(lambda: _watermarks(settings, topic))
 
 
-def _high_watermarks(settings: Settings, topic: str) -> dict[int, int]:
+def _watermarks(settings: Settings, topic: str) -> dict[int, tuple[int, int]]:
     consumer = _inspector(settings, "workers-offsets-inspector")
     try:
-        marks: dict[int, int] = {}
+        marks: dict[int, tuple[int, int]] = {}
         for partition in _partitions(consumer, topic):
-            _, high = consumer.get_watermark_offsets(partition, timeout=OFFSETS_TIMEOUT_SECONDS)
-            marks[partition.partition] = high
+            low, high = consumer.get_watermark_offsets(partition, timeout=OFFSETS_TIMEOUT_SECONDS)
+            marks[partition.partition] = (low, high)
         return marks
     finally:
         consumer.close()
+
+
+def high_watermarks(settings: Settings, topic: str) -> dict[int, int]:
+    return {partition: high for partition, (_, high) in watermarks(settings, topic).items()}
 
 
 def committed_offsets(settings: Settings, group_id: str, topic: str) -> dict[int, int]:
@@ -99,8 +104,25 @@ def total(offsets: Mapping[int, int]) -> int:
     return sum(offsets.values())
 
 
-def lag(settings: Settings, group_id: str, topic: str) -> int:
-    """Messages not yet committed by the group (from offset 0 where nothing is committed)."""
-    marks = high_watermarks(settings, topic)
+def uncommitted(settings: Settings, group_id: str, topic: str) -> dict[int, int]:
+    """Messages per partition past the group's committed offset.
+
+    A partition the group never committed counts from its low watermark (where the group
+    would start reading), so an empty partition, which nobody ever needs to commit, counts 0.
+    """
+    marks = watermarks(settings, topic)
     committed = committed_offsets(settings, group_id, topic)
-    return sum(high - committed.get(partition, 0) for partition, high in marks.items())
+    return {
+        partition: max(high - committed.get(partition, low), 0)
+        for partition, (low, high) in marks.items()
+    }
+
+
+def lag(settings: Settings, group_id: str, topic: str) -> int:
+    """Messages not yet committed by the group, over every partition of `topic`."""
+    return total(uncommitted(settings, group_id, topic))
+
+
+def fully_committed(settings: Settings, group_id: str, topic: str) -> bool:
+    """True when the group has committed every message of `topic` (empty partitions need none)."""
+    return lag(settings, group_id, topic) == 0
