@@ -122,10 +122,10 @@ from workers.billing.definition import (
     build_outcomes_producer,
     flag_store_factory,
 )
+from workers.billing.factory import BillingStrategyFactory
 from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
 from workers.billing.message import BucketError, WireBucket, parse_bucket
 from workers.billing.outcome import OutcomeEncoder
-from workers.billing.strategy import BillingStrategyFactory
 from workers.billing.traffic import DEMO_MIX, PRODUCTION_MIX, sample_traffic_for_projects
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
@@ -976,7 +976,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     # The chains run without a DLQ topic here, and log each invalid message they skip: the
     # benchmark's mix has about 0.1% of them on purpose.
-    logging.getLogger("workers.billing.strategy").setLevel(logging.ERROR)
+    logging.getLogger("workers.billing").setLevel(logging.ERROR)
     settings = Settings.from_env()
     variants = [name for name in args.variants.split(",") if name]
     unknown = set(variants) - set(VARIANTS)

@@ -17,8 +17,8 @@ from workers.billing.definition import (
     build_strategy_factory,
     sample_traffic,
 )
+from workers.billing.factory import BillingStrategyFactory
 from workers.billing.message import BucketError, parse_bucket
-from workers.billing.strategy import BillingStrategyFactory
 from workers.common.metrics import FleetMetrics
 from workers.common.registry import StrategyContext
 from workers.common.settings import Settings

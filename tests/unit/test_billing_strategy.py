@@ -31,10 +31,11 @@ from workers.billing.counting import (
     TRANSACTIONS_USAGE_METRIC_ID,
     BillingCounter,
 )
+from workers.billing.factory import BillingStrategyFactory
 from workers.billing.flags import FlagCheck, FlagStore, ProjectKey
 from workers.billing.message import BucketError, parse_bucket
 from workers.billing.metrics import LATENCY_SAMPLE_EVERY, BillingMetrics
-from workers.billing.strategy import BillingStrategyFactory, OutcomeDeliveryError
+from workers.billing.outcome_producer import OutcomeDeliveryError
 from workers.billing.traffic import sample_traffic
 from workers.common.message_runs import MessageRun
 from workers.common.metrics import FleetMetrics

@@ -26,17 +26,16 @@ from confluent_kafka import Producer
 from redis import Redis
 
 from workers.billing.counting import parse_billable_metrics
-from workers.billing.flags import DEFAULT_CONNECT_TIMEOUT_SECONDS, ProjectFlagStore
-from workers.billing.metrics import BillingMetrics
-from workers.billing.strategy import (
-    DEFAULT_MAX_BATCH_MESSAGES,
-    DEFAULT_MAX_BATCH_SECONDS,
-    DEFAULT_MAX_PENDING_OUTCOMES,
+from workers.billing.deliver import DEFAULT_MAX_PENDING_OUTCOMES
+from workers.billing.factory import (
     DEFAULT_OUTCOMES_TOPIC,
     OUTCOMES_CLIENT_ID,
     BillingStrategyFactory,
 )
+from workers.billing.flags import DEFAULT_CONNECT_TIMEOUT_SECONDS, ProjectFlagStore
+from workers.billing.metrics import BillingMetrics
 from workers.billing.traffic import sample_traffic
+from workers.billing.translate import DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_BATCH_SECONDS
 from workers.common.kafka_config import producer_configuration
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.settings import Settings
