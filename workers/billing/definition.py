@@ -10,7 +10,16 @@ Worker options (after the shared ones):
 - `--aggregate-window-ms MS`: sum quantities per (org, project, category) over windows of
   MS milliseconds of processing time and produce one outcome per sum (default 0 = off);
 - `--custom-metric-flags/--no-custom-metric-flags`: the first-custom-metric flag and its
-  analytics event (default on; needs PostgreSQL and Redis).
+  analytics event (default on; needs PostgreSQL and Redis);
+- `--processing-guarantee exactly-once|at-least-once` (or
+  `WORKERS_BILLING_PROCESSING_GUARANTEE`; default exactly-once): outcomes, DLQ copies and
+  input offsets in one Kafka transaction, or outcomes first and offsets after;
+- `--transaction-interval-ms MS` (exactly-once): how long a transaction collects batches;
+- `--transaction-timeout-ms MS` (exactly-once): the broker aborts a transaction open longer
+  (librdkafka's `transaction.timeout.ms`; must exceed the interval);
+- `--transactional-id PREFIX` (exactly-once): the producer's transactional id is
+  `PREFIX-<process index>`; default `billing-<group>-<group instance id or host name>`.
+  Keeping it across restarts lets the new process abort what the old one left open at once.
 
 The shared `--max-batch-size` / `--max-batch-time-ms` close a batch of input messages
 (defaults 5000 messages / 20 ms): one `produce_batch` call and one offset store per batch.
@@ -18,6 +27,7 @@ The shared `--max-batch-size` / `--max-batch-time-ms` close a batch of input mes
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -35,8 +45,10 @@ from workers.billing.factory import (
 from workers.billing.flags import DEFAULT_CONNECT_TIMEOUT_SECONDS, ProjectFlagStore
 from workers.billing.metrics import BillingMetrics
 from workers.billing.traffic import sample_traffic
+from workers.billing.transactions import DEFAULT_TRANSACTION_INTERVAL_SECONDS, ExactlyOnce
 from workers.billing.translate import DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_BATCH_SECONDS
 from workers.common.kafka_config import producer_configuration
+from workers.common.message_runs import RunConsumer
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.settings import Settings
 
@@ -45,6 +57,12 @@ DLQ_TOPIC: Final = "snuba-generic-metrics-dlq"
 CONSUMER_GROUP: Final = "billing-metrics-consumer"
 #: Outcomes are small and many: fewer, larger produce requests cost the broker less.
 OUTCOMES_PRODUCER_OVERRIDES: Final[Mapping[str, Any]] = {"linger.ms": 5}
+EXACTLY_ONCE: Final = "exactly-once"
+AT_LEAST_ONCE: Final = "at-least-once"
+PROCESSING_GUARANTEE_ENV: Final = "WORKERS_BILLING_PROCESSING_GUARANTEE"
+DEFAULT_TRANSACTION_INTERVAL_MS: Final = round(DEFAULT_TRANSACTION_INTERVAL_SECONDS * 1000)
+#: Kafka's default; far above the interval, and long enough to ride out a broker restart.
+DEFAULT_TRANSACTION_TIMEOUT_MS: Final = 60_000
 
 
 def _parse_billable_metric_option(
@@ -94,6 +112,35 @@ CLICK_OPTIONS: Final = (
         show_default=True,
         help="Set the first-custom-metric project flag and record its analytics event.",
     ),
+    click.Option(
+        ["--processing-guarantee"],
+        type=click.Choice([EXACTLY_ONCE, AT_LEAST_ONCE]),
+        default=EXACTLY_ONCE,
+        envvar=PROCESSING_GUARANTEE_ENV,
+        show_default=True,
+        help="exactly-once: outcomes, DLQ copies and offsets in one Kafka transaction; "
+        "at-least-once: offsets committed after the outcomes are acknowledged.",
+    ),
+    click.Option(
+        ["--transaction-interval-ms"],
+        type=click.IntRange(min=1),
+        default=DEFAULT_TRANSACTION_INTERVAL_MS,
+        show_default=True,
+        help="exactly-once: how long one transaction collects batches before its commit.",
+    ),
+    click.Option(
+        ["--transaction-timeout-ms"],
+        type=click.IntRange(min=1000),
+        default=DEFAULT_TRANSACTION_TIMEOUT_MS,
+        show_default=True,
+        help="exactly-once: the broker aborts a transaction open longer than this.",
+    ),
+    click.Option(
+        ["--transactional-id"],
+        metavar="PREFIX",
+        help="exactly-once: transactional id prefix (PREFIX-<process index>); default "
+        "billing-<group>-<group instance id or host name>.",
+    ),
 )
 
 
@@ -133,13 +180,55 @@ def flag_store_factory(settings: Settings) -> Callable[[BillingMetrics], Project
     return build
 
 
+def transactional_id(context: StrategyContext) -> str:
+    """The outcomes producer's transactional id: stable across restarts of the same member."""
+    prefix = context.options.get("transactional_id") or (
+        f"{context.worker}-{context.consumer_group or 'default'}-"
+        f"{context.group_instance_id or socket.gethostname()}"
+    )
+    return f"{prefix}-{context.process_index}"
+
+
+def transactional_producer_overrides(
+    transactional_id: str, transaction_timeout_ms: int
+) -> dict[str, Any]:
+    return {
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": transaction_timeout_ms,
+        # A delivery may not outlive its transaction.
+        "message.timeout.ms": transaction_timeout_ms,
+    }
+
+
+def exactly_once_mode(context: StrategyContext) -> ExactlyOnce:
+    options = context.options
+    interval_ms = int(options.get("transaction_interval_ms") or DEFAULT_TRANSACTION_INTERVAL_MS)
+    timeout_ms = int(options.get("transaction_timeout_ms") or DEFAULT_TRANSACTION_TIMEOUT_MS)
+    if timeout_ms <= interval_ms:
+        raise click.UsageError(
+            f"--transaction-timeout-ms ({timeout_ms}) must exceed --transaction-interval-ms "
+            f"({interval_ms}), or the broker aborts transactions before they are committed"
+        )
+    if not isinstance(context.consumer, RunConsumer):
+        raise click.UsageError("exactly-once billing needs the run consumer (consumes_runs)")
+    settings = context.settings
+    overrides = transactional_producer_overrides(transactional_id(context), timeout_ms)
+    return ExactlyOnce(
+        producer_factory=lambda: build_outcomes_producer(settings, overrides),
+        consumer=context.consumer,
+        transaction_interval_seconds=interval_ms / 1000.0,
+    )
+
+
 def build_strategy_factory(context: StrategyContext) -> BillingStrategyFactory:
     options = context.options
     settings = context.settings
     window_ms = int(options.get("aggregate_window_ms") or 0)
     flags = options.get("custom_metric_flags", True)
+    exactly_once = options.get("processing_guarantee", EXACTLY_ONCE) == EXACTLY_ONCE
     return BillingStrategyFactory(
-        producer_factory=lambda: build_outcomes_producer(settings),
+        producer_factory=None if exactly_once else lambda: build_outcomes_producer(settings),
+        exactly_once=exactly_once_mode(context) if exactly_once else None,
         metrics=context.metrics,
         flag_store_factory=flag_store_factory(settings) if flags else None,
         outcomes_topic=options.get("outcomes_topic") or DEFAULT_OUTCOMES_TOPIC,

@@ -65,6 +65,7 @@ from workers.billing.deliver import (
     DEFAULT_MAX_PENDING_OUTCOMES,
     DeliverOutcomes,
 )
+from workers.billing.deliver_in_transactions import DeliverInTransactions
 from workers.billing.flags import FlagStore, FlagWriter
 from workers.billing.metrics import (
     BillingMetrics,
@@ -73,6 +74,8 @@ from workers.billing.metrics import (
 )
 from workers.billing.outcome import ClockNs, OutcomeEncoder
 from workers.billing.outcome_producer import OutcomeProducer
+from workers.billing.rewind import RewindOnAbort
+from workers.billing.transactions import ExactlyOnce, TransactionalProducer
 from workers.billing.translate import (
     DEFAULT_MAX_AGGREGATE_KEYS,
     DEFAULT_MAX_BATCH_MESSAGES,
@@ -103,8 +106,9 @@ class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
     def __init__(
         self,
         *,
-        producer_factory: Callable[[], OutcomeProducer],
+        producer_factory: Callable[[], OutcomeProducer] | None = None,
         metrics: MetricsSource,
+        exactly_once: ExactlyOnce | None = None,
         flag_store_factory: Callable[[BillingMetrics], FlagStore] | None = None,
         outcomes_topic: str = DEFAULT_OUTCOMES_TOPIC,
         billable_metrics: Mapping[int, int] | None = None,
@@ -122,6 +126,8 @@ class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
         dlq_topic: str | None = None,
         worker: str = "billing",
     ) -> None:
+        if (producer_factory is None) == (exactly_once is None):
+            raise ValueError("give producer_factory (at-least-once) or exactly_once, not both")
         if min(max_pending_outcomes, max_pending_batches, max_batch_messages) < 1:
             raise ValueError("pending and batch limits must be >= 1")
         if min(max_batch_outcomes, max_aggregate_keys) < 1:
@@ -129,6 +135,8 @@ class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
         if aggregate_window_seconds is not None and aggregate_window_seconds <= 0:
             raise ValueError("aggregate_window_seconds must be positive (or None for off)")
         self.__producer_factory = producer_factory
+        self.__exactly_once = exactly_once
+        self.__transactional_producer: TransactionalProducer | None = None
         self.__dlq_topic = dlq_topic
         self.__worker = worker
         self.__on_dead_letter = metrics.dlq_message
@@ -177,16 +185,58 @@ class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
     def flag_writer(self) -> FlagWriter | None:
         return self.__flag_writer
 
+    @property
+    def exactly_once(self) -> bool:
+        return self.__exactly_once is not None
+
     def __get_producer(self) -> OutcomeProducer:
         if self.__producer is None:
+            assert self.__producer_factory is not None
             self.__producer = self.__producer_factory()
         return self.__producer
+
+    def __get_transactional_producer(self, mode: ExactlyOnce) -> TransactionalProducer:
+        if self.__transactional_producer is None:
+            producer = mode.producer_factory()
+            # Fences any earlier producer with this transactional id and aborts what it left
+            # open, so the offsets of its partitions can be read.
+            producer.init_transactions(mode.init_timeout_seconds)
+            self.__transactional_producer = self.__producer = producer
+        return self.__transactional_producer
 
     def create_with_partitions(
         self, commit: Commit, partitions: Mapping[Partition, int]
     ) -> ProcessingStrategy[InputPayload]:
+        mode = self.__exactly_once
+        if mode is None:
+            return self.__translate(self.__at_least_once(commit))
+        producer = self.__get_transactional_producer(mode)
+        committed = dict(partitions)
+
+        def build_chain() -> ProcessingStrategy[Any]:
+            return self.__translate(
+                DeliverInTransactions(
+                    producer,
+                    self.__topic,
+                    mode.consumer,
+                    committed,
+                    self.tally,
+                    flag_writer=self.__flag_writer,
+                    transaction_interval_seconds=mode.transaction_interval_seconds,
+                    max_transaction_messages=self.__max_pending_outcomes,
+                    max_waiting_batches=self.__max_pending_batches,
+                    dlq_topic=self.__dlq_topic,
+                    worker=self.__worker,
+                    on_dead_letter=self.__on_dead_letter,
+                )
+            )
+
+        rewind: ProcessingStrategy[Any] = RewindOnAbort(build_chain, mode.consumer, committed)
+        return rewind
+
+    def __at_least_once(self, commit: Commit) -> ProcessingStrategy[Any]:
         writer = self.__flag_writer
-        deliver = DeliverOutcomes(
+        return DeliverOutcomes(
             self.__get_producer(),
             self.__topic,
             CommitOffsets(commit),
@@ -198,7 +248,10 @@ class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
             worker=self.__worker,
             on_dead_letter=self.__on_dead_letter,
         )
-        translate: ProcessingStrategy[Any] = TranslateOutcomes(
+
+    def __translate(self, deliver: ProcessingStrategy[Any]) -> ProcessingStrategy[Any]:
+        writer = self.__flag_writer
+        return TranslateOutcomes(
             deliver,
             self.__counter,
             self.__encoder,
@@ -211,7 +264,6 @@ class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
             aggregate_window_seconds=self.__aggregate_window_seconds,
             max_aggregate_keys=self.__max_aggregate_keys,
         )
-        return translate
 
     def shutdown(self) -> None:
         writer = self.__flag_writer

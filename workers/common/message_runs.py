@@ -67,14 +67,20 @@ class RawMessage(Protocol):
 
 
 class MessageRun:
-    """Consecutive messages of one partition, in offset order (never empty)."""
+    """Consecutive messages of one partition, in offset order (never empty).
 
-    __slots__ = ("messages",)
+    `epoch` is the consumer's seek count when the run was fetched: a strategy that rewound
+    a partition with `RunConsumer.seek` knows a run of an older epoch was read before the
+    rewind (a message Arroyo carried over, or polled in the same loop) and must drop it.
+    """
 
-    def __init__(self, messages: Sequence[RawMessage]) -> None:
+    __slots__ = ("epoch", "messages")
+
+    def __init__(self, messages: Sequence[RawMessage], epoch: int = 0) -> None:
         if not messages:
             raise ValueError("a run holds at least one message")
         self.messages = messages
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -97,7 +103,7 @@ def _consumer_error(error: KafkaError, message: Any) -> Exception:
 
 
 def runs_of(
-    messages: Sequence[Any], partitions: dict[tuple[str, int], Partition]
+    messages: Sequence[Any], partitions: dict[tuple[str, int], Partition], epoch: int = 0
 ) -> list[BrokerValue[MessageRun] | Exception]:
     """One run per partition for each stretch of `messages` between errors, errors in place.
 
@@ -117,7 +123,7 @@ def runs_of(
             last = run[-1]
             items.append(
                 BrokerValue(
-                    MessageRun(run),
+                    MessageRun(run, epoch),
                     partition,
                     last.offset(),
                     datetime.utcfromtimestamp(last.timestamp()[1] / 1000.0),
@@ -168,6 +174,7 @@ class RunConsumer(Consumer[MessageRun]):
         self.__max_wait = max_wait_seconds
         self.__ready: deque[BrokerValue[MessageRun] | Exception] = deque()
         self.__partitions: dict[tuple[str, int], Partition] = {}
+        self.__epoch = 0
 
     # -- polling ----------------------------------------------------------------------------
 
@@ -205,7 +212,7 @@ class RunConsumer(Consumer[MessageRun]):
             if messages and self.__max_fetch > 1:
                 messages.extend(confluent.consume(self.__max_fetch - 1, 0))
         if messages:
-            self.__ready.extend(runs_of(messages, self.__partitions))
+            self.__ready.extend(runs_of(messages, self.__partitions, self.__epoch))
 
     def __drop_ready(self, partitions: Sequence[Partition] | Mapping[Partition, int]) -> None:
         if self.__ready:
@@ -239,8 +246,24 @@ class RunConsumer(Consumer[MessageRun]):
         return self.__inner.tell()
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
+        """Read these partitions again from these offsets; later runs get a new `epoch`.
+
+        librdkafka discards what it prefetched for a partition it seeks; runs already
+        handed out are the caller's to drop (see `MessageRun.epoch`).
+        """
         self.__drop_ready(offsets)
         self.__inner.seek(offsets)
+        self.__epoch += 1
+
+    @property
+    def epoch(self) -> int:
+        """How many times `seek` was called: the `epoch` of the runs fetched from now on."""
+        return self.__epoch
+
+    def group_metadata(self) -> object:
+        """The group generation and member id, for `send_offsets_to_transaction` (KIP-447)."""
+        metadata: object = self.__confluent.consumer_group_metadata()
+        return metadata
 
     def pause(self, partitions: Sequence[Partition]) -> None:
         # Arroyo's pause seeks the partitions back to `tell()`, which is just past the last

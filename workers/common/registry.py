@@ -33,6 +33,13 @@ class StrategyContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     # Where a strategy that consumes runs copies invalid messages (None: DLQ disabled).
     dlq_topic: str | None = None
+    consumer_group: str = ""
+    group_instance_id: str | None = None
+    # Which of `workers run --processes N`'s consumer processes this is (0 for one process).
+    process_index: int = 0
+    # The consumer feeding the chain (a `RunConsumer` when the definition `consumes_runs`):
+    # an exactly-once chain sends its group metadata with offsets and seeks it back.
+    consumer: Any = None
 
     @property
     def max_batch_time_seconds(self) -> float:

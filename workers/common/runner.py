@@ -70,6 +70,8 @@ class RunOptions:
     group_instance_id: str | None = None
     metrics_port: int | None = None
     worker_options: Mapping[str, Any] = field(default_factory=dict)
+    # Which of `--processes N`'s consumer processes this is (set by the supervisor).
+    process_index: int = 0
 
     @classmethod
     def defaults_for(cls, definition: ConsumerDefinition) -> RunOptions:
@@ -127,6 +129,7 @@ def build_strategy_factory(
     options: RunOptions,
     settings: Settings,
     metrics: FleetMetrics,
+    consumer: Consumer[Any] | None = None,
 ) -> ProcessingStrategyFactory[Any]:
     context = StrategyContext(
         worker=definition.name,
@@ -137,6 +140,10 @@ def build_strategy_factory(
         metrics=metrics,
         options=options.worker_options,
         dlq_topic=definition.dlq_topic if options.enable_dlq else None,
+        consumer_group=options.consumer_group,
+        group_instance_id=options.group_instance_id,
+        process_index=options.process_index,
+        consumer=consumer,
     )
     factory = definition.build_strategy_factory(context)
     if options.healthcheck_file is not None:
@@ -155,7 +162,7 @@ def build_processor(
     return StreamProcessor(
         consumer,
         Topic(options.input_topic),
-        build_strategy_factory(definition, options, settings, metrics),
+        build_strategy_factory(definition, options, settings, metrics, consumer),
         commit_policy=CommitPolicy(
             min_commit_frequency_sec=options.commit_interval_ms / 1000.0,
             min_commit_messages=None,

@@ -110,6 +110,7 @@ class Supervisor:
             options = dataclasses.replace(
                 self.__options,
                 processes=1,
+                process_index=index,
                 metrics_port=None,
                 healthcheck_file=child_healthcheck_file(healthcheck, index)
                 if healthcheck
