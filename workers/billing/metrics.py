@@ -39,6 +39,22 @@ Billing series (`BillingMetrics`, registered in the fleet registry, every one wi
 
 Categories are labelled by name (`transaction`, `span`) or by number for a configured
 category without a name; the set is bounded by the `--billable-metric` map.
+
+Exactly-once series (Kafka transactions; every series exists from the start, at 0):
+
+- `workers_billing_transactions_committed_total`;
+- `workers_billing_transaction_commit_seconds`: the commit itself (sending the offsets to the
+  transaction plus `commit_transaction`);
+- `workers_billing_transaction_open_seconds`: from the transaction's first produce to its
+  commit;
+- `workers_billing_transaction_size_messages`: messages (outcomes and DLQ copies) per
+  committed transaction;
+- `workers_billing_transactions_aborted_total{reason}`: `produce_error` (a delivery inside the
+  transaction failed), `commit_error` (an abortable error of `send_offsets_to_transaction` or
+  `commit_transaction`), `revoked` (partitions revoked, or shutdown, before the transaction
+  could be committed in time); no other reason is accepted;
+- `workers_billing_producer_fenced_total`: a newer producer with the same transactional id,
+  or the group coordinator, fenced this process (which then exits non-zero).
 """
 
 from __future__ import annotations
@@ -95,6 +111,13 @@ CHECK_RESULTS: Final = (
 STORE_REDIS: Final = "redis"
 STORE_POSTGRES: Final = "postgres"
 
+# Why a Kafka transaction was aborted (label values of
+# `workers_billing_transactions_aborted_total`; any other value is refused).
+ABORT_PRODUCE_ERROR: Final = "produce_error"
+ABORT_COMMIT_ERROR: Final = "commit_error"
+ABORT_REVOKED: Final = "revoked"
+ABORT_REASONS: Final = (ABORT_PRODUCE_ERROR, ABORT_COMMIT_ERROR, ABORT_REVOKED)
+
 # Produce-to-acknowledgement latency: 1 ms … 10 min.
 _PRODUCE_LATENCY_BUCKETS: Final = (
     0.001,
@@ -114,6 +137,53 @@ _PRODUCE_LATENCY_BUCKETS: Final = (
     60.0,
     300.0,
     600.0,
+)
+# Sending the offsets plus `commit_transaction`: 1 ms … 30 s.
+_COMMIT_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# First produce to commit: 5 ms … 60 s (the transaction interval is in this range).
+_OPEN_TIME_BUCKETS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+# Messages per committed transaction: 1 … 100,000, in half decades.
+_TRANSACTION_SIZE_BUCKETS: Final = (
+    1.0,
+    3.0,
+    10.0,
+    30.0,
+    100.0,
+    300.0,
+    1000.0,
+    3000.0,
+    10000.0,
+    30000.0,
+    100000.0,
 )
 
 
@@ -215,11 +285,78 @@ class BillingMetrics:
             ("worker", "store"),
             registry=registry,
         )
+        self._init_transaction_metrics(registry, worker)
         for result in CHECK_RESULTS:
             self._checks.labels(worker, result)
         self._flags_set.inc(0)
         self._category_labels: dict[int, str] = {}
         self._lock = threading.Lock()
+
+    def _init_transaction_metrics(self, registry: CollectorRegistry, worker: str) -> None:
+        self._committed = Counter(
+            "workers_billing_transactions_committed_total",
+            "Kafka transactions committed (outcomes, DLQ copies and input offsets together).",
+            ("worker",),
+            registry=registry,
+        ).labels(worker)
+        self._commit_latency = Histogram(
+            "workers_billing_transaction_commit_seconds",
+            "Time the commit of a transaction took: send_offsets_to_transaction and "
+            "commit_transaction.",
+            ("worker",),
+            buckets=_COMMIT_LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(worker)
+        self._open_time = Histogram(
+            "workers_billing_transaction_open_seconds",
+            "From a transaction's first produce until it was committed.",
+            ("worker",),
+            buckets=_OPEN_TIME_BUCKETS,
+            registry=registry,
+        ).labels(worker)
+        self._transaction_size = Histogram(
+            "workers_billing_transaction_size_messages",
+            "Messages (outcomes and DLQ copies) produced per committed transaction.",
+            ("worker",),
+            buckets=_TRANSACTION_SIZE_BUCKETS,
+            registry=registry,
+        ).labels(worker)
+        aborted = Counter(
+            "workers_billing_transactions_aborted_total",
+            "Kafka transactions aborted (their input is processed again), by reason.",
+            ("worker", "reason"),
+            registry=registry,
+        )
+        self._aborted = {reason: aborted.labels(worker, reason) for reason in ABORT_REASONS}
+        self._fenced = Counter(
+            "workers_billing_producer_fenced_total",
+            "Times a newer producer with the same transactional id, or the group coordinator, "
+            "fenced this process's transactional producer.",
+            ("worker",),
+            registry=registry,
+        ).labels(worker)
+        self._committed.inc(0)
+        self._fenced.inc(0)
+
+    def transaction_committed(
+        self, commit_seconds: float, open_seconds: float, outcomes: int
+    ) -> None:
+        """A transaction committed: the commit's duration, the time since its first produce,
+        and the messages it carried (outcomes plus DLQ copies)."""
+        self._committed.inc()
+        self._commit_latency.observe(commit_seconds)
+        self._open_time.observe(open_seconds)
+        self._transaction_size.observe(outcomes)
+
+    def transaction_aborted(self, reason: str) -> None:
+        """A transaction was aborted; `reason` is one of `ABORT_REASONS` (else ValueError)."""
+        counter = self._aborted.get(reason)
+        if counter is None:
+            raise ValueError(f"unknown abort reason {reason!r}; expected one of {ABORT_REASONS}")
+        counter.inc()
+
+    def producer_fenced(self) -> None:
+        self._fenced.inc()
 
     def _category(self, category: int) -> str:
         label = self._category_labels.get(category)
