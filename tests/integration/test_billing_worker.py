@@ -311,23 +311,12 @@ def _totals_if_complete(
 def test_outcomes_topic_outage_backpressures_and_resumes_without_loss(
     stack: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # librdkafka holds outcomes for a missing topic this long before failing them (default
-    # 30 s): shortened so the worker's own retry path runs within the test.
-    monkeypatch.setenv("KAFKA_CONFIG_topic.metadata.propagation.max.ms", "1000")
-    # Once a topic is known missing, librdkafka looks for it again only on its periodic
-    # metadata refresh (default 5 min): shortened so the "outage" ends when the topic appears.
-    monkeypatch.setenv("KAFKA_CONFIG_topic.metadata.refresh.interval.ms", "1000")
-    input_topic, outcomes_topic = unique_name("billing-outage"), unique_name("billing-late")
-    make_topics(stack, input_topic, DLQ_TOPIC, partitions=PARTITIONS)
-    count = 3000
-    values = [
-        usage_bucket(TRANSACTIONS_USAGE_METRIC_ID, 2.0, 11, project) for project in range(count)
-    ]
-    produce(stack, input_topic, ((None, value) for value in values))
-    group = f"{input_topic}-group"
+    """At least once: failed outcomes are produced again, offsets wait for them."""
+    _outage_environment(monkeypatch)
+    input_topic, outcomes_topic, group, count = _outage_input(stack)
     worker = billing_worker(
         input_topic, outcomes_topic, group, "--max-pending-outcomes", "500",
-        "--max-batch-size", "100",
+        "--max-batch-size", "100", "--processing-guarantee", "at-least-once",
     )  # fmt: skip
     try:
         # The in-flight budget fills up and the consumer stops taking messages...
@@ -354,6 +343,54 @@ def test_outcomes_topic_outage_backpressures_and_resumes_without_loss(
     projects = Counter(o["project_id"] for o in outcomes)
     assert set(projects) == set(range(count)), "an outcome was lost"
     assert all(o["quantity"] == 2 for o in outcomes)
+
+
+def test_exactly_once_outcomes_topic_outage_aborts_rewinds_and_bills_each_bucket_once(
+    stack: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exactly once: a failed delivery aborts the transaction and the input is read again."""
+    _outage_environment(monkeypatch)
+    input_topic, outcomes_topic, group, count = _outage_input(stack)
+    worker = billing_worker(input_topic, outcomes_topic, group, "--max-batch-size", "100")
+    try:
+        wait_for(
+            lambda: (
+                _counter(worker, "workers_billing_transactions_aborted_total", "produce_error") >= 2
+            ),
+            60,
+            "transactions to be aborted while the topic is missing",
+        )
+        assert total(committed_offsets(stack, group, input_topic)) == 0
+        make_topics(stack, outcomes_topic, partitions=PARTITIONS)
+        wait_until_committed(stack, group, input_topic, timeout=60)
+    finally:
+        assert worker.stop() == 0
+    outcomes = decoded(read_available(stack, outcomes_topic))
+    projects = Counter(o["project_id"] for o in outcomes)
+    assert set(projects) == set(range(count)), "an outcome was lost"
+    assert max(projects.values()) == 1, "an outcome was billed twice"
+    assert all(o["quantity"] == 2 for o in outcomes)
+
+
+def _outage_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # librdkafka holds outcomes for a missing topic this long before failing them (default
+    # 30 s): shortened so the worker's own retry path runs within the test.
+    monkeypatch.setenv("KAFKA_CONFIG_topic.metadata.propagation.max.ms", "1000")
+    # Once a topic is known missing, librdkafka looks for it again only on its periodic
+    # metadata refresh (default 5 min): shortened so the "outage" ends when the topic appears.
+    monkeypatch.setenv("KAFKA_CONFIG_topic.metadata.refresh.interval.ms", "1000")
+
+
+def _outage_input(stack: Settings) -> tuple[str, str, str, int]:
+    """An input topic of 3,000 usage buckets (one per project) and a missing outcomes topic."""
+    input_topic, outcomes_topic = unique_name("billing-outage"), unique_name("billing-late")
+    make_topics(stack, input_topic, DLQ_TOPIC, partitions=PARTITIONS)
+    count = 3000
+    values = [
+        usage_bucket(TRANSACTIONS_USAGE_METRIC_ID, 2.0, 11, project) for project in range(count)
+    ]
+    produce(stack, input_topic, ((None, value) for value in values))
+    return input_topic, outcomes_topic, f"{input_topic}-group", count
 
 
 def _metric_lines(worker: WorkerProcess, name: str) -> list[str]:

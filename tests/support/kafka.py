@@ -7,10 +7,17 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from tests.support.waiting import wait_for
-from workers.common.kafka_offsets import committed_offsets, fully_committed, high_watermarks
+from workers.common.kafka_offsets import committed_offsets, fully_committed
 from workers.common.settings import Settings
 from workers.common.topics import TopicSpec, create_topics
 
@@ -54,14 +61,32 @@ def produce(settings: Settings, topic: str, values: Iterable[tuple[bytes | None,
     return count
 
 
+def _record(message: Message) -> Record:
+    partition, offset = message.partition(), message.offset()
+    assert partition is not None
+    assert offset is not None
+    headers = message.headers() or []
+    return Record(
+        partition=partition,
+        offset=offset,
+        key=_as_bytes(message.key()),
+        value=_as_bytes(message.value()) or b"",
+        headers={
+            name: _as_bytes(value) or b""
+            for name, value in (headers.items() if isinstance(headers, dict) else headers)
+        },
+    )
+
+
 def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60.0) -> list[Record]:
-    """Every record of `topic` from the beginning, once at least `expected` are there."""
+    """Every committed record of `topic` from the beginning, once at least `expected` are there."""
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
             "group.id": unique_name("reader"),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
         }
     )
     try:
@@ -74,35 +99,50 @@ def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60.
             for message in consumer.consume(num_messages=1000, timeout=0.2):
                 if message.error() is not None:
                     continue
-                partition, offset = message.partition(), message.offset()
-                assert partition is not None
-                assert offset is not None
-                headers = message.headers() or []
-                records.append(
-                    Record(
-                        partition=partition,
-                        offset=offset,
-                        key=_as_bytes(message.key()),
-                        value=_as_bytes(message.value()) or b"",
-                        headers={
-                            name: _as_bytes(value) or b""
-                            for name, value in (
-                                headers.items() if isinstance(headers, dict) else headers
-                            )
-                        },
-                    )
-                )
+                records.append(_record(message))
         return records
     finally:
         consumer.close()
 
 
 def read_available(settings: Settings, topic: str, timeout: float = 30.0) -> list[Record]:
-    """Every record of `topic` up to the high watermarks as of now."""
-    expected = sum(high_watermarks(settings, topic).values())
-    records = read_all(settings, topic, expected, timeout)
-    assert len(records) >= expected, f"read {len(records)} of {expected} records of {topic}"
-    return records
+    """Every committed record of `topic` as of now, read with `read_committed`.
+
+    Reads each partition to its end (librdkafka's end-of-partition event: the high watermark,
+    or the start of a transaction still open). Counting records against high watermarks
+    would not do: transaction markers take offsets too.
+    """
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": unique_name("reader"),
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, index, OFFSET_BEGINNING) for index in partitions])
+        records: list[Record] = []
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(ended) < len(partitions):
+            assert time.monotonic() < deadline, f"{topic}: partitions {ended} of {partitions} read"
+            for message in consumer.consume(num_messages=1000, timeout=0.2):
+                error = message.error()
+                partition = message.partition()
+                assert partition is not None
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        ended.add(partition)
+                    continue
+                ended.discard(partition)
+                records.append(_record(message))
+        return records
+    finally:
+        consumer.close()
 
 
 def wait_until_committed(

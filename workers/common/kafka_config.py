@@ -57,6 +57,9 @@ def consumer_configuration(
         # librdkafka waits this long to fetch again once its prefetch queue was full
         # (default 1000 ms): with large messages that stalls a consumer for a second.
         "fetch.queue.backoff.ms": 10,
+        # Never read an aborted or still-open transaction (librdkafka's default, made explicit:
+        # billing's exactly-once mode and every reader of its outputs rely on it).
+        "isolation.level": "read_committed",
         **settings.kafka_config,
     }
     if options.group_instance_id:

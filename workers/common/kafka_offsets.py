@@ -23,6 +23,8 @@ TRANSIENT_ERRORS = frozenset(
         KafkaError.UNKNOWN_TOPIC_OR_PART,
         KafkaError._TIMED_OUT,
         KafkaError._WAIT_COORD,
+        # Offsets of a transaction not yet committed or aborted (exactly-once billing).
+        KafkaError.UNSTABLE_OFFSET_COMMIT,
     }
 )
 RETRY_DEADLINE_SECONDS = 60.0
