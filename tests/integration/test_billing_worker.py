@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 import signal
 import socket
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -29,12 +27,22 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import orjson
 import psycopg
 import pytest
 from redis import Redis
-from sentry_kafka_schemas import get_codec, iter_examples
+from sentry_kafka_schemas import iter_examples
 
+from tests.support.billing import (
+    PARTITIONS,
+    PacedProducer,
+    Topics,
+    billing_worker,
+    counter,
+    custom_bucket,
+    decoded,
+    gauge,
+    usage_bucket,
+)
 from tests.support.kafka import (
     Record,
     make_topics,
@@ -62,24 +70,10 @@ from workers.common.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 4
-CUSTOM_METRIC_ID = 9223372036854776500
-TIMESTAMP = re.compile(rb'^\{"timestamp":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z",')
-OUTCOMES_CODEC = get_codec("outcomes")
-
 
 @pytest.fixture(scope="module")
 def stack() -> Settings:
     return Settings.from_env()
-
-
-@dataclass
-class Topics:
-    input: str
-    outcomes: str
-
-    def group(self, suffix: str = "") -> str:
-        return f"{self.input}-group{suffix}"
 
 
 @pytest.fixture
@@ -87,65 +81,6 @@ def topics(stack: Settings) -> Topics:
     names = Topics(unique_name("billing-in"), unique_name("billing-out"))
     make_topics(stack, names.input, names.outcomes, DLQ_TOPIC, partitions=PARTITIONS)
     return names
-
-
-def billing_worker(input_topic: str, outcomes_topic: str, group: str, *extra: str) -> WorkerProcess:
-    return WorkerProcess(
-        "billing",
-        "--topic", input_topic, "--consumer-group", group, "--outcomes-topic", outcomes_topic,
-        *extra,
-        log_name=f"billing-{group}",
-    )  # fmt: skip
-
-
-def usage_bucket(metric_id: int, value: Any, org_id: int, project_id: int, **extra: Any) -> bytes:
-    mri = "c:transactions/usage@none" if metric_id == TRANSACTIONS_USAGE_METRIC_ID else None
-    mri = mri or "c:spans/usage@none"
-    data: dict[str, Any] = {
-        "version": 2,
-        "use_case_id": "transactions" if metric_id == TRANSACTIONS_USAGE_METRIC_ID else "spans",
-        "org_id": org_id,
-        "project_id": project_id,
-        "metric_id": metric_id,
-        "timestamp": 1704614940,
-        "sentry_received_timestamp": 1704614941.5,
-        "tags": {"9223372036854776010": "production"},
-        "retention_days": 90,
-        "mapping_meta": {"c": {str(metric_id): mri}},
-        "type": "c",
-        "value": value,
-    }
-    data.update(extra)
-    return orjson.dumps(data)
-
-
-def custom_bucket(org_id: int, project_id: int, mri: str = "c:custom/clicks@none") -> bytes:
-    letter = random.choice("chdfr")
-    return orjson.dumps(
-        {
-            "version": 2,
-            "use_case_id": "custom",
-            "org_id": org_id,
-            "project_id": project_id,
-            "metric_id": CUSTOM_METRIC_ID,
-            "timestamp": 1704614940,
-            "tags": {},
-            "retention_days": 90,
-            "mapping_meta": {"h": {"5": "environment"}, letter: {str(CUSTOM_METRIC_ID): mri}},
-            "type": "c",
-            "value": 3.0,
-        }
-    )
-
-
-def decoded(records: Sequence[Record]) -> list[dict[str, Any]]:
-    found = []
-    for record in records:
-        assert record.key is None
-        OUTCOMES_CODEC.decode(record.value, validate=True)
-        assert TIMESTAMP.match(record.value), record.value
-        found.append(orjson.loads(record.value))
-    return found
 
 
 def dead_letters(stack: Settings, topic: str) -> list[Record]:
@@ -321,15 +256,15 @@ def test_outcomes_topic_outage_backpressures_and_resumes_without_loss(
     try:
         # The in-flight budget fills up and the consumer stops taking messages...
         wait_for(
-            lambda: _gauge(worker, "workers_billing_outcomes_in_flight") >= 500,
+            lambda: gauge(worker, "workers_billing_outcomes_in_flight") >= 500,
             30,
             "outcomes to pile up in the producer",
         )
-        consumed = _counter(worker, "workers_step_messages_in_total", 'step="decode"')
+        consumed = counter(worker, "workers_step_messages_in_total", 'step="decode"')
         assert consumed < count
         # librdkafka gave up on them (unknown topic): the worker produces them again later.
         wait_for(
-            lambda: _counter(worker, "workers_billing_produce_retries_total", "") >= 500,
+            lambda: counter(worker, "workers_billing_produce_retries_total", "") >= 500,
             30,
             "failed outcomes to be produced again",
         )
@@ -355,7 +290,7 @@ def test_exactly_once_outcomes_topic_outage_aborts_rewinds_and_bills_each_bucket
     try:
         wait_for(
             lambda: (
-                _counter(worker, "workers_billing_transactions_aborted_total", "produce_error") >= 2
+                counter(worker, "workers_billing_transactions_aborted_total", "produce_error") >= 2
             ),
             60,
             "transactions to be aborted while the topic is missing",
@@ -391,21 +326,6 @@ def _outage_input(stack: Settings) -> tuple[str, str, str, int]:
     ]
     produce(stack, input_topic, ((None, value) for value in values))
     return input_topic, outcomes_topic, f"{input_topic}-group", count
-
-
-def _metric_lines(worker: WorkerProcess, name: str) -> list[str]:
-    text = worker.scrape_or_none() or ""
-    return [line for line in text.splitlines() if line.startswith(name)]
-
-
-def _gauge(worker: WorkerProcess, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in _metric_lines(worker, name))
-
-
-def _counter(worker: WorkerProcess, name: str, fragment: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in _metric_lines(worker, name) if fragment in line
-    )
 
 
 # -- first-custom-metric flag ---------------------------------------------------------------
@@ -505,26 +425,6 @@ def test_custom_metrics_flag_exactly_the_right_projects_once_with_two_racing_wor
     assert metric("workers_billing_custom_metric_checks_total", 'result="redis_key"') >= 2
     # Both workers billed everything (two groups): 12 transactions each.
     assert len(read_available(stack, topics.outcomes)) == 2 * len(ids)
-
-
-class PacedProducer(threading.Thread):
-    """Produces `values` in slices of 500 at `per_second`, acknowledged slice by slice."""
-
-    def __init__(self, stack: Settings, topic: str, values: list[bytes], per_second: int) -> None:
-        super().__init__(name="paced-producer", daemon=True)
-        self.__stack, self.__topic, self.__values = stack, topic, values
-        self.__interval = 500 / per_second
-        self.produced = 0
-
-    def run(self) -> None:
-        next_slice = time.monotonic()
-        for start in range(0, len(self.__values), 500):
-            piece = self.__values[start : start + 500]
-            produce(self.__stack, self.__topic, ((None, value) for value in piece))
-            self.produced += len(piece)
-            # Pacing the input (a stream's rate), not waiting for anything.
-            next_slice += self.__interval
-            time.sleep(max(next_slice - time.monotonic(), 0.0))
 
 
 def test_kill_9_mid_stream_then_restart_bills_every_bucket_and_flags_right(
@@ -694,14 +594,14 @@ def test_redis_and_postgres_outages_hold_the_offsets_and_lose_no_flag(
     try:
         # Redis down: the first step of the flag work fails and is retried.
         wait_for(
-            lambda: _counter(worker, "workers_billing_flag_errors_total", 'store="redis"') >= 2,
+            lambda: counter(worker, "workers_billing_flag_errors_total", 'store="redis"') >= 2,
             30,
             "Redis errors",
         )
         redis_proxy.up()
         # PostgreSQL down: the conditional update fails and is retried.
         wait_for(
-            lambda: _counter(worker, "workers_billing_flag_errors_total", 'store="postgres"') >= 2,
+            lambda: counter(worker, "workers_billing_flag_errors_total", 'store="postgres"') >= 2,
             30,
             "PostgreSQL errors",
         )
