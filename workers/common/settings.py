@@ -44,7 +44,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class EnvironmentVariable:
-    """Documentation of one environment variable (rendered into the README table)."""
+    """Documentation of one environment variable (a row of docs/operations.md, Configuration)."""
 
     name: str
     default: str
