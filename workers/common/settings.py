@@ -62,7 +62,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
     topic_partitions: int = 4
-    # Snowflake region (SPEC §6): 12 bits, 0 = single region.
+    # Snowflake region (docs/reference.md, Snowflake ids): 12 bits, 0 = single region.
     snowflake_region: int = 0
     # Blob storage: `file:///path` or `s3://bucket/prefix`; None = `<state_dir>/blobs`.
     blob_storage_url: str | None = None
