@@ -1,4 +1,6 @@
-"""A per-chunk blob writer that behaves like the reference (SPEC §3), for `bench.blob_ingest`.
+"""A per-chunk blob writer that behaves like Sentry's, for `bench.blob_ingest`.
+
+Sentry's way and the fleet's are compared in docs/reference.md, Blob store.
 
 For every chunk, in its own transaction on a connection from the pool:
 

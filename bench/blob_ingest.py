@@ -4,9 +4,9 @@ Two writers through the *same* Arroyo chain, side by side in one run, at 4 KiB a
 chunks:
 
 - `batched`: the worker's set-based `BlobWriter` (a handful of round trips per batch);
-- `per-chunk`: `bench._blob_reference.PerChunkBlobWriter`, which behaves like the reference
-  (SPEC §3): per chunk one lookup by checksum, one storage write, one blob INSERT, one owner
-  INSERT and one COMMIT, each chunk in its own transaction.
+- `per-chunk`: `bench._blob_reference.PerChunkBlobWriter`, which behaves like Sentry's
+  (docs/reference.md, Blob store): per chunk one lookup by checksum, one storage write, one
+  blob INSERT, one owner INSERT and one COMMIT, each chunk in its own transaction.
 
 Each run is `BlobIngestStrategyFactory` (`ChunkValidator` → `BatchStep` → `BatchPersister`
 around the chosen writer → `CommitOffsets`) wired as `workers.blob_ingest.definition` wires it

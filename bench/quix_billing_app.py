@@ -7,7 +7,8 @@ Runs ONLY in the Quix virtualenv (`bench/quix_env.py` makes it; Quix pins conflu
         --input-topic IN --output-topic OUT --group G --messages 200000
 
 The per-message work is `bench.quix_billing.BillingJob`: the fleet's own decode, validation,
-counting and outcome bytes (SPEC §4), from the pure-Python modules of `workers.billing`.
+counting and outcome bytes (docs/reference.md, Billing outcomes), from the pure-Python
+modules of `workers.billing`.
 
 The app, written the way Quix's documentation writes one:
 

@@ -16,7 +16,7 @@ PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "base" / "prometheusrule.yaml
 HEADER = """\
 # GENERATED from deploy/prometheus/workers.rules.yml by `python -m tests.deploy.render`;
 # edit the rules there. The prometheus-operator loads these groups into Prometheus (its
-# ruleSelector must match this object's labels: see the README's "Deploying").
+# ruleSelector must match this object's labels: see docs/deploying.md).
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
 metadata:

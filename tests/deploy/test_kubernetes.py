@@ -298,7 +298,7 @@ def _environment(manifests: list[Manifest], pod: dict[str, Any]) -> dict[str, st
         if "configMapRef" in source:
             env.update(one(manifests, "ConfigMap", source["configMapRef"]["name"])["data"])
         else:
-            # The base leaves the Secret to the overlay (or the operator): see the README.
+            # The base leaves the Secret to the overlay (or the operator): see docs/deploying.md.
             secrets = find(manifests, "Secret", source["secretRef"]["name"])
             if not secrets:
                 assert source["secretRef"]["name"] == "workers-credentials"

@@ -34,9 +34,9 @@ def test_honcho_check_accepts_the_procfile() -> None:
     assert f"Valid procfile detected ({', '.join(procfile())})" in result.stderr + result.stdout
 
 
-def test_readme_tells_how_to_run_the_procfile_locally() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "honcho start" in readme
+def test_docs_tell_how_to_run_the_procfile_locally() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert "honcho start" in operations
     assert "honcho" in (ROOT / "pyproject.toml").read_text()
 
 

@@ -58,7 +58,8 @@ def test_migrations_create_the_spec_tables_once_and_are_recorded(scratch_databas
     with psycopg.connect(scratch_database) as connection:
         versions = connection.execute("SELECT version FROM schema_migrations").fetchall()
         assert [row[0] for row in versions] == [m.version for m in applied]
-        # The SPEC's fixed constraints: unique checksum, unique owner per organization.
+        # The fixed constraints (docs/reference.md, Blob store): unique checksum, unique owner
+        # per organization.
         connection.execute(
             "INSERT INTO blobs (id, path, size, checksum) VALUES (1, 'a/b/c', 3, %s)",
             ("a" * 40,),

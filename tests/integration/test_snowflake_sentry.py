@@ -60,7 +60,7 @@ def test_sixteen_ids_per_second_then_the_previous_second_is_borrowed(
     assert parts[16].sequence == 0
     assert {p.region for p in parts} == {1}
     assert len(set(ids)) == 17
-    assert ids[0] == 4506493067984912  # the SPEC vector's second, region 1, sequence 0
+    assert ids[0] == 4506493067984912  # the test vector's second, region 1, sequence 0
 
 
 def test_an_id_does_not_carry_its_key_so_one_table_needs_one_key(

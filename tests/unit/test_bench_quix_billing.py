@@ -27,11 +27,11 @@ from workers.billing.outcome import OutcomeEncoder
 from workers.billing.traffic import DEMO_MIX, PRODUCTION_MIX, sample_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SPEC_LINE = (
+REFERENCE_LINE = (
     b'{"timestamp":"2024-01-07T08:09:00.000000Z","org_id":1,"project_id":3,"key_id":null,'
     b'"outcome":0,"reason":null,"event_id":null,"category":2,"quantity":7}'
 )
-SPEC_SECOND_NS = 1_704_614_940 * 10**9
+REFERENCE_SECOND_NS = 1_704_614_940 * 10**9
 TRANSACTIONS = 9223372036854775945
 SPANS = 9223372036854776226
 
@@ -118,13 +118,13 @@ def _traffic(mix_name: str, count: int) -> list[bytes]:
 
 
 def test_spec_example_bytes_exactly() -> None:
-    assert BillingJob(lambda: SPEC_SECOND_NS).encode(1, 3, 2, 7) == SPEC_LINE
-    assert BillingJob(lambda: SPEC_SECOND_NS).bill(_counter(TRANSACTIONS, 7)) == SPEC_LINE
+    assert BillingJob(lambda: REFERENCE_SECOND_NS).encode(1, 3, 2, 7) == REFERENCE_LINE
+    assert BillingJob(lambda: REFERENCE_SECOND_NS).bill(_counter(TRANSACTIONS, 7)) == REFERENCE_LINE
 
 
 @pytest.mark.parametrize("mix_name", ["production", "demo"])
 def test_same_verdict_and_bytes_as_the_fleet_on_the_benchmark_mix(mix_name: str) -> None:
-    clock = iter(range(SPEC_SECOND_NS, SPEC_SECOND_NS + 10**15, 123_456_789)).__next__
+    clock = iter(range(REFERENCE_SECOND_NS, REFERENCE_SECOND_NS + 10**15, 123_456_789)).__next__
     kinds: set[str] = set()
     for raw in _traffic(mix_name, 3000):
         fixed = _fixed_clock(clock())
@@ -142,7 +142,7 @@ def test_same_verdict_and_bytes_as_the_fleet_on_the_benchmark_mix(mix_name: str)
 
 @pytest.mark.parametrize("raw", EDGE_CASES)
 def test_same_verdict_and_bytes_as_the_fleet_on_edge_cases(raw: bytes) -> None:
-    assert _peer(raw, lambda: SPEC_SECOND_NS) == _fleet(raw, lambda: SPEC_SECOND_NS)
+    assert _peer(raw, lambda: REFERENCE_SECOND_NS) == _fleet(raw, lambda: REFERENCE_SECOND_NS)
 
 
 @settings(max_examples=300, deadline=None)

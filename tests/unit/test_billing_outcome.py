@@ -13,21 +13,21 @@ from sentry_kafka_schemas import get_codec
 from workers.billing.counting import BillableOutcome
 from workers.billing.outcome import OutcomeEncoder, format_timestamp
 
-SPEC_LINE = (
+REFERENCE_LINE = (
     b'{"timestamp":"2024-01-07T08:09:00.000000Z","org_id":1,"project_id":3,"key_id":null,'
     b'"outcome":0,"reason":null,"event_id":null,"category":2,"quantity":7}'
 )
-SPEC_SECOND_NS = 1_704_614_940 * 10**9  # 2024-01-07T08:09:00Z
+REFERENCE_SECOND_NS = 1_704_614_940 * 10**9  # 2024-01-07T08:09:00Z
 
 
 def test_spec_example_bytes_exactly() -> None:
-    encoder = OutcomeEncoder(lambda: SPEC_SECOND_NS)
-    assert encoder.encode(1, 3, 2, 7) == SPEC_LINE
-    assert encoder.encode_outcome(BillableOutcome(1, 3, 2, 7)) == SPEC_LINE
+    encoder = OutcomeEncoder(lambda: REFERENCE_SECOND_NS)
+    assert encoder.encode(1, 3, 2, 7) == REFERENCE_LINE
+    assert encoder.encode_outcome(BillableOutcome(1, 3, 2, 7)) == REFERENCE_LINE
 
 
 def test_key_order_and_compactness() -> None:
-    line = OutcomeEncoder(lambda: SPEC_SECOND_NS).encode(1, 3, 12, 5)
+    line = OutcomeEncoder(lambda: REFERENCE_SECOND_NS).encode(1, 3, 12, 5)
     assert b" " not in line
     assert list(json.loads(line)) == [
         "timestamp",
@@ -57,16 +57,16 @@ def test_outcomes_validate_with_the_outcomes_codec() -> None:
         assert decoded["reason"] is None
         assert decoded["event_id"] is None
         assert json.loads(line)["quantity"] == quantity
-    codec.decode(SPEC_LINE, validate=True)
+    codec.decode(REFERENCE_LINE, validate=True)
 
 
 @pytest.mark.parametrize(
     ("epoch_ns", "text"),
     [
-        (SPEC_SECOND_NS, "2024-01-07T08:09:00.000000Z"),
-        (SPEC_SECOND_NS + 1_000, "2024-01-07T08:09:00.000001Z"),
-        (SPEC_SECOND_NS + 999, "2024-01-07T08:09:00.000000Z"),  # truncated, not rounded
-        (SPEC_SECOND_NS + 999_999_999, "2024-01-07T08:09:00.999999Z"),
+        (REFERENCE_SECOND_NS, "2024-01-07T08:09:00.000000Z"),
+        (REFERENCE_SECOND_NS + 1_000, "2024-01-07T08:09:00.000001Z"),
+        (REFERENCE_SECOND_NS + 999, "2024-01-07T08:09:00.000000Z"),  # truncated, not rounded
+        (REFERENCE_SECOND_NS + 999_999_999, "2024-01-07T08:09:00.999999Z"),
         (0, "1970-01-01T00:00:00.000000Z"),
         (951_782_400 * 10**9 + 123_456_000, "2000-02-29T00:00:00.123456Z"),
     ],
@@ -78,7 +78,7 @@ def test_timestamps(epoch_ns: int, text: str) -> None:
 
 
 def test_cached_second_is_refreshed() -> None:
-    now = [SPEC_SECOND_NS + 500_000_000]
+    now = [REFERENCE_SECOND_NS + 500_000_000]
     encoder = OutcomeEncoder(lambda: now[0])
     assert json.loads(encoder.encode(1, 1, 2, 1))["timestamp"] == "2024-01-07T08:09:00.500000Z"
     now[0] += 600_000_000

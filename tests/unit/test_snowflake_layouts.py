@@ -1,4 +1,5 @@
-"""Both snowflake layouts: the SPEC vector, round trips, validation, layout detection."""
+"""Both snowflake layouts: the test vector of docs/reference.md, Snowflake ids,
+round trips, validation, layout detection."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from workers.common.snowflake import (
 from workers.common.snowflake.leased_layout import LEASED_EPOCH_MS, MIN_OFFSET_MS
 from workers.common.snowflake.sentry_layout import SENTRY_EPOCH_SECONDS
 
-SPEC_VECTOR = 4506493067984915
+TEST_VECTOR = 4506493067984915
 NEW_YEAR_2024 = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp())
 
 sentry_seconds = st.integers(SENTRY_EPOCH_SECONDS, SENTRY_EPOCH_SECONDS + 2**32 - 1)
@@ -36,8 +37,8 @@ leased_sequences = st.integers(0, 4095)
 
 def test_spec_vector_encodes_and_decodes() -> None:
     assert NEW_YEAR_2024 - SENTRY_EPOCH_SECONDS == 44150400
-    assert encode_sentry_id(NEW_YEAR_2024, region=1, sequence=3) == SPEC_VECTOR
-    assert decode_sentry_id(SPEC_VECTOR) == SentryIdParts(
+    assert encode_sentry_id(NEW_YEAR_2024, region=1, sequence=3) == TEST_VECTOR
+    assert decode_sentry_id(TEST_VECTOR) == SentryIdParts(
         timestamp=datetime(2024, 1, 1, tzinfo=UTC), region=1, sequence=3
     )
 
@@ -162,4 +163,4 @@ def test_encode_leased_validates(arguments: tuple[int, int, int], message: str) 
 
 def test_explicit_layout_overrides_detection() -> None:
     with pytest.raises(InvalidSnowflakeId, match="not a blob-layout id"):
-        decode_snowflake_id(SPEC_VECTOR, SnowflakeLayout.BLOB)
+        decode_snowflake_id(TEST_VECTOR, SnowflakeLayout.BLOB)

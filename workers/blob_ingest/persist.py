@@ -1,4 +1,5 @@
-"""Persisting a batch of verified chunks as blobs, set-based (SPEC §3).
+"""Persisting a batch of verified chunks as blobs, set-based
+(docs/reference.md, Blob store).
 
 For a batch, in this order:
 1. de-duplicate by checksum within the batch (keeping every (checksum, organization) pair);

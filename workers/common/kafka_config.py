@@ -9,7 +9,7 @@ settings that matter for correctness and speed made explicit:
   acknowledged, so a crash in that window loses the DLQ copy; committing ourselves flushes the
   DLQ first. One synchronous commit per interval costs a few milliseconds.
 - `queued.min.messages` defaults to librdkafka's own 100000 instead of Arroyo's 10000, which
-  throttles a consumer to about 20k msg/s (SPEC §7).
+  throttles a consumer to about 20k msg/s (docs/reference.md, Arroyo and librdkafka).
 - producers wait for all in-sync replicas and are idempotent, so a retried produce never
   duplicates or reorders.
 """

@@ -44,7 +44,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class EnvironmentVariable:
-    """Documentation of one environment variable (rendered into the README table)."""
+    """Documentation of one environment variable (a row of docs/operations.md, Configuration)."""
 
     name: str
     default: str
@@ -62,7 +62,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: LogFormat = "auto"
     topic_partitions: int = 4
-    # Snowflake region (SPEC §6): 12 bits, 0 = single region.
+    # Snowflake region (docs/reference.md, Snowflake ids): 12 bits, 0 = single region.
     snowflake_region: int = 0
     # Blob storage: `file:///path` or `s3://bucket/prefix`; None = `<state_dir>/blobs`.
     blob_storage_url: str | None = None

@@ -1,4 +1,6 @@
-"""The chunk-upload gateway: Sentry's chunk-upload and assemble endpoints over HTTP (SPEC §2).
+"""The chunk-upload gateway: Sentry's chunk-upload and assemble endpoints over HTTP.
+
+What it answers: docs/gateway.md; the exact formats: docs/reference.md, Upload options.
 
 - `options`: the limits and the options document of `GET .../chunk-upload/`;
 - `multipart`: streaming `multipart/form-data` → verified chunks, bounded memory;

@@ -5,7 +5,8 @@ Routes (all under `/api/0/`, bearer-token authenticated):
 - `POST organizations/{org}/chunk-upload/`: multipart chunks → Kafka (write or release scope);
 - `POST projects/{org}/{project}/files/difs/assemble/`: debug information files;
 - `POST organizations/{org}/artifactbundle/assemble/`: source-map artifact bundles.
-Errors are JSON: 400 `{"error": ...}` for bad uploads (SPEC §2's exact messages), 401/403
+Errors are JSON: 400 `{"error": ...}` for bad uploads (the exact messages of
+docs/reference.md, Upload errors), 401/403
 `{"detail": ...}` for authentication and permission, 503 when Kafka, PostgreSQL, Redis or
 the storage fail (a server fault is never reported as bad input, nor as success).
 """

@@ -1,4 +1,5 @@
-"""Assembling files from chunks: what sentry-cli's assemble calls get answered (SPEC §2).
+"""Assembling files from chunks: what sentry-cli's assemble calls get answered
+(docs/reference.md, Assemble).
 
 For one file (sha1 of the whole file + the ordered sha1s of its chunks), in this order:
 1. already assembled (a row in `assembled_files` for the organization, kind, project and

@@ -1,4 +1,5 @@
-"""Streaming `multipart/form-data` → verified chunks, with bounded memory (SPEC §2).
+"""Streaming `multipart/form-data` → verified chunks, with bounded memory
+(docs/reference.md, Upload requests).
 
 `ChunkReader` is fed the request body piece by piece (`feed`) and raises `UploadRejected`
 as soon as a limit is crossed, before reading further:

@@ -1,4 +1,5 @@
-"""The gateway's limits and the options document of `GET .../chunk-upload/` (SPEC §2)."""
+"""The gateway's limits and the options document of `GET .../chunk-upload/`
+(docs/reference.md, Upload options)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deploy tooling the tests and the README need: `kustomize`, `promtool` and `prometheus`.
+"""Deploy tooling the tests and docs/deploying.md need: `kustomize`, `promtool` and `prometheus`.
 
 `workers stack up` calls `ensure_deploy_tools`, so a fresh machine (CI included) gets them
 with the rest of the local stack; the deploy tests call the same functions, which return at

@@ -1,4 +1,4 @@
-"""The project registry: organizations, projects and their slugs (SPEC §5)."""
+"""The project registry: organizations, projects and their slugs (docs/reference.md, Projects)."""
 
 from workers.common.projects.slugs import (
     RESERVED_PROJECT_SLUGS,

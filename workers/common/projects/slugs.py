@@ -1,4 +1,4 @@
-"""Sentry-style slugs for organizations and projects (SPEC §5).
+"""Sentry-style slugs for organizations and projects (docs/reference.md, Projects).
 
 `slugify` is Django's (ASCII): NFKD-normalise, drop what is not ASCII, lowercase, keep word
 characters, spaces and dashes, collapse runs of spaces/dashes into one dash, strip dashes and

@@ -1,4 +1,4 @@
-"""Organizations and projects in PostgreSQL (SPEC §5).
+"""Organizations and projects in PostgreSQL (docs/reference.md, Projects).
 
 Creating a project takes the Redis lock `slug:project:{org_id}` (5 s lease, up to 10 s to
 acquire) so concurrent creations in one organization pick distinct slugs without a storm of

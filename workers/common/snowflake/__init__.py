@@ -1,6 +1,6 @@
 """Snowflake ids: the Sentry layout (16/s/region) and the leased, high-throughput blob layout.
 
-- `SentrySnowflakeGenerator`: SPEC §6 ids for low-volume rows (projects), one Redis round
+- `SentrySnowflakeGenerator`: Sentry-layout ids for low-volume rows (projects), one Redis round
   trip (one atomic Lua script) per id.
 - `LeasedSnowflakeGenerator` over `WorkerIdLeases`: blob ids, millions per second per
   process, Redis only to lease a worker id.

@@ -41,4 +41,7 @@ class ClockMovedBackwardsError(IdGeneratorUnavailable):
 
 
 class MaxSnowflakeRetryError(SnowflakeError):
-    """A save collided on the id's primary key on every attempt (SPEC §6: HTTP 409)."""
+    """A save collided on the id's primary key on every attempt.
+
+    Sentry answers it with HTTP 409 (docs/reference.md, Snowflake ids).
+    """

@@ -1,4 +1,5 @@
-"""Saving a row under a fresh snowflake id, retried on an id collision (SPEC §6).
+"""Saving a row under a fresh snowflake id, retried on an id collision
+(docs/reference.md, Snowflake ids).
 
 A Sentry-layout id can repeat (a counter expired early, clocks disagree), so the database's
 primary key is the real guard: `save_with_snowflake_retry` runs the insert in a savepoint
@@ -44,7 +45,8 @@ def save_with_snowflake_retry(
     `insert` executes its statement(s) on `connection`. A `UniqueViolation` is retried with a
     fresh id from `generate` only when it violates the id's constraint: `id_constraint` when
     given, else the primary key of the violated table (looked up in the catalog, only after a
-    violation). After `max_attempts` collisions: `MaxSnowflakeRetryError` (SPEC message).
+    violation). After `max_attempts` collisions: `MaxSnowflakeRetryError` (the message of
+    docs/reference.md, Snowflake ids).
     Errors of `generate` (e.g. `NoAvailableId`) propagate unchanged.
     """
     if max_attempts < 1:

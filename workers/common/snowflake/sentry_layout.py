@@ -1,4 +1,4 @@
-"""Sentry-layout snowflake ids (SPEC §6), bit-exact with the reference.
+"""Sentry-layout snowflake ids, bit-exact with Sentry's (docs/reference.md, Snowflake ids).
 
 53 bits (a JavaScript number holds them exactly), most significant first:
 

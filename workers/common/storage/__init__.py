@@ -1,7 +1,7 @@
 """Blob storage: one small interface, a filesystem backend and an S3 backend.
 
     storage = open_storage(settings_url, s3_options=S3Options(endpoint_url=..., ...))
-    path = random_blob_path()                       # "ab/cdef/<26 hex>" (SPEC §3)
+    path = random_blob_path()                       # "ab/cdef/<26 hex>" (docs/reference.md)
     storage.put_many([(path, data), ...])           # durable when it returns
     storage.get(path); storage.exists(path); storage.delete_many([path, ...])
     for stored in storage.iter_objects():           # StoredObject(path, size, modified UTC)

@@ -57,7 +57,8 @@ class StoredObject:
 
 
 def random_blob_path() -> str:
-    """A fresh random key `ab/cdef/<26 hex>`: a uuid4's hex split 2/4/26 (SPEC §3)."""
+    """A fresh random key `ab/cdef/<26 hex>`: a uuid4's hex split 2/4/26
+    (docs/reference.md, Blob store)."""
     digits = uuid.uuid4().hex
     return f"{digits[:2]}/{digits[2:6]}/{digits[6:]}"
 
