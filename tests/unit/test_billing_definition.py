@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,11 +17,18 @@ from workers.billing.counting import BillingCounter
 from workers.billing.definition import (
     BILLING_CONSUMER,
     CLICK_OPTIONS,
+    DEFAULT_TRANSACTION_INTERVAL_MS,
     build_strategy_factory,
     sample_traffic,
+    transactional_id,
+    transactional_id_prefix,
+    transactional_producer_overrides,
 )
 from workers.billing.factory import BillingStrategyFactory
 from workers.billing.message import BucketError, parse_bucket
+from workers.billing.transactional_ids import claim_transactional_id
+from workers.common.kafka_config import ConsumerOptions, consumer_configuration
+from workers.common.message_runs import RunConsumer
 from workers.common.metrics import FleetMetrics
 from workers.common.registry import StrategyContext
 from workers.common.settings import Settings
@@ -50,6 +60,10 @@ def test_worker_options() -> None:
         "max_pending_outcomes": 50_000,
         "aggregate_window_ms": 0,
         "custom_metric_flags": True,
+        "processing_guarantee": "exactly-once",
+        "transaction_interval_ms": DEFAULT_TRANSACTION_INTERVAL_MS,
+        "transaction_timeout_ms": 60_000,
+        "transactional_id": None,
     }
     parsed = _parse(
         "--outcomes-topic",
@@ -63,6 +77,14 @@ def test_worker_options() -> None:
         "--aggregate-window-ms",
         "250",
         "--no-custom-metric-flags",
+        "--processing-guarantee",
+        "at-least-once",
+        "--transaction-interval-ms",
+        "40",
+        "--transaction-timeout-ms",
+        "5000",
+        "--transactional-id",
+        "billing-a",
     )
     assert parsed == {
         "outcomes_topic": "outcomes-test",
@@ -70,12 +92,30 @@ def test_worker_options() -> None:
         "max_pending_outcomes": 5,
         "aggregate_window_ms": 250,
         "custom_metric_flags": False,
+        "processing_guarantee": "at-least-once",
+        "transaction_interval_ms": 40,
+        "transaction_timeout_ms": 5000,
+        "transactional_id": "billing-a",
     }
     with pytest.raises(click.BadParameter):
         _parse("--billable-metric", "nonsense")
 
 
-def _context(**options: Any) -> StrategyContext:
+def test_the_processing_guarantee_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORKERS_BILLING_PROCESSING_GUARANTEE", "at-least-once")
+    assert _parse()["processing_guarantee"] == "at-least-once"
+    assert _parse("--processing-guarantee", "exactly-once")["processing_guarantee"] == (
+        "exactly-once"
+    )
+    monkeypatch.setenv("WORKERS_BILLING_PROCESSING_GUARANTEE", "sometimes")
+    with pytest.raises(click.BadParameter):
+        _parse()
+
+
+def _context(consumer: Any = None, **options: Any) -> StrategyContext:
+    options.setdefault("processing_guarantee", "at-least-once")
     return StrategyContext(
         worker="billing",
         settings=Settings(),
@@ -84,7 +124,62 @@ def _context(**options: Any) -> StrategyContext:
         max_batch_time_ms=1000,
         metrics=FleetMetrics(CollectorRegistry(), "billing"),
         options=options,
+        consumer_group="billing-metrics-consumer",
+        consumer=consumer,
     )
+
+
+def test_exactly_once_needs_the_run_consumer_and_a_timeout_above_the_interval() -> None:
+    with pytest.raises(click.UsageError, match="run consumer"):
+        build_strategy_factory(_context(processing_guarantee="exactly-once"))
+    consumer = RunConsumer(
+        consumer_configuration(
+            Settings(kafka_bootstrap_servers="127.0.0.1:1"), ConsumerOptions("g")
+        )
+    )
+    try:
+        with pytest.raises(click.UsageError, match="must exceed --transaction-interval-ms"):
+            build_strategy_factory(
+                _context(
+                    consumer,
+                    processing_guarantee="exactly-once",
+                    transaction_interval_ms=2000,
+                    transaction_timeout_ms=2000,
+                )
+            )
+        factory = build_strategy_factory(_context(consumer, processing_guarantee="exactly-once"))
+        assert factory.exactly_once
+        factory.shutdown()  # no producer was built: nothing to close, no network
+        assert not build_strategy_factory(_context(consumer)).exactly_once
+    finally:
+        consumer.close()
+
+
+def test_the_transactional_id_is_stable_per_member_and_unique_per_local_process(
+    tmp_path: Path,
+) -> None:
+    context = _context()
+    host = socket.gethostname()
+    assert transactional_id_prefix(context) == f"billing-billing-metrics-consumer-{host}"
+    member = dataclasses.replace(context, group_instance_id="billing-7", process_index=2)
+    assert transactional_id_prefix(member) == "billing-billing-metrics-consumer-billing-7"
+    # An explicit prefix is used as given, process index appended, with no local claim.
+    given = dataclasses.replace(context, options={"transactional_id": "tx"}, process_index=1)
+    assert transactional_id(given).transactional_id == "tx-1"
+    # Derived ids are claimed: a second live process on the host gets the next number, and
+    # a process that died (its lock released) leaves its id to the next one that starts.
+    first = claim_transactional_id("p", 0, tmp_path)
+    second = claim_transactional_id("p", 0, tmp_path)
+    assert (first.transactional_id, second.transactional_id) == ("p-0", "p-1")
+    first.release()
+    assert claim_transactional_id("p", 0, tmp_path).transactional_id == "p-0"
+    assert claim_transactional_id("p", 5, tmp_path).transactional_id == "p-5"
+    overrides = transactional_producer_overrides("tx-1", 30_000)
+    assert overrides == {
+        "transactional.id": "tx-1",
+        "transaction.timeout.ms": 30_000,
+        "message.timeout.ms": 30_000,
+    }
 
 
 def test_aggregation_and_flags_options_reach_the_factory() -> None:

@@ -27,6 +27,7 @@ The shared `--max-batch-size` / `--max-batch-time-ms` close a batch of input mes
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -45,12 +46,15 @@ from workers.billing.factory import (
 from workers.billing.flags import DEFAULT_CONNECT_TIMEOUT_SECONDS, ProjectFlagStore
 from workers.billing.metrics import BillingMetrics
 from workers.billing.traffic import sample_traffic
+from workers.billing.transactional_ids import TransactionalIdClaim, claim_transactional_id
 from workers.billing.transactions import DEFAULT_TRANSACTION_INTERVAL_SECONDS, ExactlyOnce
 from workers.billing.translate import DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_BATCH_SECONDS
 from workers.common.kafka_config import producer_configuration
 from workers.common.message_runs import RunConsumer
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 INPUT_TOPIC: Final = "snuba-generic-metrics"
 DLQ_TOPIC: Final = "snuba-generic-metrics-dlq"
@@ -180,13 +184,21 @@ def flag_store_factory(settings: Settings) -> Callable[[BillingMetrics], Project
     return build
 
 
-def transactional_id(context: StrategyContext) -> str:
-    """The outcomes producer's transactional id: stable across restarts of the same member."""
-    prefix = context.options.get("transactional_id") or (
-        f"{context.worker}-{context.consumer_group or 'default'}-"
-        f"{context.group_instance_id or socket.gethostname()}"
-    )
-    return f"{prefix}-{context.process_index}"
+def transactional_id_prefix(context: StrategyContext) -> str:
+    """The prefix of the outcomes producer's transactional id (docs/billing.md)."""
+    given = context.options.get("transactional_id")
+    if given:
+        return str(given)
+    member = context.group_instance_id or socket.gethostname()
+    return f"{context.worker}-{context.consumer_group or 'default'}-{member}"
+
+
+def transactional_id(context: StrategyContext) -> TransactionalIdClaim:
+    """This process's transactional id (an explicit prefix as given, else claimed locally)."""
+    prefix = transactional_id_prefix(context)
+    if context.options.get("transactional_id"):
+        return TransactionalIdClaim(f"{prefix}-{context.process_index}", None)
+    return claim_transactional_id(prefix, context.process_index)
 
 
 def transactional_producer_overrides(
@@ -212,9 +224,18 @@ def exactly_once_mode(context: StrategyContext) -> ExactlyOnce:
     if not isinstance(context.consumer, RunConsumer):
         raise click.UsageError("exactly-once billing needs the run consumer (consumes_runs)")
     settings = context.settings
-    overrides = transactional_producer_overrides(transactional_id(context), timeout_ms)
+    claims: list[TransactionalIdClaim] = []
+
+    def build_producer() -> Producer:
+        # Claimed when the producer is built (first assignment), held for the process's life.
+        claim = transactional_id(context)
+        claims.append(claim)
+        logger.info("transactional id", extra={"transactional_id": claim.transactional_id})
+        overrides = transactional_producer_overrides(claim.transactional_id, timeout_ms)
+        return build_outcomes_producer(settings, overrides)
+
     return ExactlyOnce(
-        producer_factory=lambda: build_outcomes_producer(settings, overrides),
+        producer_factory=build_producer,
         consumer=context.consumer,
         transaction_interval_seconds=interval_ms / 1000.0,
     )

@@ -37,6 +37,7 @@ from workers.billing.flags import FlagJob, FlagWriter
 from workers.billing.metrics import (
     ABORT_COMMIT_ERROR,
     ABORT_PRODUCE_ERROR,
+    ABORT_REVOKED,
     BillingMetrics,
     BillingTally,
 )
@@ -248,7 +249,7 @@ class DeliverInTransactions(ProcessingStrategy[BatchPayload]):
         raise_if_fatal(failure, "delivering an outcome")
         self.__abort(ABORT_PRODUCE_ERROR, f"a delivery failed: {failure.name()} ({failure.str()})")
 
-    def __commit(self) -> None:
+    def __commit(self, abort_reason: str = ABORT_COMMIT_ERROR) -> None:
         """Send the offsets and commit; abort (and raise) when Kafka refuses."""
         producer = self.__producer
         started = self.__clock()
@@ -267,7 +268,7 @@ class DeliverInTransactions(ProcessingStrategy[BatchPayload]):
             if is_fenced(error):
                 self.__metrics.producer_fenced()
             raise_if_fatal(error, "committing a transaction")
-            self.__abort(ABORT_COMMIT_ERROR, f"commit refused: {error.name()} ({error.str()})")
+            self.__abort(abort_reason, f"commit refused: {error.name()} ({error.str()})")
         finished = self.__clock()
         self.__committed.update(self.__offsets)
         if self.__by_category:
@@ -354,10 +355,10 @@ class DeliverInTransactions(ProcessingStrategy[BatchPayload]):
         if self.__failure is not None:
             failure = self.__failure
             raise_if_fatal(failure, "delivering an outcome")
-            self.__abort_open(ABORT_PRODUCE_ERROR, f"a delivery failed: {failure.name()}")
+            self.__abort_open(ABORT_REVOKED, f"a delivery failed: {failure.name()}")
             return
         try:
-            self.__commit()
+            self.__commit(ABORT_REVOKED)
         except TransactionAborted:
             logger.warning("the last transaction before revocation was aborted")
         self.__tally.flush()

@@ -1,0 +1,365 @@
+"""Billing under faults, per processing guarantee, against the real stack with real processes.
+
+Each test streams usage buckets at a steady rate (one bucket per project id, so an outcome
+names the bucket it bills) and a few invalid messages, breaks something mid-stream, and then
+reads the outcomes and DLQ copies with `read_committed`:
+- exactly-once: every bucket billed once, every invalid message dead-lettered once;
+- at-least-once: every bucket billed, duplicates counted and reported (never asserted zero).
+The figures are printed and recorded as test properties (`duplicates`, `recovery_seconds`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.support.billing import (
+    PARTITIONS,
+    PacedProducer,
+    Topics,
+    billing_worker,
+    counter,
+    decoded,
+    usage_bucket,
+)
+from tests.support.kafka import (
+    make_topics,
+    read_available,
+    unique_name,
+    wait_until_committed,
+)
+from tests.support.waiting import wait_for
+from tests.support.worker_process import ROOT, WorkerProcess
+from workers.billing.counting import SPANS_USAGE_METRIC_ID, TRANSACTIONS_USAGE_METRIC_ID
+from workers.billing.definition import AT_LEAST_ONCE, DLQ_TOPIC, EXACTLY_ONCE
+from workers.common.kafka_offsets import committed_offsets, total
+from workers.common.settings import Settings
+from workers.stack import services
+
+pytestmark = pytest.mark.integration
+
+GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
+INVALID_EVERY = 997
+
+
+@pytest.fixture(scope="module")
+def stack() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture
+def topics(stack: Settings) -> Topics:
+    names = Topics(unique_name("billing-crash-in"), unique_name("billing-crash-out"))
+    make_topics(stack, names.input, names.outcomes, DLQ_TOPIC, partitions=PARTITIONS)
+    return names
+
+
+@dataclass
+class Stream:
+    """The input of one test: which buckets bill and which messages are invalid."""
+
+    values: list[bytes]
+    billable: set[int]
+    invalid: int
+
+
+def stream_of(count: int, seed: int) -> Stream:
+    rng = random.Random(seed)
+    values: list[bytes] = []
+    billable: set[int] = set()
+    invalid = 0
+    for index in range(count):
+        if index % INVALID_EVERY == 5:
+            values.append(b'{"not": "a bucket", "n": %d}' % index)
+            invalid += 1
+            continue
+        metric = rng.choice((TRANSACTIONS_USAGE_METRIC_ID, SPANS_USAGE_METRIC_ID))
+        values.append(usage_bucket(metric, float(rng.randint(1, 9)), 77, index))
+        billable.add(index)
+    return Stream(values, billable, invalid)
+
+
+@dataclass
+class Billed:
+    outcomes: int
+    duplicates: int
+    dead_letters: int
+    duplicate_dead_letters: int
+
+
+def billed(stack: Settings, topics: Topics, stream: Stream) -> Billed:
+    """What the worker committed, checked for loss (never allowed, in either guarantee)."""
+    outcomes = decoded(read_available(stack, topics.outcomes, timeout=60))
+    per_bucket = Counter(o["project_id"] for o in outcomes)
+    assert set(per_bucket) == stream.billable, "a billable bucket has no outcome"
+    letters = Counter(
+        (r.headers["original_partition"], r.headers["original_offset"])
+        for r in read_available(stack, DLQ_TOPIC, timeout=60)
+        if r.headers.get("original_topic") == topics.input.encode()
+    )
+    assert len(letters) == stream.invalid, "an invalid message has no DLQ copy"
+    return Billed(
+        outcomes=len(outcomes),
+        duplicates=len(outcomes) - len(per_bucket),
+        dead_letters=sum(letters.values()),
+        duplicate_dead_letters=sum(letters.values()) - len(letters),
+    )
+
+
+def check(guarantee: str, result: Billed, record_property: Any, fault: str) -> None:
+    record_property("duplicates", result.duplicates)
+    print(
+        f"\n{fault} [{guarantee}]: {result.outcomes} outcomes, {result.duplicates} duplicated; "
+        f"{result.dead_letters} DLQ copies, {result.duplicate_dead_letters} duplicated"
+    )
+    if guarantee == EXACTLY_ONCE:
+        assert result.duplicates == 0, "exactly-once billed a bucket twice"
+        assert result.duplicate_dead_letters == 0, "exactly-once dead-lettered a message twice"
+
+
+def committed_total(stack: Settings, topics: Topics, group: str) -> int:
+    return total(committed_offsets(stack, group, topics.input))
+
+
+def start_stream(stack: Settings, topics: Topics, stream: Stream, head: int) -> PacedProducer:
+    """Produce `head` messages at once, the rest at 5,000 a second in the background."""
+    paced = PacedProducer(stack, topics.input, stream.values[:head], per_second=1_000_000)
+    paced.run()
+    live = PacedProducer(stack, topics.input, stream.values[head:], per_second=5_000)
+    live.start()
+    return live
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_worker_killed_three_times_mid_stream(
+    stack: Settings, topics: Topics, guarantee: str, record_property: Any
+) -> None:
+    stream = stream_of(40_000, seed=11)
+    group = topics.group()
+
+    def start() -> WorkerProcess:
+        # Static membership: the restarted member takes over the dead one's partitions at once
+        # (and keeps its transactional id, so it aborts what the dead one left open).
+        return billing_worker(
+            topics.input, topics.outcomes, group,
+            "--group-instance-id", "billing-0", "--processing-guarantee", guarantee,
+        )  # fmt: skip
+
+    worker = start()
+    live = start_stream(stack, topics, stream, head=2_000)
+    recoveries: list[float] = []
+    try:
+        for kill in range(3):
+            before = committed_total(stack, topics, group)
+            # Kill only once this incarnation has committed something of its own.
+            wait_for(
+                lambda before=before: committed_total(stack, topics, group) > before,  # type: ignore[misc]
+                60,
+                f"progress before kill {kill + 1}",
+                interval=0.05,
+            )
+            assert live.is_alive(), "killed too late: the stream had ended"
+            worker.stop(signal.SIGKILL)
+            at_kill = committed_total(stack, topics, group)
+            restarted = time.monotonic()
+            worker = start()
+            wait_for(
+                lambda at_kill=at_kill: committed_total(stack, topics, group) > at_kill,  # type: ignore[misc]
+                60,
+                f"the restarted worker's first commit after kill {kill + 1}",
+                interval=0.05,
+            )
+            recoveries.append(time.monotonic() - restarted)
+        live.join()
+        assert live.failures == []
+        wait_until_committed(stack, group, topics.input, timeout=90)
+    finally:
+        assert worker.stop() == 0
+    record_property("recovery_seconds", recoveries)
+    print(f"\nrecovery after each kill: {', '.join(f'{s:.1f} s' for s in recoveries)}")
+    check(guarantee, billed(stack, topics, stream), record_property, "worker kill -9 x3")
+
+
+def _kafka_pid(stack: Settings) -> int:
+    kafka = next(service for service in services(stack) if service.name == "kafka")
+    pid = kafka.own_pid()
+    assert isinstance(pid, int), "the local Kafka is not running"
+    return pid
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie until its parent reaps it: gone for Kafka's purposes once it is not running.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ", 1)[1].startswith("Z")
+
+
+def stack_up() -> None:
+    subprocess.run(
+        [sys.executable, "-m", "workers", "stack", "up"], cwd=ROOT, check=True, timeout=180
+    )
+
+
+@pytest.fixture
+def broker_restored() -> Iterator[Callable[[], None]]:
+    """Whatever a test does to the broker, the stack is up again after it."""
+    yield stack_up
+    stack_up()
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_broker_killed_mid_stream_and_restarted(
+    stack: Settings,
+    topics: Topics,
+    guarantee: str,
+    record_property: Any,
+    broker_restored: Callable[[], None],
+) -> None:
+    stream = stream_of(30_000, seed=12)
+    group = topics.group()
+    worker = billing_worker(
+        topics.input, topics.outcomes, group, "--processing-guarantee", guarantee
+    )
+    restarts = 0
+    try:
+        live = start_stream(stack, topics, stream, head=2_000)
+        wait_for(
+            lambda: committed_total(stack, topics, group) > 1_000,
+            60,
+            "the worker's first commits",
+            interval=0.05,
+        )
+        assert live.is_alive(), "killed too late: the stream had ended"
+        pid = _kafka_pid(stack)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: _pid_gone(pid), 30, "the broker to die")
+        killed = time.monotonic()
+        broker_restored()
+        wait_for(
+            lambda: (
+                committed_total(stack, topics, group) > 1_000
+                and live.produced > 0
+                and _committed_after_restart(stack, topics, group)
+            ),
+            120,
+            "commits after the broker restart",
+            interval=0.2,
+        )
+        recovery = time.monotonic() - killed
+        live.join()
+        assert live.failures == []
+        # A worker that gave up during the outage exits non-zero (its pod restarts): so does
+        # this test's, counted.
+        if worker.process.poll() is not None:
+            assert worker.process.returncode != 0
+            restarts += 1
+            worker = billing_worker(
+                topics.input, topics.outcomes, group, "--processing-guarantee", guarantee
+            )
+        wait_until_committed(stack, group, topics.input, timeout=120)
+    finally:
+        assert worker.stop() == 0
+    record_property("recovery_seconds", recovery)
+    record_property("worker_restarts", restarts)
+    print(f"\nbroker kill -9: commits again {recovery:.1f} s after the kill; {restarts} restarts")
+    check(guarantee, billed(stack, topics, stream), record_property, "broker kill -9")
+
+
+def _committed_after_restart(stack: Settings, topics: Topics, group: str) -> bool:
+    try:
+        return committed_total(stack, topics, group) > 0
+    except Exception:
+        return False
+
+
+def test_exactly_once_rebalance_under_load_neither_loses_nor_doubles(
+    stack: Settings, topics: Topics, record_property: Any
+) -> None:
+    stream = stream_of(40_000, seed=13)
+    group = topics.group()
+    first = billing_worker(topics.input, topics.outcomes, group)
+    second: WorkerProcess | None = None
+    try:
+        live = start_stream(stack, topics, stream, head=2_000)
+        wait_for(lambda: committed_total(stack, topics, group) > 1_000, 60, "first commits", 0.05)
+        second = WorkerProcess(
+            "billing", "--topic", topics.input, "--consumer-group", group,
+            "--outcomes-topic", topics.outcomes, log_name=f"billing-{group}-second",
+        )  # fmt: skip
+        joined = second
+        wait_for(
+            lambda: counter(joined, "workers_billing_transactions_committed_total", "") > 0,
+            60,
+            "the second worker to commit its own transactions",
+            interval=0.1,
+        )
+        assert live.is_alive(), "rebalanced too late: the stream had ended"
+        assert second.stop() == 0  # a graceful leave: the partitions move back
+        second = None
+        live.join()
+        assert live.failures == []
+        wait_until_committed(stack, group, topics.input, timeout=90)
+    finally:
+        if second is not None:
+            second.stop()
+        assert first.stop() == 0
+    check(EXACTLY_ONCE, billed(stack, topics, stream), record_property, "rebalance")
+
+
+def test_a_fenced_producer_never_commits_again_and_exits_non_zero(
+    stack: Settings, topics: Topics
+) -> None:
+    """Two processes with one transactional id: the older is fenced by the newer.
+
+    They read in two groups, so both always have work to commit; the older group's offsets
+    must not move once the newer process has committed a transaction of its own (its
+    `init_transactions` came before that), and the older process must exit non-zero.
+    """
+    stream = stream_of(20_000, seed=14)
+    shared = ("--transactional-id", f"fenced-{topics.input}")
+    older_group, newer_group = topics.group("-a"), topics.group("-b")
+    older = billing_worker(topics.input, topics.outcomes, older_group, *shared)
+    newer: WorkerProcess | None = None
+    try:
+        live = start_stream(stack, topics, stream, head=2_000)
+        wait_for(
+            lambda: counter(older, "workers_billing_transactions_committed_total", "") > 0,
+            60,
+            "the older process to commit",
+            interval=0.05,
+        )
+        newer = WorkerProcess(
+            "billing", "--topic", topics.input, "--consumer-group", newer_group,
+            "--outcomes-topic", topics.outcomes, *shared, log_name=f"billing-{newer_group}",
+        )  # fmt: skip
+        started = newer
+        wait_for(
+            lambda: counter(started, "workers_billing_transactions_committed_total", "") > 0,
+            60,
+            "the newer process to commit",
+            interval=0.05,
+        )
+        committed_by_older = committed_total(stack, topics, older_group)
+        assert older.process.wait(60) != 0, "the fenced process must exit non-zero"
+        live.join()
+        wait_until_committed(stack, newer_group, topics.input, timeout=90)
+        assert committed_total(stack, topics, older_group) == committed_by_older
+        assert committed_by_older < len(stream.values), "fenced too late: nothing left to do"
+    finally:
+        if newer is not None:
+            assert newer.stop() == 0
+        if older.process.poll() is None:
+            older.stop(signal.SIGKILL)
