@@ -14,19 +14,21 @@ Every variant reads all of it with its own consumer group, side by side in one r
   delivery callback; no commits, no flags;
 - `previous`: the chain the worker had before, `TranslateOutcomes → Produce (Arroyo's
   KafkaProducer, one future per outcome, resolved on its polling thread) → CoalesceCommits →
-  CommitOffsets` (kept below, verbatim apart from its tally), on the fleet's consumer
-  configuration, no flags;
+  CommitOffsets` (kept below, verbatim apart from its tally and its counting, now
+  `billable_outcome`), on the fleet's consumer configuration, no flags;
 - `fleet`: today's chain (`BillingStrategyFactory`, first-custom-metric flags on, against the
   stack's PostgreSQL and Redis) on the fleet's consumer configuration, fed by `RunConsumer`
   (one Arroyo message per partition and fetch) as `workers run billing` is;
 - `fleet_per_message`: the same chain fed by Arroyo's `KafkaConsumer`, one Arroyo message
-  per Kafka message (what `RunConsumer` saves);
+  per Kafka message, each handed to the chain as a one-message run (`OneMessageRuns`): what
+  `RunConsumer` saves;
 - `fleet_aggregated`: the same with `--aggregate-window-ms 200`;
 - `arroyo_stock`: the issue's variant (b), the same chain on Arroyo's stock consumer and
   its stock configuration: Arroyo's `KafkaConsumer` (one message per poll) configured by
   `build_kafka_consumer_configuration`'s defaults (`queued.min.messages=10000`, librdkafka's
-  `fetch.queue.backoff.ms=1000`; SPEC §7), i.e. what dropping the fleet's strategy factory
-  into a stock Arroyo consumer gives;
+  `fetch.queue.backoff.ms=1000`; SPEC §7), each message handed to the chain as a
+  one-message run (`OneMessageRuns`, the chain takes runs only), i.e. what dropping the
+  fleet's strategy factory into a stock Arroyo consumer gives;
 - `fleet_stock_config`: the same chain fed by the fleet's `RunConsumer`, on that stock
   configuration: what the configuration alone costs. With batched consumption it is a timer,
   not CPU: once a partition holds `queued.min.messages` librdkafka waits
@@ -116,7 +118,7 @@ from redis import Redis
 
 from bench.quix_env import REPO_ROOT, ensure_quix_venv
 from tests.support.kafka import make_topics, unique_name
-from workers.billing.counting import BillableOutcome, BillingCounter
+from workers.billing.counting import DEFAULT_BILLABLE_METRICS, billable_quantity
 from workers.billing.definition import (
     OUTCOMES_PRODUCER_OVERRIDES,
     build_outcomes_producer,
@@ -124,7 +126,7 @@ from workers.billing.definition import (
 )
 from workers.billing.factory import BillingStrategyFactory
 from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
-from workers.billing.message import BucketError, WireBucket, parse_bucket
+from workers.billing.message import BucketError, MetricBucket, WireBucket, parse_bucket
 from workers.billing.outcome import OutcomeEncoder
 from workers.billing.traffic import DEMO_MIX, PRODUCTION_MIX, sample_traffic_for_projects
 from workers.common.kafka_config import (
@@ -134,7 +136,7 @@ from workers.common.kafka_config import (
     consumer_configuration,
     producer_configuration,
 )
-from workers.common.message_runs import RunConsumer
+from workers.common.message_runs import Headers, MessageRun, RunConsumer
 from workers.common.metrics import FleetMetrics
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG, create_organization
 from workers.common.settings import Settings
@@ -155,6 +157,20 @@ VARIANTS: Final = (
     "fleet_stock_config",
     "quix_streams",
 )
+
+
+# -- what bills: `counting`'s map and quantity rule, for the loops that are not the chain ----
+
+#: (org_id, project_id, category, quantity)
+BillableOutcome = tuple[int, int, int, int]
+
+
+def billable_outcome(bucket: MetricBucket) -> BillableOutcome | None:
+    category = DEFAULT_BILLABLE_METRICS.get(bucket.metric_id)
+    if category is None or bucket.counter is None:
+        return None
+    quantity = billable_quantity(bucket.counter)
+    return (bucket.org_id, bucket.project_id, category, quantity) if quantity else None
 
 
 # -- the previous chain (workers/billing/strategy.py before this change) ---------------------
@@ -193,7 +209,6 @@ class PreviousTranslateOutcomes(ProcessingStrategy[_PreviousPayload]):
     def __init__(
         self,
         next_step: ProcessingStrategy[_PreviousPayload],
-        counter: BillingCounter,
         encoder: OutcomeEncoder,
         tally: PreviousTally,
         *,
@@ -201,7 +216,6 @@ class PreviousTranslateOutcomes(ProcessingStrategy[_PreviousPayload]):
         max_held_seconds: float = 0.2,
     ) -> None:
         self.__next_step = next_step
-        self.__counter = counter
         self.__encoder = encoder
         self.__tally = tally
         self.__max_held_messages = max_held_messages
@@ -229,14 +243,12 @@ class PreviousTranslateOutcomes(ProcessingStrategy[_PreviousPayload]):
             bucket = parse_bucket(payload.value)
         except BucketError as error:
             self.__reject(value, error)
-        outcome = self.__counter.count(bucket)
+        outcome = billable_outcome(bucket)
         if outcome is None:
             self.__tally.decoded += 1
             self.__hold(value.committable)
         else:
-            data = self.__encoder.encode(
-                outcome.org_id, outcome.project_id, outcome.category, outcome.quantity
-            )
+            data = self.__encoder.encode(*outcome)
             self.__forward(value, Message(value.replace(_new_payload((None, data, ())))), outcome)
 
     def __forward(
@@ -255,7 +267,7 @@ class PreviousTranslateOutcomes(ProcessingStrategy[_PreviousPayload]):
                 self.__held.pop(partition, None)
         self.__tally.decoded += 1
         self.__tally.billable += 1
-        self.__tally.outcome(outcome.category, outcome.quantity)
+        self.__tally.outcome(outcome[2], outcome[3])
 
     def __hold(self, committable: Mapping[Partition, int]) -> None:
         if not self.__held:
@@ -416,7 +428,6 @@ class PreviousBillingFactory(ProcessingStrategyFactory[KafkaPayload]):
         self.__settings = settings
         self.__topic = Topic(outcomes_topic)
         self.__producer: KafkaProducer | None = None
-        self.__counter = BillingCounter()
         self.__encoder = OutcomeEncoder()
         self.__tally = PreviousTally()
 
@@ -433,7 +444,7 @@ class PreviousBillingFactory(ProcessingStrategyFactory[KafkaPayload]):
             tracker, self.__topic, PreviousCoalesceCommits(CommitOffsets(commit)), 10_000
         )
         return PreviousTranslateOutcomes(
-            PreviousAwaitDeliveries(produce, tracker), self.__counter, self.__encoder, self.__tally
+            PreviousAwaitDeliveries(produce, tracker), self.__encoder, self.__tally
         )
 
     def shutdown(self) -> None:
@@ -455,10 +466,10 @@ class Workload:
     expected: Mapping[tuple[int, int, int, int], int] = field(default_factory=dict)
 
 
-class Stopwatch(ProcessingStrategyFactory[KafkaPayload]):
+class Stopwatch(ProcessingStrategyFactory[Any]):
     """Wraps a factory: starts at the first message, stops when every offset is released."""
 
-    def __init__(self, inner: ProcessingStrategyFactory[KafkaPayload], messages: int) -> None:
+    def __init__(self, inner: ProcessingStrategyFactory[Any], messages: int) -> None:
         self.inner = inner
         self.messages = messages
         self.started: float | None = None
@@ -468,7 +479,7 @@ class Stopwatch(ProcessingStrategyFactory[KafkaPayload]):
 
     def create_with_partitions(
         self, commit: Commit, partitions: Mapping[Partition, int]
-    ) -> ProcessingStrategy[KafkaPayload]:
+    ) -> ProcessingStrategy[Any]:
         def observe(offsets: Mapping[Partition, int], force: bool = False) -> None:
             self.committed.update(offsets)
             if self.finished is None and sum(self.committed.values()) >= self.messages:
@@ -483,11 +494,11 @@ class Stopwatch(ProcessingStrategyFactory[KafkaPayload]):
 
 
 class _Head(ProcessingStrategy[Any]):
-    def __init__(self, watch: Stopwatch, inner: ProcessingStrategy[KafkaPayload]) -> None:
+    def __init__(self, watch: Stopwatch, inner: ProcessingStrategy[Any]) -> None:
         self.__watch = watch
         self.__inner = inner
 
-    def submit(self, message: Message[KafkaPayload]) -> None:
+    def submit(self, message: Message[Any]) -> None:
         if self.__watch.started is None:
             self.__watch.started = time.perf_counter()
         self.__inner.submit(message)
@@ -505,9 +516,71 @@ class _Head(ProcessingStrategy[Any]):
         self.__inner.terminate()
 
 
+class _PayloadMessage:
+    """A `KafkaPayload` and its offset, shaped like a message of a run."""
+
+    __slots__ = ("_offset", "_payload")
+
+    def __init__(self, payload: KafkaPayload, offset: int) -> None:
+        self._payload = payload
+        self._offset = offset
+
+    def key(self) -> bytes | None:
+        return self._payload.key
+
+    def value(self) -> bytes:
+        return self._payload.value
+
+    def headers(self) -> Headers:
+        return self._payload.headers
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class OneMessageRuns(ProcessingStrategy[KafkaPayload]):
+    """Hands each message of Arroyo's own `KafkaConsumer` to a run-taking chain as a run of one."""
+
+    def __init__(self, next_step: ProcessingStrategy[MessageRun]) -> None:
+        self.__next_step = next_step
+
+    def submit(self, message: Message[KafkaPayload]) -> None:
+        value = message.value
+        assert isinstance(value, BrokerValue)
+        run = MessageRun((_PayloadMessage(value.payload, value.offset),))
+        self.__next_step.submit(
+            Message(BrokerValue(run, value.partition, value.offset, value.timestamp))
+        )
+
+    def poll(self) -> None:
+        self.__next_step.poll()
+
+    def close(self) -> None:
+        self.__next_step.close()
+
+    def terminate(self) -> None:
+        self.__next_step.terminate()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.__next_step.join(timeout)
+
+
+class OneMessageRunsFactory(ProcessingStrategyFactory[KafkaPayload]):
+    def __init__(self, inner: ProcessingStrategyFactory[MessageRun]) -> None:
+        self.__inner = inner
+
+    def create_with_partitions(
+        self, commit: Commit, partitions: Mapping[Partition, int]
+    ) -> ProcessingStrategy[KafkaPayload]:
+        return OneMessageRuns(self.__inner.create_with_partitions(commit, partitions))
+
+    def shutdown(self) -> None:
+        self.__inner.shutdown()
+
+
 def run_arroyo(
     work: Workload,
-    factory: ProcessingStrategyFactory[KafkaPayload],
+    factory: ProcessingStrategyFactory[Any],
     consumer_config: dict[str, Any],
     profile: cProfile.Profile | None = None,
     runs: bool = True,
@@ -601,7 +674,6 @@ def plain_billing(work: Workload, outcomes_topic: str) -> float:
     consumer = _plain_consumer(work.settings, unique_name("bench-plain-billing"))
     consumer.subscribe([work.topic])
     producer: ConfluentProducer = build_outcomes_producer(work.settings)
-    counter = BillingCounter()
     encoder = OutcomeEncoder()
     failures: list[KafkaError] = []
 
@@ -620,11 +692,11 @@ def plain_billing(work: Workload, outcomes_topic: str) -> float:
                 started = time.perf_counter()
             seen += 1
             try:
-                outcome = counter.count(parse_bucket(message.value() or b""))
+                outcome = billable_outcome(parse_bucket(message.value() or b""))
             except BucketError:
                 continue
             if outcome is not None:
-                batch.append({"value": encoder.encode_outcome(outcome)})
+                batch.append({"value": encoder.encode(*outcome)})
         if batch:
             queued = producer.produce_batch(outcomes_topic, batch, on_delivery=delivered)
             assert queued == len(batch), "producer queue full"
@@ -820,15 +892,14 @@ def prepare(settings: Settings, messages: int, mix_name: str) -> Workload:
 
 def expected_outcomes(traffic: Sequence[KafkaPayload]) -> collections.Counter[Any]:
     """The outcomes the input must yield (by the fleet's own decoding and counting)."""
-    counter = BillingCounter()
     expected: collections.Counter[Any] = collections.Counter()
     for payload in traffic:
         try:
-            outcome = counter.count(parse_bucket(payload.value))
+            outcome = billable_outcome(parse_bucket(payload.value))
         except BucketError:
             continue
         if outcome is not None:
-            expected[tuple(outcome)] += 1
+            expected[outcome] += 1
     return expected
 
 
@@ -873,7 +944,7 @@ def cleanup(work: Workload, topics: Sequence[str]) -> None:
 
 # The variants running today's chain: (aggregation window in seconds, Arroyo's stock
 # consumer configuration instead of the fleet's, fed by `RunConsumer` rather than Arroyo's
-# one-message-per-poll `KafkaConsumer`).
+# one-message-per-poll `KafkaConsumer` through `OneMessageRuns`).
 _CHAIN_VARIANTS: Final[Mapping[str, tuple[float | None, bool, bool]]] = {
     "fleet": (None, False, True),
     "fleet_per_message": (None, False, False),
@@ -910,9 +981,10 @@ def run_variant(
         work.settings
     )
     reset_flags(work)
+    factory = fleet_factory(work, outcomes_topic, aggregate_window_seconds)
     rate = run_arroyo(
         work,
-        fleet_factory(work, outcomes_topic, aggregate_window_seconds),
+        factory if runs else OneMessageRunsFactory(factory),
         consumer_config,
         profile if variant == "fleet" else None,
         runs=runs,

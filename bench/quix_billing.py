@@ -8,8 +8,8 @@ confluent-kafka < 2.13) but the repository root is on `sys.path` (`python -m ben
 Nothing here imports Arroyo, confluent-kafka, psycopg or redis (a unit test checks that).
 
 `BillingJob.bill` is `TranslateOutcomes`'s per-bucket work without its batching: decode and
-validate, count (only the two usage metric ids bill, `quantity = int(value)`, nothing
-below 1), encode the outcome bytes, and spot custom-metric buckets (their projects are
+validate, count (only the two usage metric ids bill, for `counting.billable_quantity`),
+encode the outcome bytes, and spot custom-metric buckets (their projects are
 kept; the peer writes no flags).
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from workers.billing.counting import DEFAULT_BILLABLE_METRICS
+from workers.billing.counting import DEFAULT_BILLABLE_METRICS, billable_quantity
 from workers.billing.custom_metrics import CustomMetricDetector
 from workers.billing.message import BucketError, parse_bucket
 from workers.billing.outcome import ClockNs, OutcomeEncoder
@@ -47,8 +47,8 @@ class BillingJob:
         if counter is not None:
             category = self._categories.get(metric_id)
             if category is not None:
-                quantity = int(counter)
-                if quantity >= 1:
+                quantity = billable_quantity(counter)
+                if quantity:
                     outcome = self.encode(org_id, project_id, category, quantity)
         if meta and self._is_custom(meta, metric_id):
             self.custom_projects.add((org_id, project_id))

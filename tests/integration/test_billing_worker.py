@@ -43,6 +43,7 @@ from tests.support.billing import (
     gauge,
     usage_bucket,
 )
+from tests.support.billing_fakes import expected_outcome
 from tests.support.kafka import (
     Record,
     make_topics,
@@ -57,11 +58,9 @@ from tests.support.worker_process import WorkerProcess
 from workers.billing.counting import (
     SPANS_USAGE_METRIC_ID,
     TRANSACTIONS_USAGE_METRIC_ID,
-    BillingCounter,
 )
 from workers.billing.definition import DLQ_TOPIC
 from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
-from workers.billing.message import BucketError, parse_bucket
 from workers.billing.summary import flagged_projects, outcome_totals
 from workers.billing.traffic import sample_traffic
 from workers.common.kafka_offsets import committed_offsets, total
@@ -93,18 +92,15 @@ def dead_letters(stack: Settings, topic: str) -> list[Record]:
 
 def expected_sums(values: Sequence[bytes]) -> tuple[dict[tuple[int, int, int], int], int]:
     """Expected quantity per (org, project, category) and the number of billable buckets."""
-    counter = BillingCounter()
     sums: dict[tuple[int, int, int], int] = {}
     billable = 0
     for raw in values:
-        try:
-            outcome = counter.count(parse_bucket(raw))
-        except BucketError:
-            continue
+        outcome = expected_outcome(raw)
         if outcome is not None:
             billable += 1
-            key = (outcome.org_id, outcome.project_id, outcome.category)
-            sums[key] = sums.get(key, 0) + outcome.quantity
+            org_id, project_id, category, quantity = outcome
+            key = (org_id, project_id, category)
+            sums[key] = sums.get(key, 0) + quantity
     return sums, billable
 
 

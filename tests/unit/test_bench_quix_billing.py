@@ -20,9 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.quix_billing import BillingJob, InvalidBucket
-from workers.billing.counting import BillingCounter
-from workers.billing.custom_metrics import CustomMetricDetector
-from workers.billing.message import BucketError, parse_bucket
+from tests.support.billing_fakes import Translator
 from workers.billing.outcome import OutcomeEncoder
 from workers.billing.traffic import DEMO_MIX, PRODUCTION_MIX, sample_message
 
@@ -36,18 +34,23 @@ TRANSACTIONS = 9223372036854775945
 SPANS = 9223372036854776226
 
 
+_fleet_clock: list[Callable[[], int]] = [lambda: REFERENCE_SECOND_NS]
+_FLEET = Translator(clock_ns=lambda: _fleet_clock[0]())
+
+
 def _fleet(raw: bytes, clock: Callable[[], int]) -> tuple[str, Any]:
-    """('invalid', (code, detail)) or ('ok', (outcome bytes or None, is custom))."""
-    try:
-        bucket = parse_bucket(raw)
-    except BucketError as error:
-        return "invalid", (error.code, error.detail)
-    outcome = BillingCounter().count(bucket)
-    data = None if outcome is None else OutcomeEncoder(clock).encode_outcome(outcome)
-    custom = bool(bucket.mapping_meta) and CustomMetricDetector().is_custom(
-        bucket.mapping_meta, bucket.metric_id
-    )
-    return "ok", (data, custom)
+    """('invalid', (code, detail)) or ('ok', (outcome bytes or None, is custom)).
+
+    What the fleet's own chain step (`TranslateOutcomes`) makes of `raw`.
+    """
+    _fleet_clock[0] = clock
+    batch = _FLEET.batch([raw])
+    if batch.dead_letters:
+        [letter] = batch.dead_letters
+        code, _, detail = letter.reason.partition(": ")
+        return "invalid", (code, detail)
+    data = batch.payloads[0]["value"] if batch.payloads else None
+    return "ok", (data, bool(batch.candidates))
 
 
 def _peer(raw: bytes, clock: Callable[[], int]) -> tuple[str, Any]:

@@ -1,9 +1,13 @@
-"""Which buckets bill and for what quantity (workers.billing.counting)."""
+"""Which buckets bill and for what quantity: `counting`'s rule, as `TranslateOutcomes` applies it.
+
+Every bucket goes through the shipped chain step (`Translator` in tests/support), so what is
+tested is what bills.
+"""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -11,17 +15,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.billing_fakes import Translator, decoded_outcomes
 from workers.billing.counting import (
     DEFAULT_BILLABLE_METRICS,
     SPANS_USAGE_METRIC_ID,
     TRANSACTIONS_USAGE_METRIC_ID,
-    BillableOutcome,
     BillingCounter,
     DataCategory,
+    billable_quantity,
     parse_billable_metrics,
 )
-from workers.billing.message import parse_bucket
-from workers.billing.outcome import OutcomeEncoder
 
 TX = TRANSACTIONS_USAGE_METRIC_ID
 SPANS = SPANS_USAGE_METRIC_ID
@@ -43,8 +46,19 @@ def _message(metric_id: int, value: Any, metric_type: str = "c", **extra: Any) -
     return orjson.dumps(data)
 
 
-def _count(raw: bytes, counter: BillingCounter | None = None) -> BillableOutcome | None:
-    return (counter or BillingCounter()).count(parse_bucket(raw))
+Outcome = tuple[int, int, int, int]
+
+
+def _count(raw: bytes, categories: Mapping[int, int] = DEFAULT_BILLABLE_METRICS) -> Outcome | None:
+    """(org, project, category, quantity) of the one outcome `raw` yields, or None."""
+    batch = Translator(categories).batch([raw])
+    assert not batch.dead_letters
+    found = [
+        (o["org_id"], o["project_id"], o["category"], o["quantity"])
+        for o in decoded_outcomes(batch)
+    ]
+    assert len(found) <= 1
+    return found[0] if found else None
 
 
 def test_default_map() -> None:
@@ -69,26 +83,26 @@ def test_default_map() -> None:
     ],
 )
 def test_quantity_truncates(value: float, quantity: int) -> None:
-    outcome = _count(_message(TX, value))
-    assert outcome == BillableOutcome(1, 3, 2, quantity)
-    assert outcome is not None
-    assert type(outcome.quantity) is int
+    assert _count(_message(TX, value)) == (1, 3, 2, quantity)
+    assert billable_quantity(value) == quantity
+    assert type(billable_quantity(value)) is int
 
 
 def test_huge_value_is_an_exact_int() -> None:
     outcome = _count(_message(SPANS, 1e30))
     assert outcome is not None
-    assert outcome.quantity == 1000000000000000019884624838656
+    assert outcome[3] == 1000000000000000019884624838656
 
 
 @pytest.mark.parametrize("value", [0, 0.0, 0.99, -0.5, -1, -7.0, -1e30])
 def test_quantity_below_one_yields_nothing(value: float) -> None:
     assert _count(_message(TX, value)) is None
+    assert billable_quantity(value) == 0
 
 
 def test_spans_and_transactions() -> None:
-    assert _count(_message(TX, 3)) == BillableOutcome(1, 3, DataCategory.TRANSACTION, 3)
-    assert _count(_message(SPANS, 3)) == BillableOutcome(1, 3, DataCategory.SPAN, 3)
+    assert _count(_message(TX, 3)) == (1, 3, DataCategory.TRANSACTION, 3)
+    assert _count(_message(SPANS, 3)) == (1, 3, DataCategory.SPAN, 3)
 
 
 @pytest.mark.parametrize("metric_id", [0, 1, 65563, TX - 1, SPANS + 1, 2**64 - 1])
@@ -112,10 +126,9 @@ def test_list_and_object_values_yield_nothing(value: Any) -> None:
 
 
 def test_configurable_map() -> None:
-    counter = BillingCounter({42: 7})
-    assert _count(_message(42, 5), counter) == BillableOutcome(1, 3, 7, 5)
-    assert _count(_message(TX, 5), counter) is None
-    assert counter.categories == {42: 7}
+    assert _count(_message(42, 5), {42: 7}) == (1, 3, 7, 5)
+    assert _count(_message(TX, 5), {42: 7}) is None
+    assert BillingCounter({42: 7}).categories == {42: 7}
 
 
 def test_invalid_maps_are_refused() -> None:
@@ -160,22 +173,21 @@ buckets = st.tuples(st.integers(0, 3), st.integers(0, 3), metric_ids, counter_va
 def test_outcome_totals_equal_the_expected_sum(
     specs: list[tuple[int, int, int, float]], org_base: int, project_base: int
 ) -> None:
-    counter = BillingCounter()
-    encoder = OutcomeEncoder(lambda: 1_704_614_940_000_000_000)
     expected: Counter[tuple[int, int, int]] = Counter()
-    produced: Counter[tuple[int, int, int]] = Counter()
+    raws = []
     for org_offset, project_offset, metric_id, value in specs:
         org_id = (org_base + org_offset) % 2**64
         project_id = (project_base + project_offset) % 2**64
-        raw = _message(metric_id, value, org_id=org_id, project_id=project_id)
+        raws.append(_message(metric_id, value, org_id=org_id, project_id=project_id))
         category = DEFAULT_BILLABLE_METRICS.get(metric_id)
         if category is not None and max(int(value), 0) >= 1:
             expected[(org_id, project_id, category)] += max(int(value), 0)
-        outcome = counter.count(parse_bucket(raw))
-        if outcome is not None:
-            # The stdlib parser keeps integers beyond 64 bits exact (orjson would not).
-            decoded = json.loads(encoder.encode_outcome(outcome))
-            quantity = decoded["quantity"]
-            assert quantity >= 1
-            produced[(decoded["org_id"], decoded["project_id"], decoded["category"])] += quantity
+    produced: Counter[tuple[int, int, int]] = Counter()
+    if raws:
+        # One run through the shipped step: what it bills is what is produced.
+        for outcome in decoded_outcomes(Translator().batch(raws)):
+            assert outcome["quantity"] >= 1
+            produced[(outcome["org_id"], outcome["project_id"], outcome["category"])] += outcome[
+                "quantity"
+            ]
     assert produced == expected

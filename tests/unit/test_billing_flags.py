@@ -19,7 +19,6 @@ from workers.billing.flags import (
     KnownProjects,
     ProjectKey,
     flag_cache_key,
-    resolve_metric_name,
 )
 from workers.billing.metrics import BillingMetrics
 from workers.billing.summary import outcome_totals
@@ -46,12 +45,17 @@ def test_parse_mri(text: str, expected: Mri | None) -> None:
     assert parse_mri(text) == expected
 
 
-def test_resolve_metric_name_searches_every_inner_map() -> None:
-    meta = {"h": {"5": "environment"}, "f": {"77": "c:custom/x@none"}, "c": "not a map"}
-    assert resolve_metric_name(meta, 77) == "c:custom/x@none"
-    assert resolve_metric_name(meta, 5) == "environment"
-    assert resolve_metric_name(meta, 6) is None
-    assert resolve_metric_name({}, 77) is None
+def test_the_detector_resolves_the_name_in_every_inner_map() -> None:
+    detector = CustomMetricDetector()
+    meta = {"c": "not a map", "h": {"5": "environment"}, "f": {"77": "c:custom/x@none"}}
+    assert detector.is_custom(meta, 77)  # found in the last inner map
+    assert not detector.is_custom(meta, 5)  # "environment" is no MRI
+    assert not detector.is_custom(meta, 6)  # no name at all
+    assert not detector.is_custom({}, 77)
+    # The first string wins; a non-string entry is skipped.
+    first = {"a": {"77": 3}, "b": {"77": "c:spans/x@none"}, "c": {"77": "c:custom/x@none"}}
+    assert not detector.is_custom(first, 77)
+    assert detector.is_custom({"a": {"77": 3}, "c": {"77": "c:custom/x@none"}}, 77)
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,7 @@ import logging
 import time
 from typing import Any
 
-from arroyo.types import (
-    FilteredPayload,
-    Partition,
-)
+from arroyo.types import Partition
 
 from workers.billing.flags import ProjectKey
 from workers.common.message_runs import RawMessage
@@ -50,9 +47,6 @@ class DeadLetter:
         self.message = message
         self.partition = partition
         self.reason = reason
-
-
-BatchPayload = OutcomeBatch | FilteredPayload
 
 
 def remaining(deadline: float | None) -> float | None:

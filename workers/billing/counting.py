@@ -5,22 +5,23 @@ Only two metric ids bill by default:
 - `9223372036854775945` (`c:transactions/usage@none`) → TRANSACTION (2)
 - `9223372036854776226` (`c:spans/usage@none`) → SPAN (12)
 
-`quantity = max(int(value), 0)` for a scalar counter value (`int` truncates: 2.9 → 2; 1e30
-becomes the exact integer value of that double, 1000000000000000019884624838656, as in the
-reference); a list or object value yields nothing
-and so does a quantity below 1. The map is configurable (`BillingCounter(categories)`, or the
-worker's `--billable-metric METRIC_ID=CATEGORY` option).
+`billable_quantity` is the quantity rule: `int(value)` of a scalar counter value (`int`
+truncates: 2.9 → 2; 1e30 becomes the exact integer value of that double,
+1000000000000000019884624838656, as in the reference), and 0, which bills nothing, for
+anything below 1. A list or object value bills nothing. The map is configurable
+(`BillingCounter(categories)`, or the worker's `--billable-metric METRIC_ID=CATEGORY`
+option). `TranslateOutcomes` looks the category up in `BillingCounter.categories` and calls
+`billable_quantity` for the buckets of billable metrics only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import IntEnum
-from functools import partial
 from types import MappingProxyType
-from typing import Final, NamedTuple
+from typing import Final
 
-from workers.billing.message import U64_LIMIT, MetricBucket
+from workers.billing.message import U64_LIMIT
 
 
 class DataCategory(IntEnum):
@@ -41,21 +42,14 @@ DEFAULT_BILLABLE_METRICS: Final[Mapping[int, int]] = MappingProxyType(
 )
 
 
-class BillableOutcome(NamedTuple):
-    """What one accepted outcome says: `quantity` items of `category` for a project."""
-
-    org_id: int
-    project_id: int
-    category: int
-    quantity: int
-
-
-# Cheaper than `BillableOutcome(...)`, whose `__new__` is a Python function.
-_new_outcome: Final = partial(tuple.__new__, BillableOutcome)
+def billable_quantity(counter: int | float) -> int:
+    """The quantity a scalar counter value bills: truncated toward zero; 0 bills nothing."""
+    quantity = int(counter)
+    return quantity if quantity >= 1 else 0
 
 
 class BillingCounter:
-    """Turns a validated bucket into at most one billable outcome."""
+    """Which metric ids bill, and in which data category (validated)."""
 
     __slots__ = ("_categories",)
 
@@ -71,18 +65,6 @@ class BillingCounter:
     @property
     def categories(self) -> Mapping[int, int]:
         return MappingProxyType(self._categories)
-
-    def count(self, bucket: MetricBucket) -> BillableOutcome | None:
-        category = self._categories.get(bucket.metric_id)
-        if category is None:
-            return None
-        counter = bucket.counter
-        if counter is None:
-            return None
-        quantity = int(counter)
-        if quantity < 1:
-            return None
-        return _new_outcome((bucket.org_id, bucket.project_id, category, quantity))
 
 
 def parse_billable_metrics(specs: Iterable[str]) -> dict[int, int]:

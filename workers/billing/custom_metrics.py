@@ -32,7 +32,12 @@ def parse_mri(text: str) -> Mri | None:
 
 
 class CustomMetricDetector:
-    """Is a bucket a custom metric? The MRI verdict is cached per name (bounded)."""
+    """Is a bucket a custom metric? The MRI verdict is cached per name (bounded).
+
+    `is_custom` is the one implementation of the metric-name resolution (the first string
+    any inner map of `mapping_meta` gives `str(metric_id)`) and of the custom check; it runs
+    once per bucket on the consumer thread, so the resolution is written inline, not called.
+    """
 
     __slots__ = ("_id_texts", "_max_names", "_verdicts")
 

@@ -14,7 +14,6 @@ from arroyo.processing.strategies.abstract import (
 )
 from arroyo.types import (
     FILTERED_PAYLOAD,
-    FilteredPayload,
     Message,
     Partition,
     Topic,
@@ -23,7 +22,7 @@ from arroyo.types import (
 from confluent_kafka import KafkaError
 
 from workers.billing.backoff import Backoff
-from workers.billing.batch import BatchPayload, DeadLetter, OutcomeBatch, remaining
+from workers.billing.batch import DeadLetter, OutcomeBatch, remaining
 from workers.billing.flags import FlagJob, FlagWriter
 from workers.billing.metrics import (
     BillingMetrics,
@@ -102,7 +101,7 @@ class _InFlight:
         return not self.remaining and not self.unsent and (job is None or job.done)
 
 
-class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
+class DeliverOutcomes(ProcessingStrategy[OutcomeBatch]):
     """Produces each batch's outcomes, starts its flag job and releases completed offsets.
 
     A batch's dead letters (invalid messages of runs) are copied to `dlq_topic` with the
@@ -153,7 +152,7 @@ class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
 
     # -- submit -----------------------------------------------------------------------------
 
-    def submit(self, message: Message[BatchPayload]) -> None:
+    def submit(self, message: Message[OutcomeBatch]) -> None:
         assert not self.__closed
         batch = message.payload
         if self.__in_flight and self.__over_budget(batch):
@@ -162,8 +161,6 @@ class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
             if self.__in_flight and self.__over_budget(batch):
                 raise MessageRejected()
         committable = message.committable
-        if isinstance(batch, FilteredPayload):
-            batch = OutcomeBatch([], {}, frozenset(), 0)
         job = None
         if batch.candidates and self.__flag_writer is not None:
             job = self.__flag_writer.submit(batch.candidates)
@@ -184,10 +181,9 @@ class DeliverOutcomes(ProcessingStrategy[BatchPayload]):
             queue.append((tracker, offset))
             tracker.pending_partitions += 1
 
-    def __over_budget(self, batch: BatchPayload) -> bool:
-        size = len(batch.payloads) if isinstance(batch, OutcomeBatch) else 0
+    def __over_budget(self, batch: OutcomeBatch) -> bool:
         return (
-            self.__outstanding + size > self.__max_pending_outcomes
+            self.__outstanding + len(batch.payloads) > self.__max_pending_outcomes
             or len(self.__in_flight) >= self.__max_pending_batches
         )
 

@@ -28,10 +28,10 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, Final, NamedTuple, NoReturn
 
 from arroyo.processing.strategies.abstract import MessageRejected, ProcessingStrategy
-from arroyo.types import FilteredPayload, Message, Partition, Topic
+from arroyo.types import Message, Partition, Topic
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from workers.billing.batch import BatchPayload, OutcomeBatch
+from workers.billing.batch import OutcomeBatch
 from workers.billing.dead_letters import log_dead_letter, produce_dead_letter, skip_dead_letter
 from workers.billing.flags import FlagJob, FlagWriter
 from workers.billing.metrics import (
@@ -73,7 +73,7 @@ class _Waiting(NamedTuple):
     job: FlagJob | None
 
 
-class DeliverInTransactions(ProcessingStrategy[BatchPayload]):
+class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
     """Commits batches in Kafka transactions together with their input offsets.
 
     `committed` is shared with `RewindOnAbort`: it holds, per assigned partition, the offset
@@ -131,11 +131,9 @@ class DeliverInTransactions(ProcessingStrategy[BatchPayload]):
 
     # -- submit -----------------------------------------------------------------------------
 
-    def submit(self, message: Message[BatchPayload]) -> None:
+    def submit(self, message: Message[OutcomeBatch]) -> None:
         assert not self.__closed
         batch = message.payload
-        if isinstance(batch, FilteredPayload):
-            batch = OutcomeBatch([], {}, frozenset(), 0)
         size = len(batch.payloads) + len(batch.dead_letters)
         if self.__over_budget(size):
             self.__progress(self.__clock())

@@ -81,9 +81,9 @@ from workers.billing.translate import (
     DEFAULT_MAX_BATCH_MESSAGES,
     DEFAULT_MAX_BATCH_OUTCOMES,
     DEFAULT_MAX_BATCH_SECONDS,
-    InputPayload,
     TranslateOutcomes,
 )
+from workers.common.message_runs import MessageRun
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ DEFAULT_PRODUCER_CLOSE_TIMEOUT_SECONDS: Final = 10.0
 DEFAULT_FLAG_WRITER_CLOSE_TIMEOUT_SECONDS: Final = 10.0
 
 
-class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
+class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
     """Builds the billing chain on every assignment; owns the per-process resources.
 
     One outcomes producer and one flag writer per process, both built on the first
@@ -206,7 +206,7 @@ class BillingStrategyFactory(ProcessingStrategyFactory[InputPayload]):
 
     def create_with_partitions(
         self, commit: Commit, partitions: Mapping[Partition, int]
-    ) -> ProcessingStrategy[InputPayload]:
+    ) -> ProcessingStrategy[MessageRun]:
         mode = self.__exactly_once
         if mode is None:
             return self.__translate(self.__at_least_once(commit))

@@ -1,6 +1,7 @@
 """The first-custom-metric flag (SPEC §4), with the reference's weaknesses fixed.
 
-Per bucket, on the consumer thread (`CustomMetricDetector`, a few dict lookups):
+Per bucket, on the consumer thread (`custom_metrics.CustomMetricDetector`, the one
+implementation of steps 1 and 2, a few dict lookups):
 
 1. resolve the metric's name: search every inner map of `mapping_meta` for `str(metric_id)`;
 2. parse it as an MRI (`^entity:namespace/name@unit$`); act only when the namespace is exactly
@@ -40,7 +41,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -79,17 +80,6 @@ ProjectKey = tuple[int, int]  # (org_id, project_id)
 def flag_cache_key(org_id: int, project_id: int) -> str:
     """The reference's Redis key; it exists once the project's flag is known to be set."""
     return f"has-custom-metrics-flag-updated:{org_id}:{project_id}"
-
-
-def resolve_metric_name(mapping_meta: Mapping[str, Any], metric_id: int) -> str | None:
-    """The string `mapping_meta` maps `str(metric_id)` to, searching every inner map."""
-    key = str(metric_id)
-    for inner in mapping_meta.values():
-        if type(inner) is dict:
-            name = inner.get(key)
-            if type(name) is str:
-                return name
-    return None
 
 
 class KnownProjects:

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
-from workers.billing.counting import BillableOutcome
-
 OUTCOME_ACCEPTED: Final = 0
 TIMESTAMP_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -62,6 +60,3 @@ class OutcomeEncoder:
         second, microsecond = divmod(self._clock_ns() // 1000, 1_000_000)
         head = self._cached_head if second == self._cached_second else self._head(second)
         return _BODY % (head, microsecond, org_id, project_id, category, quantity)
-
-    def encode_outcome(self, outcome: BillableOutcome) -> bytes:
-        return self.encode(outcome.org_id, outcome.project_id, outcome.category, outcome.quantity)

@@ -67,8 +67,6 @@ class OutcomeProducer(Protocol):
 
     def flush(self, timeout: float = -1) -> int: ...
 
-    def __len__(self) -> int: ...
-
 
 class OutcomeDeliveryError(RuntimeError):
     """Kafka refused an outcome for good; its offset (and everything after) stays uncommitted."""

@@ -5,25 +5,22 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Sequence
 from typing import Any, Final
 
-from arroyo.backends.kafka import KafkaPayload
-from arroyo.dlq import InvalidMessage
 from arroyo.processing.strategies.abstract import (
     MessageRejected,
     ProcessingStrategy,
 )
 from arroyo.types import (
     BrokerValue,
-    FilteredPayload,
     Message,
     Partition,
     Value,
 )
 
-from workers.billing.batch import BatchPayload, DeadLetter, OutcomeBatch, remaining
-from workers.billing.counting import BillingCounter
+from workers.billing.batch import DeadLetter, OutcomeBatch, remaining
+from workers.billing.counting import BillingCounter, billable_quantity
 from workers.billing.custom_metrics import CustomMetricDetector
 from workers.billing.flags import ProjectKey
 from workers.billing.message import BucketError, parse_bucket
@@ -48,40 +45,13 @@ _SAMPLE_SHIFT: Final = LATENCY_SAMPLE_EVERY.bit_length() - 1
 _JOIN_POLL_SECONDS: Final = 0.005
 
 
-class _OneValue:
-    """One `KafkaPayload`'s value, shaped like a message of a run for `__translate`."""
+class TranslateOutcomes(ProcessingStrategy[MessageRun]):
+    """Decodes each bucket of a run, counts it, and closes the outcomes as batches.
 
-    __slots__ = ("_value",)
-
-    def __init__(self, value: bytes) -> None:
-        self._value = value
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> None:
-        return None
-
-    def headers(self) -> None:
-        return None
-
-    def offset(self) -> None:
-        return None
-
-
-InputPayload = KafkaPayload | MessageRun | FilteredPayload
-
-
-class TranslateOutcomes(ProcessingStrategy[InputPayload]):
-    """Decodes each bucket, counts it, and closes the outcomes of a run of messages as a batch.
-
-    Input is either one message per Arroyo message (`KafkaPayload`, from Arroyo's own
-    consumer) or a `MessageRun` (from `RunConsumer`, the fleet's default for this worker).
-    Invalid input gets a reason `"<code>: <detail>"`: a single message raises
-    `InvalidMessage` (routed to the DLQ by the runtime, which flushes the copy before it
-    commits); an invalid message of a run becomes a `DeadLetter` of the current batch, which
-    the next step copies to the DLQ topic before the batch's offsets are released. Either
-    way its offset belongs to the current batch and is committed past once the batch is done.
+    Input is one `MessageRun` per partition and fetch (`RunConsumer`). An invalid message
+    becomes a `DeadLetter` of the current batch with a reason `"<code>: <detail>"`; the next
+    step copies it to the DLQ topic before the batch's offsets are released, so its offset
+    is committed past once the batch is done.
 
     `MessageRejected` is raised only before a message is touched (while a closed batch still
     waits for the next step), so a resubmitted message is never counted twice. A run may
@@ -90,7 +60,7 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
 
     def __init__(
         self,
-        next_step: ProcessingStrategy[BatchPayload],
+        next_step: ProcessingStrategy[OutcomeBatch],
         counter: BillingCounter,
         encoder: OutcomeEncoder,
         tally: BillingTally,
@@ -118,7 +88,7 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
             self.__max_outcomes = max_batch_outcomes
             self.__max_seconds = max_batch_seconds
         self.__partitions: dict[int, Partition] = {}
-        self.__carried: deque[Message[BatchPayload]] = deque()
+        self.__carried: deque[Message[OutcomeBatch]] = deque()
         self.__seen = 0
         self.__closed = False
         self.__reset()
@@ -134,46 +104,21 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
         self.__messages = 0
         self.__deadline = 0.0
 
-    def submit(self, message: Message[InputPayload]) -> None:
+    def submit(self, message: Message[MessageRun]) -> None:
         assert not self.__closed
         if self.__carried and not self.__forward_carried():
             raise MessageRejected()
         value = message.value
-        if self.__messages == 0:
-            self.__deadline = time.monotonic() + self.__max_seconds
-        if type(value) is BrokerValue:
-            partition = value.partition
-            if partition.index not in self.__partitions:
-                self.__partitions[partition.index] = partition
-            payload = value.payload
-            if type(payload) is MessageRun:
-                self.__submit_run(payload, partition)
-                return
-            self.__offsets[partition.index] = value.offset + 1
-        else:
-            self.__note_committable(value.committable)
-            payload = value.payload
-        if isinstance(payload, FilteredPayload):
-            self.__messages += 1
-            self.__maybe_close()
-            return
-        assert isinstance(payload, KafkaPayload)
-        try:
-            self.__translate((_OneValue(payload.value),), 0, None)
-        except BucketError as error:
-            if not isinstance(value, BrokerValue):
-                raise
-            self.__maybe_close()
-            raise InvalidMessage(
-                value.partition, value.offset, reason=error.reason, log_exception=False
-            ) from None
-        self.__maybe_close()
-
-    def __submit_run(self, run: MessageRun, partition: Partition) -> None:
-        messages = run.messages
+        assert isinstance(value, BrokerValue)
+        partition = value.partition
         index = partition.index
+        if index not in self.__partitions:
+            self.__partitions[index] = partition
+        messages = value.payload.messages
         start = 0
         while True:
+            if self.__messages == 0:
+                self.__deadline = time.monotonic() + self.__max_seconds
             end = self.__translate(messages, start, partition)
             offset = messages[end - 1].offset()
             assert offset is not None
@@ -182,19 +127,15 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
                 break
             # The batch filled up inside the run: its offsets end at message `end - 1`.
             self.__close_batch()
-            self.__deadline = time.monotonic() + self.__max_seconds
             start = end
         self.__maybe_close()
 
-    def __translate(
-        self, messages: Sequence[RawMessage], start: int, partition: Partition | None
-    ) -> int:
+    def __translate(self, messages: Sequence[RawMessage], start: int, partition: Partition) -> int:
         """Decode, count and encode `messages[start:]` until the batch is full.
 
         Returns the position after the last message taken (at least one is). An invalid
-        message becomes a `DeadLetter` of `partition`; without a partition (one message
-        from Arroyo's own consumer) its `BucketError` is raised. The hot path: what it
-        touches per message is a local, and the batch's counts are written back once.
+        message becomes a `DeadLetter` of `partition`. The hot path: what it touches per
+        message is a local, and the batch's counts are written back once.
         """
         tally = self.__tally
         by_type = tally.by_type_use_case
@@ -223,8 +164,6 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
                     )
                 except BucketError as error:
                     tally.invalid(error.code)
-                    if partition is None:
-                        raise
                     self.__dead_letters.append(DeadLetter(raw, partition, error.reason))
                     continue
                 decoded += 1
@@ -236,8 +175,8 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
                 if counter is not None:
                     category = categories.get(metric_id)
                     if category is not None:
-                        quantity = int(counter)
-                        if quantity >= 1:
+                        quantity = billable_quantity(counter)
+                        if quantity:
                             entry = stats.get(category)
                             if entry is None:
                                 stats[category] = [1, quantity]
@@ -279,11 +218,6 @@ class TranslateOutcomes(ProcessingStrategy[InputPayload]):
             or len(self.__sums) >= self.__max_outcomes
         ):
             self.__close_batch()
-
-    def __note_committable(self, committable: Mapping[Partition, int]) -> None:
-        for partition, offset in committable.items():
-            self.__offsets[partition.index] = offset
-            self.__partitions.setdefault(partition.index, partition)
 
     def __close_batch(self) -> None:
         """Turn the current run of messages into one batch message for the next step."""
