@@ -44,7 +44,24 @@ Every variant reads all of it with its own consumer group, side by side in one r
   only spotted), invalid messages dropped; the fleet's librdkafka tuning, commit interval
   (1 s) and producer settings. Its clock runs from the first message to the end of the
   checkpoint after the last one (outcomes acknowledged, offsets committed), measured in the
-  app; its outcome topic is read back and must hold exactly the expected outcomes.
+  app; its outcome topic is read back and must hold exactly the expected outcomes;
+- `fleet_exactly_once`: `fleet` in exactly-once mode (`ExactlyOnce`, as `workers run billing
+  --processing-guarantee exactly-once` builds it): outcomes and input offsets committed in
+  one Kafka transaction per `--transaction-interval-ms` (default the worker's, 100 ms; a
+  list such as `50,100,250` runs `fleet_exactly_once_50ms`, ... side by side). Its clock
+  stops when the offsets committed in transactions cover the input (Arroyo's commit is
+  never called in this mode; see `fleet_exactly_once`). Reports transactions committed and
+  aborted, the mean transaction size and the p99 from first produce to commit (a histogram
+  bucket bound) from the chain's own metrics; its outcomes are read back (read committed).
+  A run pays fixed costs a long-running worker does not: its first commit is slower (the
+  outcome topic's metadata, first partition registrations), and the last transaction commits
+  only when its interval is over (on average half an interval after the last message). On
+  100,000 messages (well under a second) that favours short intervals: compare intervals on
+  1,000,000 messages or more;
+- `quix_streams_exactly_once`: the Quix peer with `processing_guarantee="exactly-once"`.
+
+Every outcome topic read back is read with `isolation.level=read_committed` to the end of
+each partition (not to its high watermark: transaction markers take offsets too).
 
 Arroyo variants run an in-process `StreamProcessor` (like `bench.consumer_throughput`); the
 clock runs from the first message the chain sees to the moment the offsets of all messages
@@ -53,9 +70,12 @@ run from the first message to the last acknowledgement. Before each flag-enabled
 projects' flags, their analytics events and Redis keys are reset, so every run sets them.
 
 Prints a table, writes a bar chart (`bench/results/billing.png`) and, as the last line, one
-JSON object with the figures. `--profile` runs the `fleet` variant under cProfile and prints
-where the time goes. Usage: `python -m bench.billing [--messages N] [--mix production|demo]
-[--repeat N] [--profile]` (needs `workers stack up` and `workers migrate`).
+JSON object with the figures. After the table: the issue's ratios against their targets
+(`fleet_exactly_once / fleet` >= 0.8, `/ quix_streams_exactly_once` >= 2, `fleet /
+plain_billing` >= 0.85) and the exactly-once transactions. `--profile` runs the `fleet`
+variant under cProfile and prints where the time goes. Usage: `python -m bench.billing
+[--messages N] [--mix production|demo] [--repeat N] [--transaction-interval-ms MS[,MS...]]
+[--profile]` (needs `workers stack up` and `workers migrate`).
 """
 
 from __future__ import annotations
@@ -110,25 +130,30 @@ from arroyo.types import (
     Topic,
     Value,
 )
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka import Producer as ConfluentProducer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
+from prometheus_client.samples import Sample
 from redis import Redis
 
 from bench.quix_env import REPO_ROOT, ensure_quix_venv
 from tests.support.kafka import make_topics, unique_name
 from workers.billing.counting import DEFAULT_BILLABLE_METRICS, billable_quantity
 from workers.billing.definition import (
+    DEFAULT_TRANSACTION_INTERVAL_MS,
+    DEFAULT_TRANSACTION_TIMEOUT_MS,
     OUTCOMES_PRODUCER_OVERRIDES,
     build_outcomes_producer,
     flag_store_factory,
+    transactional_producer_overrides,
 )
 from workers.billing.factory import BillingStrategyFactory
 from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
 from workers.billing.message import BucketError, MetricBucket, WireBucket, parse_bucket
 from workers.billing.outcome import OutcomeEncoder
 from workers.billing.traffic import DEMO_MIX, PRODUCTION_MIX, sample_traffic_for_projects
+from workers.billing.transactions import ExactlyOnce, TransactionalProducer
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     ConsumerOptions,
@@ -136,6 +161,7 @@ from workers.common.kafka_config import (
     consumer_configuration,
     producer_configuration,
 )
+from workers.common.kafka_offsets import fully_committed
 from workers.common.message_runs import Headers, MessageRun, RunConsumer
 from workers.common.metrics import FleetMetrics
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG, create_organization
@@ -156,6 +182,8 @@ VARIANTS: Final = (
     "arroyo_stock",
     "fleet_stock_config",
     "quix_streams",
+    "fleet_exactly_once",
+    "quix_streams_exactly_once",
 )
 
 
@@ -467,7 +495,12 @@ class Workload:
 
 
 class Stopwatch(ProcessingStrategyFactory[Any]):
-    """Wraps a factory: starts at the first message, stops when every offset is released."""
+    """Wraps a factory: starts at the first message, stops when every offset is released.
+
+    Released means handed to Arroyo's commit (at-least-once chains), or committed in a Kafka
+    transaction (`fleet_exactly_once`, whose producer reports to `released` itself: Arroyo's
+    commit is never called in exactly-once mode).
+    """
 
     def __init__(self, inner: ProcessingStrategyFactory[Any], messages: int) -> None:
         self.inner = inner
@@ -481,13 +514,17 @@ class Stopwatch(ProcessingStrategyFactory[Any]):
         self, commit: Commit, partitions: Mapping[Partition, int]
     ) -> ProcessingStrategy[Any]:
         def observe(offsets: Mapping[Partition, int], force: bool = False) -> None:
-            self.committed.update(offsets)
-            if self.finished is None and sum(self.committed.values()) >= self.messages:
-                self.finished = time.perf_counter()
-                self.on_done()
+            self.released(offsets)
             commit(offsets, force)
 
         return _Head(self, self.inner.create_with_partitions(observe, partitions))
+
+    def released(self, offsets: Mapping[Partition, int]) -> None:
+        """These offsets are released; stops the clock once they cover the whole input."""
+        self.committed.update(offsets)
+        if self.finished is None and sum(self.committed.values()) >= self.messages:
+            self.finished = time.perf_counter()
+            self.on_done()
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -584,11 +621,16 @@ def run_arroyo(
     consumer_config: dict[str, Any],
     profile: cProfile.Profile | None = None,
     runs: bool = True,
+    consumer: ArroyoConsumer[Any] | None = None,
 ) -> float:
-    watch = Stopwatch(factory, work.messages)
-    consumer: ArroyoConsumer[Any] = (
-        RunConsumer(consumer_config) if runs else KafkaConsumer(consumer_config)
-    )
+    """Run `factory` (wrapped in a `Stopwatch` unless it is one) to the end of the input.
+
+    `consumer`: one built by the caller (the exactly-once chain needs the `RunConsumer` that
+    feeds it); by default one is made from `consumer_config`.
+    """
+    watch = factory if isinstance(factory, Stopwatch) else Stopwatch(factory, work.messages)
+    if consumer is None:
+        consumer = RunConsumer(consumer_config) if runs else KafkaConsumer(consumer_config)
     processor = StreamProcessor(
         consumer,
         Topic(work.topic),
@@ -622,16 +664,226 @@ def stock_consumer_config(settings: Settings) -> dict[str, Any]:
 
 
 def fleet_factory(
-    work: Workload, outcomes_topic: str, aggregate_window_seconds: float | None = None
+    work: Workload,
+    outcomes_topic: str,
+    aggregate_window_seconds: float | None = None,
+    exactly_once: ExactlyOnce | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> BillingStrategyFactory:
     settings = work.settings
     return BillingStrategyFactory(
-        producer_factory=lambda: build_outcomes_producer(settings),
-        metrics=FleetMetrics(CollectorRegistry(), "billing"),
+        producer_factory=None if exactly_once else lambda: build_outcomes_producer(settings),
+        exactly_once=exactly_once,
+        metrics=FleetMetrics(CollectorRegistry() if registry is None else registry, "billing"),
         flag_store_factory=flag_store_factory(settings),
         outcomes_topic=outcomes_topic,
         aggregate_window_seconds=aggregate_window_seconds,
     )
+
+
+# -- the fleet's chain in exactly-once mode -------------------------------------------------
+
+
+class CommitReportingProducer:
+    """The transactional outcomes producer, reporting the input offsets of each commit.
+
+    Delegates every call to the producer `workers run billing` builds; in addition it keeps
+    the offsets given to `send_offsets_to_transaction` and, once `commit_transaction`
+    returned (the transaction, offsets included, is committed), hands them to `committed`.
+    That is the moment `DeliverInTransactions` records them as its committed position: the
+    same information as polling the group's committed offsets
+    (`workers.common.kafka_offsets.fully_committed`), without a round trip per check or a
+    polling interval in the measurement. A few dict operations per transaction.
+    """
+
+    def __init__(
+        self,
+        producer: TransactionalProducer,
+        committed: Callable[[Mapping[Partition, int]], None],
+    ) -> None:
+        self.__producer = producer
+        self.__committed = committed
+        self.__offsets: dict[Partition, int] = {}
+
+    def produce_batch(
+        self,
+        topic: str,
+        messages: list[dict[str, Any]],
+        partition: int = -1,
+        callback: Callable[[Any, Any], None] | None = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> int:
+        report = on_delivery or callback
+        if report is None:
+            return self.__producer.produce_batch(topic, messages, partition)
+        return self.__producer.produce_batch(topic, messages, partition, on_delivery=report)
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Any = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        self.__producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+
+    def poll(self, timeout: float = -1) -> int:
+        return self.__producer.poll(timeout)
+
+    def flush(self, timeout: float = -1) -> int:
+        return self.__producer.flush(timeout)
+
+    def init_transactions(self, timeout: float = -1) -> None:
+        self.__producer.init_transactions(timeout)
+
+    def begin_transaction(self) -> None:
+        self.__offsets = {}
+        self.__producer.begin_transaction()
+
+    def send_offsets_to_transaction(
+        self, positions: list[Any], group_metadata: Any, timeout: float = -1
+    ) -> None:
+        self.__producer.send_offsets_to_transaction(positions, group_metadata, timeout)
+        self.__offsets = {
+            Partition(Topic(position.topic), position.partition): position.offset
+            for position in positions
+        }
+
+    def commit_transaction(self, timeout: float = -1) -> None:
+        self.__producer.commit_transaction(timeout)
+        offsets, self.__offsets = self.__offsets, {}
+        if offsets:
+            self.__committed(offsets)
+
+    def abort_transaction(self, timeout: float = -1) -> None:
+        self.__offsets = {}
+        self.__producer.abort_transaction(timeout)
+
+
+@dataclass(frozen=True)
+class TransactionFigures:
+    """What one `fleet_exactly_once` run's transactions looked like (from its registry)."""
+
+    interval_ms: int
+    committed: int
+    aborted: int
+    # Messages (outcomes + DLQ copies) per committed transaction, and their total.
+    mean_size: float
+    messages: int
+    # First produce to commit: the exact mean, and the p99 as a histogram bucket bound.
+    mean_open_seconds: float
+    p99_open_seconds_bound: float
+    # The commit itself (offsets sent, `commit_transaction`): the consumer thread waits.
+    mean_commit_seconds: float
+
+
+#: The transactions of each `fleet_exactly_once` variant run (the last run of each).
+transaction_figures: dict[str, TransactionFigures] = {}
+
+
+def _samples(registry: CollectorRegistry, name: str) -> list[Sample]:
+    """Every sample named `name` (all label sets)."""
+    return [
+        sample for metric in registry.collect() for sample in metric.samples if sample.name == name
+    ]
+
+
+def _total(registry: CollectorRegistry, name: str) -> float:
+    return sum(sample.value for sample in _samples(registry, name))
+
+
+def quantile_bucket_bound(registry: CollectorRegistry, histogram: str, quantile: float) -> float:
+    """The upper bound of the bucket holding `quantile` of `histogram`'s observations.
+
+    Prometheus buckets are cumulative: the first bound whose count reaches `quantile` of the
+    total (`inf` past the last finite bucket, `nan` without observations). An upper bound,
+    not an interpolation: the true quantile lies between it and the bucket below.
+    """
+    buckets: dict[float, float] = collections.defaultdict(float)
+    for sample in _samples(registry, f"{histogram}_bucket"):
+        buckets[float(sample.labels["le"])] += sample.value
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return float("nan")
+    return next(bound for bound in sorted(buckets) if buckets[bound] >= quantile * total)
+
+
+def read_transaction_figures(registry: CollectorRegistry, interval_ms: int) -> TransactionFigures:
+    committed = _total(registry, "workers_billing_transactions_committed_total")
+    size_count = _total(registry, "workers_billing_transaction_size_messages_count")
+    size_sum = _total(registry, "workers_billing_transaction_size_messages_sum")
+    open_count = _total(registry, "workers_billing_transaction_open_seconds_count")
+    open_sum = _total(registry, "workers_billing_transaction_open_seconds_sum")
+    commit_count = _total(registry, "workers_billing_transaction_commit_seconds_count")
+    commit_sum = _total(registry, "workers_billing_transaction_commit_seconds_sum")
+    return TransactionFigures(
+        interval_ms=interval_ms,
+        committed=round(committed),
+        aborted=round(_total(registry, "workers_billing_transactions_aborted_total")),
+        mean_size=size_sum / size_count if size_count else float("nan"),
+        messages=round(size_sum),
+        mean_open_seconds=open_sum / open_count if open_count else float("nan"),
+        p99_open_seconds_bound=quantile_bucket_bound(
+            registry, "workers_billing_transaction_open_seconds", 0.99
+        ),
+        mean_commit_seconds=commit_sum / commit_count if commit_count else float("nan"),
+    )
+
+
+def fleet_exactly_once(
+    work: Workload, variant: str, outcomes_topic: str, transaction_interval_ms: int
+) -> float:
+    """Today's chain (flags on) in exactly-once mode, built as `workers run billing` builds it.
+
+    A `RunConsumer` made here feeds the `StreamProcessor` and is also the chain's
+    `ExactlyOnce.consumer` (group metadata for `send_offsets_to_transaction`, seeks on an
+    abort). The transactional producer is `build_outcomes_producer` with
+    `transactional_producer_overrides` (a transactional id unique to the run, the worker's
+    default transaction timeout); the factory calls `init_transactions`. No DLQ topic, like
+    the other chains here (invalid messages are skipped), so a transaction holds outcomes.
+
+    The clock stops when the offsets committed in transactions cover the whole input
+    (reported by `CommitReportingProducer`; Arroyo's commit callback is never called in this
+    mode). Unlike the at-least-once chains, whose clock stops when offsets are handed to
+    Arroyo's commit (Arroyo commits them within its 1 s commit interval), this includes the
+    broker's commit. Checked afterwards, off the clock: the group's committed offsets cover
+    the input (`fully_committed`), the outcomes topic read with `read_committed` holds
+    exactly the expected outcomes, the committed transactions carried exactly that many
+    messages, and every custom-metric project was flagged.
+    """
+    settings = work.settings
+    consumer_config = fleet_consumer_config(settings)
+    consumer = RunConsumer(consumer_config)
+    registry = CollectorRegistry()
+    overrides = transactional_producer_overrides(
+        unique_name("bench-billing-txn"), DEFAULT_TRANSACTION_TIMEOUT_MS
+    )
+
+    def transactional_producer() -> TransactionalProducer:
+        return CommitReportingProducer(build_outcomes_producer(settings, overrides), watch.released)
+
+    mode = ExactlyOnce(
+        producer_factory=transactional_producer,
+        consumer=consumer,
+        transaction_interval_seconds=transaction_interval_ms / 1000.0,
+    )
+    watch = Stopwatch(
+        fleet_factory(work, outcomes_topic, exactly_once=mode, registry=registry), work.messages
+    )
+    reset_flags(work)
+    rate = run_arroyo(work, watch, consumer_config, consumer=consumer)
+    group = str(consumer_config["group.id"])
+    assert fully_committed(settings, group, work.topic), f"{variant}: input not all committed"
+    figures = read_transaction_figures(registry, transaction_interval_ms)
+    transaction_figures[variant] = figures
+    expected_total = sum(work.expected.values())
+    assert figures.messages == expected_total, (variant, figures, expected_total)
+    verify_outcomes(work, outcomes_topic, work.expected)
+    flagged = flagged_count(work)
+    assert flagged == CUSTOM_PROJECTS, f"{variant}: {flagged} projects flagged"
+    return rate
 
 
 def _plain_consumer(settings: Settings, group: str) -> Consumer:
@@ -736,12 +988,23 @@ def _librdkafka_extras(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-#: The last Quix run's own report (its JSON line), for the final figures.
-quix_reports: list[dict[str, Any]] = []
+#: The last Quix run's own report (its JSON line) per variant, for the final figures.
+quix_reports: dict[str, dict[str, Any]] = {}
+
+QUIX_GUARANTEES: Final[Mapping[str, str]] = {
+    "quix_streams": "at-least-once",
+    "quix_streams_exactly_once": "exactly-once",
+}
 
 
-def quix_streams(work: Workload, outcomes_topic: str) -> float:
-    """Run the Quix Streams app in its virtualenv over the input; verify what it produced."""
+def quix_streams(work: Workload, outcomes_topic: str, variant: str = "quix_streams") -> float:
+    """Run the Quix Streams app in its virtualenv over the input; verify what it produced.
+
+    `quix_streams_exactly_once` passes `--processing-guarantee exactly-once` (Quix's
+    `Application(processing_guarantee="exactly-once")`): one Kafka transaction per
+    checkpoint, i.e. per commit interval (the same 1 s as at-least-once; Quix flushes its
+    producer at each checkpoint, so a longer interval favours it).
+    """
     python = ensure_quix_venv()
     settings = work.settings
     consumer_extras = _librdkafka_extras(fleet_consumer_config(settings))
@@ -768,6 +1031,8 @@ def quix_streams(work: Workload, outcomes_topic: str) -> float:
         orjson.dumps(consumer_extras).decode(),
         "--producer-config",
         orjson.dumps(producer_extras).decode(),
+        "--processing-guarantee",
+        QUIX_GUARANTEES[variant],
     ]
     finished = subprocess.run(
         command,
@@ -779,7 +1044,7 @@ def quix_streams(work: Workload, outcomes_topic: str) -> float:
     lines = [line for line in finished.stdout.splitlines() if line.startswith(b"{")]
     assert lines, f"the Quix app printed no report: {finished.stdout[-2000:]!r}"
     report: dict[str, Any] = orjson.loads(lines[-1])
-    quix_reports.append(report)
+    quix_reports[variant] = report
     assert report["messages"] == work.messages, report
     expected = work.expected
     assert report["outcomes"] == sum(expected.values()), (report, sum(expected.values()))
@@ -804,28 +1069,38 @@ _OUTCOME_KEYS: Final = [
 def verify_outcomes(
     work: Workload, topic: str, expected: Mapping[tuple[int, int, int, int], int]
 ) -> None:
-    """Read `topic` to its end: exactly the expected outcomes, keyless, in the SPEC §4 shape."""
+    """Read `topic` to its end: exactly the expected outcomes, keyless, in the SPEC §4 shape.
+
+    Reads committed data only (`isolation.level=read_committed`: nothing of an aborted
+    transaction) to the end of each partition as librdkafka reports it (its end-of-partition
+    event), not to the high watermark: transaction markers take offsets too, so a partition
+    written in transactions ends past its last record.
+    """
     consumer = Consumer(
         {
             **work.settings.kafka_client_config(),
             "group.id": unique_name("bench-verify"),
             "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
         }
     )
-    ends: dict[int, int] = {}
-    assignment = []
-    for index in range(PARTITIONS):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, index), timeout=10)
-        if high > low:
-            ends[index] = high
-            assignment.append(TopicPartition(topic, index, low))
-    consumer.assign(assignment)
+    consumer.assign([TopicPartition(topic, index, OFFSET_BEGINNING) for index in range(PARTITIONS)])
+    ended: set[int] = set()
     seen: collections.Counter[Any] = collections.Counter()
+    deadline = time.monotonic() + 60 + work.messages / 10_000
     try:
-        while ends:
-            for message in consumer.consume(1000, 5.0):
+        while len(ended) < PARTITIONS:
+            assert time.monotonic() < deadline, f"{topic}: only partitions {ended} read to the end"
+            for message in consumer.consume(1000, 1.0):
                 error = message.error()
-                assert error is None, error
+                partition = message.partition()
+                assert partition is not None
+                if error is not None:
+                    assert error.code() == KafkaError._PARTITION_EOF, error
+                    ended.add(partition)
+                    continue
+                ended.discard(partition)
                 assert message.key() is None, message.key()
                 value = message.value() or b""
                 outcome = orjson.loads(value)
@@ -840,14 +1115,13 @@ def verify_outcomes(
                         outcome["quantity"],
                     )
                 ] += 1
-                partition, offset = message.partition(), message.offset()
-                assert partition is not None
-                assert offset is not None
-                if partition in ends and offset + 1 >= ends[partition]:
-                    del ends[partition]
     finally:
         consumer.close()
-    assert seen == collections.Counter(expected), "the Quix app's outcomes differ"
+    wanted = collections.Counter(expected)
+    assert seen == wanted, (
+        f"{topic}: {sum((seen - wanted).values())} unexpected outcomes, "
+        f"{sum((wanted - seen).values())} missing"
+    )
 
 
 # -- workload ---------------------------------------------------------------------------------
@@ -955,7 +1229,11 @@ _CHAIN_VARIANTS: Final[Mapping[str, tuple[float | None, bool, bool]]] = {
 
 
 def run_variant(
-    work: Workload, variant: str, profile: cProfile.Profile | None, created: list[str]
+    work: Workload,
+    variant: str,
+    profile: cProfile.Profile | None,
+    created: list[str],
+    transaction_interval_ms: int = DEFAULT_TRANSACTION_INTERVAL_MS,
 ) -> float:
     """One run of `variant`; the outcomes topic it creates is appended to `created`."""
     outcomes_topic = unique_name(f"bench-billing-out-{variant.replace('_', '-')}")
@@ -965,8 +1243,10 @@ def run_variant(
         return plain_decode(work)
     if variant == "plain_billing":
         return plain_billing(work, outcomes_topic)
-    if variant == "quix_streams":
-        return quix_streams(work, outcomes_topic)
+    if variant in QUIX_GUARANTEES:
+        return quix_streams(work, outcomes_topic, variant)
+    if variant.startswith("fleet_exactly_once"):
+        return fleet_exactly_once(work, variant, outcomes_topic, transaction_interval_ms)
     if variant == "previous":
         return run_arroyo(
             work,
@@ -998,12 +1278,69 @@ def print_table(rates: Mapping[str, float]) -> None:
     ceiling = rates.get("plain_billing") or max(rates.values())
     baselines = [(name, rates.get(name)) for name in ("previous", "arroyo_stock", "quix_streams")]
     header = "".join(f"{'vs ' + name:>20}" for name, _ in baselines)
-    print(f"{'variant':<22}{'msg/s':>12}{'vs plain_billing':>18}{header}")
+    print(f"{'variant':<28}{'msg/s':>12}{'vs plain_billing':>18}{header}")
     for variant, rate in rates.items():
         versus = "".join(
             f"{rate / baseline:>20.2f}" if baseline else f"{'-':>20}" for _, baseline in baselines
         )
-        print(f"{variant:<22}{rate:>12,.0f}{rate / ceiling:>18.2f}{versus}")
+        print(f"{variant:<28}{rate:>12,.0f}{rate / ceiling:>18.2f}{versus}")
+
+
+# Issue 13's targets: (numerator, denominator, at least).
+RATIO_TARGETS: Final = (
+    ("fleet_exactly_once", "fleet", 0.8),
+    ("fleet_exactly_once", "quix_streams_exactly_once", 2.0),
+    ("fleet", "plain_billing", 0.85),
+)
+
+
+def exactly_once_reference(rates: Mapping[str, float]) -> str | None:
+    """The `fleet_exactly_once` variant the ratios use: the only one, or the default interval's."""
+    if "fleet_exactly_once" in rates:
+        return "fleet_exactly_once"
+    default = f"fleet_exactly_once_{DEFAULT_TRANSACTION_INTERVAL_MS}ms"
+    if default in rates:
+        return default
+    return next((name for name in rates if name.startswith("fleet_exactly_once")), None)
+
+
+def ratios(rates: Mapping[str, float]) -> list[tuple[str, str, float, float]]:
+    """(numerator, denominator, ratio, target) for each target whose variants ran."""
+    reference = exactly_once_reference(rates)
+    found = []
+    for numerator, denominator, target in RATIO_TARGETS:
+        name = reference if numerator == "fleet_exactly_once" else numerator
+        if name is not None and name in rates and rates.get(denominator):
+            found.append((name, denominator, rates[name] / rates[denominator], target))
+    return found
+
+
+def print_summary(rates: Mapping[str, float]) -> None:
+    """The issue's ratios against their targets, then the exactly-once runs' transactions."""
+    found = ratios(rates)
+    if found:
+        print("\nratios (issue 13 targets)")
+        for numerator, denominator, ratio, target in found:
+            verdict = "ok" if ratio >= target else "below target"
+            label = f"{numerator} / {denominator}"
+            print(f"  {label:<52}{ratio:>6.2f}  (target >= {target:.2f}: {verdict})")
+    if transaction_figures:
+        print(
+            "\ntransactions (fleet exactly-once; p99 first produce to commit is the upper bound "
+            "of its histogram bucket)"
+        )
+        print(
+            f"  {'variant':<28}{'interval':>9}{'committed':>11}{'aborted':>9}"
+            f"{'mean size':>11}{'mean open':>11}{'p99 open <=':>13}{'mean commit':>13}"
+        )
+        for name, figures in transaction_figures.items():
+            print(
+                f"  {name:<28}{figures.interval_ms:>7}ms{figures.committed:>11,}"
+                f"{figures.aborted:>9}{figures.mean_size:>11,.0f}"
+                f"{figures.mean_open_seconds * 1000:>9.1f}ms"
+                f"{figures.p99_open_seconds_bound * 1000:>11,.0f}ms"
+                f"{figures.mean_commit_seconds * 1000:>11.1f}ms"
+            )
 
 
 def write_chart(rates: Mapping[str, float], path: Path, title: str) -> None:
@@ -1018,7 +1355,11 @@ def write_chart(rates: Mapping[str, float], path: Path, title: str) -> None:
     values = [rates[name] for name in names]
     colours = ["#9e9e9e" if name.startswith("plain") else "#1f77b4" for name in names]
     colours = [
-        "#d62728" if name == "previous" else "#ff7f0e" if name == "quix_streams" else colour
+        "#d62728"
+        if name == "previous"
+        else "#ff7f0e"
+        if name.startswith("quix_streams")
+        else colour
         for name, colour in zip(names, colours, strict=True)
     ]
     bars = axes.barh(names, values, color=colours)
@@ -1039,6 +1380,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs per variant (median kept)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--profile", action="store_true", help="cProfile the fleet variant")
+    parser.add_argument(
+        "--transaction-interval-ms",
+        default=str(DEFAULT_TRANSACTION_INTERVAL_MS),
+        help="fleet_exactly_once's transaction interval; several (e.g. 50,100,250) run one "
+        "variant each, named fleet_exactly_once_<ms>ms",
+    )
     parser.add_argument("--chart", type=Path, default=DEFAULT_CHART)
     return parser.parse_args(argv)
 
@@ -1054,7 +1401,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown variants: {', '.join(sorted(unknown))}")
-    if "quix_streams" in variants:
+    intervals = [int(ms) for ms in args.transaction_interval_ms.split(",") if ms]
+    if not intervals or min(intervals) < 1:
+        raise SystemExit("--transaction-interval-ms: positive milliseconds, comma-separated")
+    interval_of: dict[str, int] = {}
+    if len(intervals) == 1:
+        interval_of["fleet_exactly_once"] = intervals[0]
+    elif "fleet_exactly_once" in variants:
+        expanded = {f"fleet_exactly_once_{ms}ms": ms for ms in intervals}
+        interval_of.update(expanded)
+        at = variants.index("fleet_exactly_once")
+        variants[at : at + 1] = list(expanded)
+    if set(variants) & set(QUIX_GUARANTEES):
         ensure_quix_venv()  # before the input is produced: a broken install fails fast
     work = prepare(settings, args.messages, args.mix)
     profile = cProfile.Profile() if args.profile else None
@@ -1063,13 +1421,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for _ in range(args.repeat):
             for variant in variants:
-                rate = run_variant(work, variant, profile, created)
+                rate = run_variant(
+                    work,
+                    variant,
+                    profile,
+                    created,
+                    interval_of.get(variant, DEFAULT_TRANSACTION_INTERVAL_MS),
+                )
                 samples[variant].append(rate)
                 print(f"  {variant}: {rate:,.0f} msg/s", file=sys.stderr)
     finally:
         cleanup(work, [work.topic, *created])
     rates = {name: statistics.median(values) for name, values in samples.items()}
     print_table(rates)
+    print_summary(rates)
     write_chart(rates, args.chart, f"billing worker, {args.messages:,} messages, {args.mix} mix")
     print(f"chart: {args.chart}")
     if profile is not None:
@@ -1093,8 +1458,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         figures["fleet_vs_plain_decode"] = round(rates["fleet"] / rates["plain_decode"], 2)
     if "quix_streams" in rates and "fleet" in rates:
         figures["fleet_vs_quix_streams"] = round(rates["fleet"] / rates["quix_streams"], 2)
-    if quix_reports:
-        figures["quix_streams_last_run"] = quix_reports[-1]
+    for numerator, denominator, ratio, _ in ratios(rates):
+        figures[f"{numerator}_vs_{denominator}"] = round(ratio, 2)
+    for name, transactions in transaction_figures.items():
+        figures[f"{name}_transactions"] = {
+            "interval_ms": transactions.interval_ms,
+            "committed": transactions.committed,
+            "aborted": transactions.aborted,
+            "mean_size": round(transactions.mean_size, 1),
+            "mean_open_s": round(transactions.mean_open_seconds, 4),
+            "p99_open_s_bucket_bound": transactions.p99_open_seconds_bound,
+            "mean_commit_s": round(transactions.mean_commit_seconds, 4),
+        }
+    for name, report in quix_reports.items():
+        figures[f"{name}_last_run"] = report
     print(orjson.dumps(figures).decode())
 
 

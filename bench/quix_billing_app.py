@@ -4,7 +4,8 @@ Runs ONLY in the Quix virtualenv (`bench/quix_env.py` makes it; Quix pins conflu
 < 2.13, the fleet needs 2.16), from the repository root:
 
     bench/.venv-quix/bin/python -m bench.quix_billing_app --broker 127.0.0.1:39092 \
-        --input-topic IN --output-topic OUT --group G --messages 200000
+        --input-topic IN --output-topic OUT --group G --messages 200000 \
+        [--processing-guarantee at-least-once|exactly-once]
 
 The per-message work is `bench.quix_billing.BillingJob`: the fleet's own decode, validation,
 counting and outcome bytes (docs/reference.md, Billing outcomes), from the pure-Python
@@ -13,7 +14,7 @@ modules of `workers.billing`.
 The app, written the way Quix's documentation writes one:
 
     app = Application(broker_address=..., consumer_group=..., auto_offset_reset="earliest",
-                      commit_interval=...)
+                      commit_interval=..., processing_guarantee=...)
     sdf = app.dataframe(input_topic)          # raw bytes in (value_deserializer="bytes")
     sdf = sdf.apply(bill).filter(is_outcome)  # outcome bytes, or dropped
     sdf.to_topic(output_topic)                # bytes out, the input key (none)
@@ -22,7 +23,9 @@ Invalid messages are dropped and counted (the benchmark's Arroyo chains have no 
 Arroyo drops an `InvalidMessage` then too). Quix's at-least-once checkpoint: every
 `commit_interval` seconds (default here: the fleet's 1 s; Quix's own default is 5 s) it
 flushes the producer, i.e. waits for every outcome to be acknowledged, then commits the
-consumed offsets synchronously.
+consumed offsets synchronously. With `--processing-guarantee exactly-once` (Quix's
+`processing_guarantee="exactly-once"`) each checkpoint is one Kafka transaction: the
+outcomes produced since the last one and the consumed offsets are committed together.
 
 The clock runs from the first message the dataframe sees to the end of the final checkpoint
 after the N-th message (every outcome acknowledged, offsets committed): `on_message_processed`
@@ -62,6 +65,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--consumer-config", default="{}", help="JSON: extra librdkafka keys")
     parser.add_argument("--producer-config", default="{}", help="JSON: extra librdkafka keys")
+    parser.add_argument(
+        "--processing-guarantee",
+        choices=("at-least-once", "exactly-once"),
+        default="at-least-once",
+        help="Quix's processing_guarantee (exactly-once: one transaction per checkpoint)",
+    )
     return parser.parse_args(argv)
 
 
@@ -113,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             consumer_extra_config=json.loads(args.consumer_config),
             producer_extra_config=json.loads(args.producer_config),
             on_message_processed=processed,
+            processing_guarantee=args.processing_guarantee,
             state_dir=state_dir,
             loglevel="WARNING",
         )
@@ -132,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         json.dumps(
             {
+                "processing_guarantee": args.processing_guarantee,
                 "messages": run.consumed,
                 "outcomes": run.outcomes,
                 "invalid": run.invalid,
