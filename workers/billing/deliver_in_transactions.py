@@ -51,13 +51,14 @@ from workers.billing.transactions import (
     kafka_error,
     raise_if_fatal,
 )
+from workers.common.call_watchdog import CallWatchdog
 from workers.common.dlq import reason_code
 
 logger = logging.getLogger(__name__)
 
 #: The longest a commit, an abort or an offsets call may block (the broker's
 #: `transaction.timeout.ms` bounds a transaction as a whole).
-DEFAULT_TRANSACTION_CALL_TIMEOUT_SECONDS: Final = 30.0
+DEFAULT_TRANSACTION_CALL_TIMEOUT_SECONDS: Final = 10.0
 #: Outcomes and DLQ copies in the open transaction plus those waiting for it before the
 #: chain pushes back (well below librdkafka's 100,000-message producer queue).
 DEFAULT_MAX_TRANSACTION_MESSAGES: Final = 50_000
@@ -98,9 +99,11 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
         dlq_topic: str | None = None,
         worker: str = "billing",
         on_dead_letter: Callable[[str], None] | None = None,
+        watchdog: CallWatchdog | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.__producer = producer
+        self.__watchdog = watchdog if watchdog is not None else CallWatchdog()
         self.__topic = topic.name
         self.__consumer = consumer
         self.__committed = committed
@@ -257,9 +260,11 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
         ]
         try:
             if positions:
-                producer.send_offsets_to_transaction(
-                    positions, self.__consumer.group_metadata(), self.__call_timeout
-                )
+                timeout = self.__call_timeout
+                with self.__watchdog.guard("send_offsets_to_transaction", timeout):
+                    producer.send_offsets_to_transaction(
+                        positions, self.__consumer.group_metadata(), timeout
+                    )
             self.__retrying(producer.commit_transaction, "commit_transaction")
         except KafkaException as exception:
             error = kafka_error(exception)
@@ -280,8 +285,10 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
         """`call(timeout)`, again while librdkafka says a retry may succeed (bounded)."""
         deadline = self.__clock() + self.__call_timeout
         while True:
+            timeout = max(deadline - self.__clock(), 0.1)
             try:
-                call(max(deadline - self.__clock(), 0.1))
+                with self.__watchdog.guard(name, timeout):
+                    call(timeout)
                 return
             except KafkaException as exception:
                 error = kafka_error(exception)

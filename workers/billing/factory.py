@@ -56,6 +56,7 @@ from arroyo.types import (
     Partition,
     Topic,
 )
+from confluent_kafka import KafkaException
 
 from workers.billing.backoff import Backoff
 from workers.billing.counting import BillingCounter
@@ -83,6 +84,7 @@ from workers.billing.translate import (
     DEFAULT_MAX_BATCH_SECONDS,
     TranslateOutcomes,
 )
+from workers.common.call_watchdog import CallWatchdog
 from workers.common.message_runs import MessageRun
 
 logger = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
         self.__producer_factory = producer_factory
         self.__exactly_once = exactly_once
         self.__transactional_producer: TransactionalProducer | None = None
+        self.__watchdog = CallWatchdog()
         self.__dlq_topic = dlq_topic
         self.__worker = worker
         self.__on_dead_letter = metrics.dlq_message
@@ -200,7 +203,8 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
             producer = mode.producer_factory()
             # Fences any earlier producer with this transactional id and aborts what it left
             # open, so the offsets of its partitions can be read.
-            producer.init_transactions(mode.init_timeout_seconds)
+            with self.__watchdog.guard("init_transactions", mode.init_timeout_seconds):
+                producer.init_transactions(mode.init_timeout_seconds)
             self.__transactional_producer = self.__producer = producer
         return self.__transactional_producer
 
@@ -228,6 +232,7 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
                     dlq_topic=self.__dlq_topic,
                     worker=self.__worker,
                     on_dead_letter=self.__on_dead_letter,
+                    watchdog=self.__watchdog,
                 )
             )
 
@@ -272,7 +277,13 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
         producer, self.__producer = self.__producer, None
         if producer is None:
             return
-        left = producer.flush(self.__producer_close_timeout)
+        try:
+            left = producer.flush(self.__producer_close_timeout)
+        except KafkaException as error:
+            # A fenced or otherwise failed transactional producer: nothing is left to deliver
+            # outside a transaction, and the error that ended the process was logged already.
+            logger.warning("outcomes producer failed at shutdown", extra={"error": str(error)})
+            return
         if left:
             logger.warning(
                 "outcomes producer did not flush within %.1f s",
