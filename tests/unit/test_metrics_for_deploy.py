@@ -61,3 +61,27 @@ def test_lag_reporter_also_reports_committed_offsets() -> None:
     # Partition 0 revoked, partition 1 committed for the first time.
     reporter(stats({"1": {"partition": 1, "fetch_state": "active", "committed_offset": 4}}))
     assert (offset("0"), offset("1")) == (None, 4)
+
+
+def test_offsets_committed_in_transactions_drive_the_lag_and_committed_gauges() -> None:
+    """The consumer never sees a transactional commit: the chain notes it for the gauges."""
+    registry = CollectorRegistry()
+    reporter = ConsumerLagReporter(registry, "billing", forward=None)
+
+    def stats() -> str:
+        # librdkafka still reports the offset the assignment started from (100).
+        partition = {"partition": 0, "fetch_state": "active", "committed_offset": 100,
+                     "ls_offset": 500, "consumer_lag": 400}  # fmt: skip
+        return json.dumps({"topics": {"t": {"partitions": {"0": partition}}}})
+
+    def sample(name: str) -> float | None:
+        labels = {"worker": "billing", "topic": "t", "partition": "0"}
+        return registry.get_sample_value(name, labels)
+
+    reporter(stats())
+    assert sample("workers_consumer_lag_messages") == 400
+    reporter.note_committed({("t", 0): 450})
+    reporter.note_committed({("t", 0): 430})  # an older note never moves it back
+    reporter(stats())
+    assert sample("workers_consumer_committed_offset") == 450
+    assert sample("workers_consumer_lag_messages") == 50

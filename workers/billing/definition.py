@@ -238,6 +238,7 @@ def exactly_once_mode(context: StrategyContext) -> ExactlyOnce:
         producer_factory=build_producer,
         consumer=context.consumer,
         transaction_interval_seconds=interval_ms / 1000.0,
+        note_committed=context.note_committed,
     )
 
 

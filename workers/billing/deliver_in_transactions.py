@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final, NamedTuple, NoReturn
 
 from arroyo.processing.strategies.abstract import MessageRejected, ProcessingStrategy
@@ -100,10 +100,12 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
         worker: str = "billing",
         on_dead_letter: Callable[[str], None] | None = None,
         watchdog: CallWatchdog | None = None,
+        note_committed: Callable[[Mapping[tuple[str, int], int]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.__producer = producer
         self.__watchdog = watchdog if watchdog is not None else CallWatchdog()
+        self.__note_committed = note_committed
         self.__topic = topic.name
         self.__consumer = consumer
         self.__committed = committed
@@ -274,6 +276,10 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
             self.__abort(abort_reason, f"commit refused: {error.name()} ({error.str()})")
         finished = self.__clock()
         self.__committed.update(self.__offsets)
+        if self.__note_committed is not None:
+            self.__note_committed(
+                {(p.topic.name, p.index): offset for p, offset in self.__offsets.items()}
+            )
         if self.__by_category:
             self.__tally.outcomes_acknowledged(self.__by_category)
         self.__metrics.transaction_committed(

@@ -233,6 +233,7 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
                     worker=self.__worker,
                     on_dead_letter=self.__on_dead_letter,
                     watchdog=self.__watchdog,
+                    note_committed=mode.note_committed,
                 )
             )
 

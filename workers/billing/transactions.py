@@ -117,6 +117,8 @@ class ExactlyOnce:
     consumer: GroupConsumer
     transaction_interval_seconds: float = DEFAULT_TRANSACTION_INTERVAL_SECONDS
     init_timeout_seconds: float = DEFAULT_INIT_TIMEOUT_SECONDS
+    # Told the offsets of every committed transaction (the consumer never sees them).
+    note_committed: Callable[[Mapping[tuple[str, int], int]], None] | None = None
 
     def __post_init__(self) -> None:
         if self.transaction_interval_seconds <= 0:

@@ -40,6 +40,9 @@ class StrategyContext:
     # The consumer feeding the chain (a `RunConsumer` when the definition `consumes_runs`):
     # an exactly-once chain sends its group metadata with offsets and seeks it back.
     consumer: Any = None
+    # A chain that commits offsets itself (in Kafka transactions) reports them here, so the
+    # lag and committed-offset gauges follow: `{(topic, partition): offset}`.
+    note_committed: Callable[[Mapping[tuple[str, int], int]], None] | None = None
 
     @property
     def max_batch_time_seconds(self) -> float:

@@ -130,6 +130,7 @@ def build_strategy_factory(
     settings: Settings,
     metrics: FleetMetrics,
     consumer: Consumer[Any] | None = None,
+    lag_reporter: ConsumerLagReporter | None = None,
 ) -> ProcessingStrategyFactory[Any]:
     context = StrategyContext(
         worker=definition.name,
@@ -144,6 +145,7 @@ def build_strategy_factory(
         group_instance_id=options.group_instance_id,
         process_index=options.process_index,
         consumer=consumer,
+        note_committed=lag_reporter.note_committed if lag_reporter is not None else None,
     )
     factory = definition.build_strategy_factory(context)
     if options.healthcheck_file is not None:
@@ -158,11 +160,12 @@ def build_processor(
     settings: Settings,
     metrics: FleetMetrics,
     dlq_policy: DlqPolicy[KafkaPayload] | None,
+    lag_reporter: ConsumerLagReporter | None = None,
 ) -> StreamProcessor[Any]:
     return StreamProcessor(
         consumer,
         Topic(options.input_topic),
-        build_strategy_factory(definition, options, settings, metrics, consumer),
+        build_strategy_factory(definition, options, settings, metrics, consumer, lag_reporter),
         commit_policy=CommitPolicy(
             min_commit_frequency_sec=options.commit_interval_ms / 1000.0,
             min_commit_messages=None,
@@ -196,6 +199,7 @@ def run_consumer(
     if serve_metrics and options.metrics_port is not None:
         metrics_server = start_metrics_server(options.metrics_port, registry)
 
+    lag_reporter = ConsumerLagReporter(registry, definition.name)
     configuration = consumer_configuration(
         settings,
         ConsumerOptions(
@@ -204,7 +208,7 @@ def run_consumer(
             max_poll_interval_ms=options.max_poll_interval_ms,
             group_instance_id=options.group_instance_id,
         ),
-        stats_callback=ConsumerLagReporter(registry, definition.name),
+        stats_callback=lag_reporter,
     )
     consumer: Consumer[Any] = (
         RunConsumer(configuration) if definition.consumes_runs else KafkaConsumer(configuration)
@@ -218,7 +222,9 @@ def run_consumer(
         )
         dlq_policy = build_dlq_policy(dlq_producer, definition.dlq_topic, definition.name, metrics)
 
-    processor = build_processor(consumer, definition, options, settings, metrics, dlq_policy)
+    processor = build_processor(
+        consumer, definition, options, settings, metrics, dlq_policy, lag_reporter
+    )
     logger.info(
         "consumer starting",
         extra={

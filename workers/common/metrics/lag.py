@@ -28,6 +28,12 @@ absent now (revoked in a rebalance) is removed from the gauge; in prometheus-cli
 multiprocess mode series cannot be removed, so it is set to 0 instead (the gauge is
 `livesum`: the partition's new owner, possibly another process, reports the real value).
 
+Offsets committed in Kafka transactions (exactly-once billing) are sent by a producer, so
+librdkafka's consumer never learns of them and its `committed_offset` stays where the
+assignment started. Such a chain reports its commits with `note_committed`; for those
+partitions the gauges use the noted offset (when it is ahead), and the lag is the partition's
+end offset minus it.
+
 The callback never raises: an exception escaping a librdkafka callback would surface in the
 consumer's `poll()`.
 """
@@ -85,6 +91,11 @@ def partition_committed_offsets(stats: Mapping[str, Any]) -> dict[tuple[str, str
     return _partition_values(stats, "committed_offset")
 
 
+def partition_end_offsets(stats: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+    """`(topic, partition) → ls_offset`: the end a read_committed consumer can read to."""
+    return _partition_values(stats, "ls_offset")
+
+
 class ConsumerLagReporter:
     """confluent-kafka `stats_cb` feeding `workers_consumer_lag_messages` and
     `workers_consumer_committed_offset` (see module doc)."""
@@ -116,6 +127,8 @@ class ConsumerLagReporter:
         )
         self._reported: set[tuple[str, str]] = set()
         self._reported_offsets: set[tuple[str, str]] = set()
+        # Offsets committed by a transactional producer, `(topic, partition) → offset`.
+        self._noted: dict[tuple[str, str], int] = {}
         self._log_once = LogOnce(logger, max_keys=8)
 
     def __call__(self, stats_json: str) -> None:
@@ -133,12 +146,26 @@ class ConsumerLagReporter:
                     "forward", logging.ERROR, "Arroyo's stats_callback failed", exc_info=True
                 )
 
+    def note_committed(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Offsets this process committed outside the consumer (in a Kafka transaction)."""
+        for (topic, partition), offset in offsets.items():
+            key = (topic, str(partition))
+            if offset > self._noted.get(key, -1):
+                self._noted[key] = offset
+
     def update(self, stats: Mapping[str, Any]) -> None:
         """Set the gauges from parsed librdkafka statistics."""
-        self._reported = self._set(self._gauge, partition_lags(stats), self._reported)
-        self._reported_offsets = self._set(
-            self._committed, partition_committed_offsets(stats), self._reported_offsets
-        )
+        lags = partition_lags(stats)
+        committed = partition_committed_offsets(stats)
+        if self._noted:
+            ends = partition_end_offsets(stats)
+            for key, end in ends.items():
+                noted = self._noted.get(key)
+                if noted is not None and noted > committed.get(key, -1):
+                    committed[key] = noted
+                    lags[key] = max(end - noted, 0)
+        self._reported = self._set(self._gauge, lags, self._reported)
+        self._reported_offsets = self._set(self._committed, committed, self._reported_offsets)
 
     def _set(
         self,
