@@ -38,7 +38,12 @@ from workers.billing.summary import flagged_projects, outcome_totals
 from workers.billing.traffic import sample_traffic_for_projects
 from workers.common.database import apply_migrations
 from workers.common.kafka_config import producer_configuration
-from workers.common.kafka_offsets import committed_offsets, high_watermarks, total
+from workers.common.kafka_offsets import (
+    committed_offsets,
+    count_committed_records,
+    high_watermarks,
+    total,
+)
 from workers.common.logs import configure_logging
 from workers.common.producing import produce_waiting
 from workers.common.projects import (
@@ -81,8 +86,8 @@ class DemoWorker:
     metrics_port: int
     log_path: Path
     committed_before: int
-    dlq_before: int
-    outputs_before: dict[str, int]
+    dlq_before: dict[int, int]
+    outputs_before: dict[str, dict[int, int]]
     produced: int = 0
 
 
@@ -120,11 +125,9 @@ def _start_worker(
         committed_before=total(
             committed_offsets(settings, definition.consumer_group, definition.topic)
         ),
-        dlq_before=total(high_watermarks(settings, definition.dlq_topic))
-        if definition.dlq_topic
-        else 0,
+        dlq_before=high_watermarks(settings, definition.dlq_topic) if definition.dlq_topic else {},
         outputs_before={
-            topic: total(high_watermarks(settings, topic)) for topic in definition.output_topics
+            topic: high_watermarks(settings, topic) for topic in definition.output_topics
         },
     )
 
@@ -370,7 +373,7 @@ def _settled_scrape(settings: Settings, worker: DemoWorker) -> str:
         if worker.definition.name != BILLING_NAME or time.monotonic() > deadline:
             return text
         produced = sum(
-            total(high_watermarks(settings, topic)) - before
+            count_committed_records(settings, topic, before)
             for topic, before in worker.outputs_before.items()
         )
         if sum(t.outcomes for t in outcome_totals(text).values()) >= produced:
@@ -393,13 +396,14 @@ def _summary(
             total(committed_offsets(settings, definition.consumer_group, definition.topic))
             - worker.committed_before
         )
+        # Read committed: billing writes its outputs in Kafka transactions.
         dlq = (
-            total(high_watermarks(settings, definition.dlq_topic)) - worker.dlq_before
+            count_committed_records(settings, definition.dlq_topic, worker.dlq_before)
             if definition.dlq_topic
             else 0
         )
         outputs = ", ".join(
-            f"{topic}: {total(high_watermarks(settings, topic)) - before}"
+            f"{topic}: {count_committed_records(settings, topic, before)}"
             for topic, before in worker.outputs_before.items()
         )
         table.add_row(

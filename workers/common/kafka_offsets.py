@@ -128,3 +128,45 @@ def lag(settings: Settings, group_id: str, topic: str) -> int:
 def fully_committed(settings: Settings, group_id: str, topic: str) -> bool:
     """True when the group has committed every message of `topic` (empty partitions need none)."""
     return lag(settings, group_id, topic) == 0
+
+
+def count_committed_records(
+    settings: Settings, topic: str, since: Mapping[int, int], timeout: float = 30.0
+) -> int:
+    """Records of `topic` after `since` (offset per partition; 0 where absent), read_committed.
+
+    Offset arithmetic cannot count a topic written in transactions: their commit markers take
+    offsets too, and aborted records are never read. So this reads each partition to its end.
+    """
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": "workers-offsets-inspector",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        partitions = _partitions(consumer, topic)
+        if not partitions:
+            return 0
+        for partition in partitions:
+            partition.offset = since.get(partition.partition, 0)
+        consumer.assign(partitions)
+        ended: set[int] = set()
+        count = 0
+        deadline = time.monotonic() + timeout
+        while len(ended) < len(partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: read {len(ended)} of {len(partitions)} partitions")
+            for message in consumer.consume(num_messages=1000, timeout=0.2):
+                error, index = message.error(), message.partition()
+                if error is None:
+                    count += 1
+                    ended.discard(index or 0)
+                elif error.code() == KafkaError._PARTITION_EOF and index is not None:
+                    ended.add(index)
+        return count
+    finally:
+        consumer.close()
