@@ -26,7 +26,8 @@ Every variant reads all of it with its own consumer group, side by side in one r
 - `arroyo_stock`: the issue's variant (b), the same chain on Arroyo's stock consumer and
   its stock configuration: Arroyo's `KafkaConsumer` (one message per poll) configured by
   `build_kafka_consumer_configuration`'s defaults (`queued.min.messages=10000`, librdkafka's
-  `fetch.queue.backoff.ms=1000`; SPEC §7), each message handed to the chain as a
+  `fetch.queue.backoff.ms=1000`; docs/reference.md, Arroyo and librdkafka), each message
+  handed to the chain as a
   one-message run (`OneMessageRuns`, the chain takes runs only), i.e. what dropping the
   fleet's strategy factory into a stock Arroyo consumer gives;
 - `fleet_stock_config`: the same chain fed by the fleet's `RunConsumer`, on that stock
@@ -1069,7 +1070,8 @@ _OUTCOME_KEYS: Final = [
 def verify_outcomes(
     work: Workload, topic: str, expected: Mapping[tuple[int, int, int, int], int]
 ) -> None:
-    """Read `topic` to its end: exactly the expected outcomes, keyless, in the SPEC §4 shape.
+    """Read `topic` to its end: exactly the expected outcomes, keyless, in the exact shape
+    of docs/reference.md, Billing outcomes.
 
     Reads committed data only (`isolation.level=read_committed`: nothing of an aborted
     transaction) to the end of each partition as librdkafka reports it (its end-of-partition

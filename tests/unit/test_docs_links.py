@@ -21,20 +21,6 @@ README: Final = ROOT / "README.md"
 DOCS: Final = ROOT / "docs"
 MAX_README_BYTES: Final = 8192
 
-#: Files another engineer is rewriting; their citations move to docs/ with that rewrite.
-#: Delete this constant (and its use below) once they no longer cite the outside document.
-TEMPORARY_OUTSIDE_CITATION_ALLOWLIST: Final = frozenset(
-    {
-        "workers/billing/__init__.py",
-        "workers/billing/counting.py",
-        "workers/billing/custom_metrics.py",
-        "workers/billing/flags.py",
-        "workers/billing/message.py",
-        "workers/billing/outcome.py",
-        "tests/integration/test_billing_worker.py",
-        "bench/billing.py",
-    }
-)
 #: Applied migrations are checksummed (`workers migrate` refuses a changed one), so their
 #: comments stay as they were applied.
 CHECKSUMMED_MIGRATIONS: Final = frozenset(
@@ -233,7 +219,7 @@ def test_nothing_cites_the_outside_document() -> None:
         for path in _scanned_files()
         if OUTSIDE_CITATION in path.read_text()
     }
-    allowed = TEMPORARY_OUTSIDE_CITATION_ALLOWLIST | CHECKSUMMED_MIGRATIONS
+    allowed = CHECKSUMMED_MIGRATIONS
     assert citing <= allowed, f"cite docs/ instead: {sorted(citing - allowed)}"
 
 

@@ -1,4 +1,4 @@
-"""The billing worker: generic-metrics usage counters in, accepted outcomes out (SPEC §4).
+"""The billing worker: generic-metrics usage counters in, accepted outcomes out (docs/billing.md).
 
 Modules:
 

@@ -1,4 +1,6 @@
-"""Which buckets bill, in which data category, and for what quantity (SPEC §4).
+"""Which buckets bill, in which data category, and for what quantity.
+
+The rule is docs/reference.md, Billing outcomes.
 
 Only two metric ids bill by default:
 

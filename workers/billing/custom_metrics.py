@@ -1,4 +1,4 @@
-"""Is a generic-metrics bucket a custom metric? (SPEC §4's first-custom-metric check.)
+"""Is a generic-metrics bucket a custom metric? (docs/reference.md, First-custom-metric flag.)
 
 A bucket is custom when the name `mapping_meta` gives its metric id is an MRI
 (`<entity>:<namespace>/<name>@<unit>`) in the `custom` namespace. Stdlib only: the Quix

@@ -1,4 +1,5 @@
-"""The first-custom-metric flag (SPEC §4), with the reference's weaknesses fixed.
+"""The first-custom-metric flag (docs/reference.md, First-custom-metric flag), with the
+reference's weaknesses fixed.
 
 Per bucket, on the consumer thread (`custom_metrics.CustomMetricDetector`, the one
 implementation of steps 1 and 2, a few dict lookups):

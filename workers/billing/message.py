@@ -1,6 +1,7 @@
 """Decoding and validation of one `snuba-generic-metrics` message into a typed bucket.
 
-The input is the JSON format of the `snuba-generic-metrics.v1` schema (SPEC §4). Validating
+The input is the JSON format of the `snuba-generic-metrics.v1` schema (docs/reference.md,
+Generic-metrics input). Validating
 every message with the full jsonschema codec is far too slow for the hot path, so the fields
 the billing worker relies on are checked on their own:
 
@@ -17,7 +18,7 @@ Only type `"c"` buckets can carry a scalar value. A scalar value under another t
 rejected (`type_value_mismatch`) rather than billed (the reference ignores `type` and would
 bill it) or silently skipped: the billable metric ids are `c:` MRIs, so such a message is
 corrupt and belongs in the DLQ where it can be inspected and replayed. A counter whose value
-is a list or an object is accepted and simply yields nothing (SPEC §4).
+is a list or an object is accepted and simply yields nothing (docs/reference.md, Billing outcomes).
 
 Two paths, one verdict. `parse_bucket` first decodes into a typed msgspec `Struct`
 (`WireBucket`): msgspec checks the types of the fields it reads in C and skips the fields

@@ -1,4 +1,6 @@
-"""The exact bytes of an accepted outcome on the `outcomes-billing` topic (SPEC §4).
+"""The exact bytes of an accepted outcome on the `outcomes-billing` topic.
+
+The format is docs/reference.md, Billing outcomes.
 
 Compact JSON, keys in exactly this order, Kafka key none:
 
