@@ -65,7 +65,9 @@ case "${1:-}" in
     # builds kustomize (Go) on first use, as `workers stack up` does; later runs reuse them.
     ensure_venv
     shift
-    exec "$VENV/bin/pytest" -m "not integration" tests/unit tests/deploy "$@"
+    paths=(tests/unit tests/deploy)  # unless the arguments name tests themselves
+    for arg in "$@"; do case "$arg" in tests/*) paths=() ;; esac; done
+    exec "$VENV/bin/pytest" -m "not integration" "${paths[@]}" "$@"
     ;;
   *)
     echo "usage: ./dev.sh demo | test [pytest args] | lint | unit [pytest args]" >&2
