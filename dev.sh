@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The two README commands: `./dev.sh demo` (set up everything, run the main job) and
 # `./dev.sh test` (lint, type-check and the whole test suite against the real local stack).
+# Fast feedback without the stack: `./dev.sh lint` (ruff, format check, mypy) and
+# `./dev.sh unit` (every test not marked `integration`: tests/unit and tests/deploy).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,6 +35,13 @@ ensure_venv() {
   fi
 }
 
+# The same three checks as .pre-commit-config.yaml.
+lint() {
+  "$VENV/bin/ruff" check .
+  "$VENV/bin/ruff" format --check .
+  "$VENV/bin/mypy"
+}
+
 case "${1:-}" in
   demo)
     ensure_venv
@@ -44,13 +53,24 @@ case "${1:-}" in
     shift
     "$VENV/bin/workers" stack up
     "$VENV/bin/workers" migrate
-    "$VENV/bin/ruff" check .
-    "$VENV/bin/ruff" format --check .
-    "$VENV/bin/mypy"
+    lint
     exec "$VENV/bin/pytest" "$@"
     ;;
+  lint)
+    ensure_venv
+    lint
+    ;;
+  unit)
+    # No Kafka, PostgreSQL or Redis. The deploy tests' fixture installs promtool (apt) and
+    # builds kustomize (Go) on first use, as `workers stack up` does; later runs reuse them.
+    ensure_venv
+    shift
+    paths=(tests/unit tests/deploy)  # unless the arguments name tests themselves
+    for arg in "$@"; do case "$arg" in tests/*) paths=() ;; esac; done
+    exec "$VENV/bin/pytest" -m "not integration" "${paths[@]}" "$@"
+    ;;
   *)
-    echo "usage: ./dev.sh demo | test [pytest args]" >&2
+    echo "usage: ./dev.sh demo | test [pytest args] | lint | unit [pytest args]" >&2
     exit 2
     ;;
 esac
