@@ -49,7 +49,9 @@ INTERVAL = 0.01
 class Chain:
     """The exactly-once chain over fakes, assigned partitions 0 and 1 from offset 0."""
 
-    def __init__(self, store: GatedFlagStore | None = None) -> None:
+    def __init__(
+        self, store: GatedFlagStore | None = None, aggregate_window_seconds: float | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.producer = FakeTransactionalProducer()
         self.consumer = FakeGroupConsumer({P0: 0, P1: 0})
@@ -70,6 +72,7 @@ class Chain:
             max_batch_seconds=0.0,
             flag_backoff=Backoff(0.001, 0.01),
             dlq_topic=DLQ.name,
+            aggregate_window_seconds=aggregate_window_seconds,
         )
         self.strategy: ProcessingStrategy[MessageRun] = self.factory.create_with_partitions(
             self.arroyo_commits, {P0: 0, P1: 0}
@@ -198,6 +201,24 @@ def test_before_revocation_a_failed_transaction_is_aborted_not_committed() -> No
     chain.strategy.join(5.0)
     assert (chain.producer.commits, chain.producer.aborts) == (0, 1)
     assert chain.metric("workers_billing_transactions_aborted_total", reason="revoked") == 1
+
+
+def test_aggregation_windows_commit_in_transactions_and_replay_exactly() -> None:
+    chain = Chain(aggregate_window_seconds=0.005)
+    chain.submit([bucket(2.0, project_id=1), bucket(3.0, project_id=1)], 0)
+    chain.submit([bucket(4.0, project_id=2)], 0, partition=1)
+    chain.settle(lambda: chain.producer.committed_offsets.get((INPUT.name, 1)) == 1)
+    chain.settle(lambda: chain.producer.committed_offsets.get((INPUT.name, 0)) == 2)
+    chain.submit([bucket(5.0, project_id=1)], 2)
+    chain.producer.fail_next_delivery = KafkaError(KafkaError._MSG_TIMED_OUT)
+    chain.settle(lambda: chain.producer.aborts == 1)
+    chain.submit([bucket(5.0, project_id=1)], 2)
+    chain.settle(lambda: chain.producer.committed_offsets.get((INPUT.name, 0)) == 3)
+    totals: Counter[int] = Counter()
+    for value in chain.producer.values(OUTPUT.name):
+        outcome = orjson.loads(value)
+        totals[outcome["project_id"]] += outcome["quantity"]
+    assert totals == Counter({1: 10, 2: 4}), "the aborted window was neither lost nor doubled"
 
 
 def test_a_batch_enters_the_transaction_only_once_its_flag_work_is_durable() -> None:
