@@ -197,15 +197,24 @@ def random_input(stack: Settings) -> tuple[str, list[bytes]]:
     return topic, values
 
 
-@pytest.mark.parametrize("aggregate_ms", [None, 200], ids=["per-bucket", "aggregated"])
+@pytest.mark.parametrize(
+    ("aggregate_ms", "guarantee"),
+    [(None, "exactly-once"), (200, "exactly-once"), (200, "at-least-once")],
+    ids=["per-bucket", "aggregated", "aggregated-at-least-once"],
+)
 def test_100k_random_messages_totals_per_project_and_category(
-    stack: Settings, random_input: tuple[str, list[bytes]], aggregate_ms: int | None
+    stack: Settings,
+    random_input: tuple[str, list[bytes]],
+    aggregate_ms: int | None,
+    guarantee: str,
 ) -> None:
     topic, values = random_input
     outcomes_topic = unique_name("billing-random-out")
     make_topics(stack, outcomes_topic, partitions=PARTITIONS)
     group = unique_name("billing-random-group")
-    extra = ("--aggregate-window-ms", str(aggregate_ms)) if aggregate_ms else ()
+    extra: tuple[str, ...] = ("--processing-guarantee", guarantee)
+    if aggregate_ms:
+        extra += ("--aggregate-window-ms", str(aggregate_ms))
     worker = billing_worker(topic, outcomes_topic, group, *extra)
     try:
         wait_until_committed(stack, group, topic, timeout=90)
