@@ -44,7 +44,6 @@ from workers.billing.metrics import (
 from workers.billing.transactions import (
     DEFAULT_TRANSACTION_INTERVAL_SECONDS,
     GroupConsumer,
-    ProducerFenced,
     TransactionAborted,
     TransactionalProducer,
     is_fenced,
@@ -178,7 +177,7 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
                 producer.begin_transaction()
             except KafkaException as exception:
                 error = kafka_error(exception)
-                raise_if_fatal(error, "begin_transaction")
+                self.__raise_if_fatal(error, "begin_transaction")
                 raise
             self.__open = True
             self.__opened_at = self.__clock()
@@ -249,7 +248,7 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
     def __abort_failed(self) -> NoReturn:
         failure = self.__failure
         assert failure is not None
-        raise_if_fatal(failure, "delivering an outcome")
+        self.__raise_if_fatal(failure, "delivering an outcome")
         self.__abort(ABORT_PRODUCE_ERROR, f"a delivery failed: {failure.name()} ({failure.str()})")
 
     def __commit(self, abort_reason: str = ABORT_COMMIT_ERROR) -> None:
@@ -270,9 +269,7 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
             self.__retrying(producer.commit_transaction, "commit_transaction")
         except KafkaException as exception:
             error = kafka_error(exception)
-            if is_fenced(error):
-                self.__metrics.producer_fenced()
-            raise_if_fatal(error, "committing a transaction")
+            self.__raise_if_fatal(error, "committing a transaction")
             self.__abort(abort_reason, f"commit refused: {error.name()} ({error.str()})")
         finished = self.__clock()
         self.__committed.update(self.__offsets)
@@ -305,6 +302,12 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
                     extra={"call": name, "error": error.name()},
                 )
 
+    def __raise_if_fatal(self, error: KafkaError, doing: str) -> None:
+        """`ProducerFenced` / `FatalProducerError` for what no abort can fix (fencing counted)."""
+        if is_fenced(error):
+            self.__metrics.producer_fenced()
+        raise_if_fatal(error, doing)
+
     def __abort(self, reason: str, detail: str) -> NoReturn:
         """Abort the open transaction and tell the caller to read its partitions again."""
         self.__abort_open(reason, detail)
@@ -316,10 +319,7 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
             self.__retrying(self.__producer.abort_transaction, "abort_transaction")
         except KafkaException as exception:
             error = kafka_error(exception)
-            if is_fenced(error):
-                self.__metrics.producer_fenced()
-                raise ProducerFenced(f"aborting a transaction: {error.str()}") from None
-            raise_if_fatal(error, "aborting a transaction")
+            self.__raise_if_fatal(error, "aborting a transaction")
             raise
         self.__metrics.transaction_aborted(reason)
         self.__waiting.clear()
@@ -365,7 +365,7 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
         self.__producer.poll(0)
         if self.__failure is not None:
             failure = self.__failure
-            raise_if_fatal(failure, "delivering an outcome")
+            self.__raise_if_fatal(failure, "delivering an outcome")
             self.__abort_open(ABORT_REVOKED, f"a delivery failed: {failure.name()}")
             return
         try:
