@@ -139,38 +139,13 @@ _PRODUCE_LATENCY_BUCKETS: Final = (
     600.0,
 )
 # Sending the offsets plus `commit_transaction`: 1 ms … 30 s.
-_COMMIT_LATENCY_BUCKETS: Final = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
+_COMMIT_LATENCY_BUCKETS: Final = _PRODUCE_LATENCY_BUCKETS[
+    : _PRODUCE_LATENCY_BUCKETS.index(30.0) + 1
+]
 # First produce to commit: 5 ms … 60 s (the transaction interval is in this range).
-_OPEN_TIME_BUCKETS: Final = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+_OPEN_TIME_BUCKETS: Final = _PRODUCE_LATENCY_BUCKETS[
+    _PRODUCE_LATENCY_BUCKETS.index(0.005) : _PRODUCE_LATENCY_BUCKETS.index(60.0) + 1
+]
 # Messages per committed transaction: 1 … 100,000, in half decades.
 _TRANSACTION_SIZE_BUCKETS: Final = (
     1.0,
