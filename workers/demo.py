@@ -45,6 +45,7 @@ from workers.common.kafka_offsets import (
     total,
 )
 from workers.common.logs import configure_logging
+from workers.common.net import free_port
 from workers.common.producing import produce_waiting
 from workers.common.projects import (
     Organization,
@@ -63,7 +64,6 @@ from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
 from workers.gateway.demo_upload import GatewayUpload, upload_with_sentry_cli
 from workers.stack import StackError, stack_up
-from workers.stack.processes import free_port
 
 WORKER_STOP_TIMEOUT_SECONDS = 60.0
 POLL_INTERVAL_SECONDS = 0.25

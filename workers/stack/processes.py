@@ -271,14 +271,6 @@ def find_own_pid(
     return None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def spawn_detached(
     argv: Sequence[str], *, log_path: Path, cwd: Path, env: Mapping[str, str] | None = None
 ) -> int:
