@@ -57,10 +57,9 @@ from workers.common.projects import (
     list_projects,
 )
 from workers.common.projects.cli import PROJECT_SNOWFLAKE_KEY
-from workers.common.registry import ConsumerDefinition
+from workers.common.registry import ConsumerDefinition, load_registry
 from workers.common.settings import Settings
 from workers.common.snowflake import SentrySnowflakeGenerator
-from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
 from workers.gateway.demo_upload import GatewayUpload, upload_with_sentry_cli
 from workers.stack import StackError, stack_up

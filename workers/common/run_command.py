@@ -19,10 +19,15 @@ from workers.common.kafka_config import (
     DEFAULT_MAX_POLL_INTERVAL_MS,
 )
 from workers.common.logs import configure_logging
-from workers.common.registry import ConsumerDefinition, ConsumerRegistry, UnknownConsumerError
+from workers.common.registry import (
+    ConsumerDefinition,
+    ConsumerRegistry,
+    UnknownConsumerError,
+    load_registry,
+)
 from workers.common.runner import DEFAULT_JOIN_TIMEOUT_SECONDS, RunOptions, run_consumer
 from workers.common.settings import Settings
-from workers.common.supervisor import Supervisor, load_registry
+from workers.common.supervisor import Supervisor
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 

@@ -15,13 +15,11 @@ orchestrator restarts the whole pod rather than running with fewer members than 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -35,7 +33,7 @@ from workers.common.metrics import (
     prepare_multiprocess_dir,
     start_metrics_server,
 )
-from workers.common.registry import ConsumerRegistry
+from workers.common.registry import load_registry
 from workers.common.runner import RunOptions, run_consumer
 from workers.common.settings import Settings
 
@@ -44,15 +42,6 @@ logger = logging.getLogger(__name__)
 SUPERVISOR_TICK_SECONDS = 0.5
 # Extra time, beyond the join timeout, a child gets to close its consumer and flush.
 CHILD_SHUTDOWN_GRACE_SECONDS = 30.0
-
-
-def load_registry(loader: str) -> ConsumerRegistry:
-    """`"package.module:function"` → the registry that function builds."""
-    module_name, _, function_name = loader.partition(":")
-    builder: Callable[[], ConsumerRegistry] = getattr(
-        importlib.import_module(module_name), function_name
-    )
-    return builder()
 
 
 def _child_main(registry_loader: str, name: str, options: RunOptions, settings: Settings) -> None:
