@@ -50,7 +50,7 @@ from workers.common.producing import produce_waiting
 from workers.common.projects import (
     Organization,
     Project,
-    RegistryError,
+    ProjectStoreError,
     create_organization,
     create_project,
     find_organization,
@@ -135,7 +135,7 @@ def _demo_organization(settings: Settings) -> Organization:
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
         try:
             return find_organization(connection, DEMO_ORGANIZATION)
-        except RegistryError:
+        except ProjectStoreError:
             return create_organization(connection, DEMO_ORGANIZATION, "Demo organization")
 
 

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from workers.blob_ingest.definition import INPUT_TOPIC
 from workers.common.logs import configure_logging
 from workers.common.metrics import start_metrics_server
-from workers.common.projects import RegistryError
+from workers.common.projects import ProjectStoreError
 from workers.common.settings import Settings
 from workers.gateway.app import create_app
 from workers.gateway.metrics import GatewayMetrics
@@ -166,7 +166,7 @@ def tokens_create(organization: str, scopes: tuple[str, ...], name: str | None) 
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
         try:
             created = create_token(connection, organization, scopes, name)
-        except (RegistryError, TokenError) as error:
+        except (ProjectStoreError, TokenError) as error:
             raise click.ClickException(str(error)) from None
     click.echo(created.token)
     click.echo(
