@@ -11,7 +11,7 @@ from workers.common.database import MigrationError, apply_migrations
 from workers.common.logs import configure_logging
 from workers.common.projects.cli import orgs, projects
 from workers.common.registry import load_registry
-from workers.common.run_command import make_run_command
+from workers.common.run_cli import make_run_command
 from workers.common.settings import Settings, SettingsError
 from workers.common.snowflake.cli import ids
 from workers.common.topics import create_topics, fleet_topics

@@ -1,6 +1,6 @@
 """One consumer process: a Kafka consumer, the worker's strategy chain and Arroyo's loop.
 
-`run_consumer` builds everything from a `ConsumerDefinition` and `RunOptions`, runs
+`run_worker_process` builds everything from a `ConsumerDefinition` and `RunOptions`, runs
 Arroyo's `StreamProcessor` until SIGTERM/SIGINT, then shuts down gracefully: the strategy
 chain is closed and joined (in-flight work finishes, bounded by `join_timeout`), the DLQ
 producer is flushed and the final offsets are committed synchronously before the consumer
@@ -185,7 +185,7 @@ def run_until_shutdown(processor: StreamProcessor[Any]) -> None:
         signals.restore()
 
 
-def run_consumer(
+def run_worker_process(
     definition: ConsumerDefinition,
     options: RunOptions,
     settings: Settings,

@@ -34,7 +34,7 @@ from workers.common.metrics import (
     start_metrics_server,
 )
 from workers.common.registry import load_registry
-from workers.common.runner import RunOptions, run_consumer
+from workers.common.runner import RunOptions, run_worker_process
 from workers.common.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ CHILD_SHUTDOWN_GRACE_SECONDS = 30.0
 def _child_main(registry_loader: str, name: str, options: RunOptions, settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     definition = load_registry(registry_loader).get(name)
-    run_consumer(definition, options, settings, CollectorRegistry(), serve_metrics=False)
+    run_worker_process(definition, options, settings, CollectorRegistry(), serve_metrics=False)
 
 
 def child_healthcheck_file(healthcheck_file: Path, index: int) -> Path:
