@@ -45,6 +45,7 @@ from workers.common.metrics import (
 )
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.settings import Settings
+from workers.common.signals import exit_on_next_shutdown_signal, handling_shutdown_signals
 
 logger = logging.getLogger(__name__)
 
@@ -101,29 +102,6 @@ class HealthcheckFirst(ProcessingStrategyFactory[Any]):
         self.__inner.shutdown()
 
 
-class ShutdownSignals:
-    """SIGTERM/SIGINT ask the processor to stop; a second signal exits at once."""
-
-    def __init__(self, processor: StreamProcessor[Any]) -> None:
-        self.__processor = processor
-        self.__previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.__previous[signum] = signal.signal(signum, self.__handle)
-
-    def restore(self) -> None:
-        for signum, handler in self.__previous.items():
-            signal.signal(signum, handler)
-        self.__previous.clear()
-
-    def __handle(self, signum: int, frame: FrameType | None) -> None:
-        logger.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_DFL)
-        self.__processor.signal_shutdown()
-
-
 def build_strategy_factory(
     definition: ConsumerDefinition,
     options: RunOptions,
@@ -176,13 +154,16 @@ def build_processor(
 
 
 def run_until_shutdown(processor: StreamProcessor[Any]) -> None:
-    """Run the loop; SIGTERM/SIGINT end it gracefully (in-flight work joined and committed)."""
-    signals = ShutdownSignals(processor)
-    signals.install()
-    try:
+    """Run the loop; SIGTERM/SIGINT end it gracefully (in-flight work joined and committed),
+    a second signal exits at once."""
+
+    def request_shutdown(signum: int, frame: FrameType | None) -> None:
+        logger.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
+        exit_on_next_shutdown_signal()
+        processor.signal_shutdown()
+
+    with handling_shutdown_signals(request_shutdown):
         processor.run()
-    finally:
-        signals.restore()
 
 
 def run_worker_process(

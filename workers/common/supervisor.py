@@ -36,6 +36,7 @@ from workers.common.metrics import (
 from workers.common.registry import load_registry
 from workers.common.runner import RunOptions, run_worker_process
 from workers.common.settings import Settings
+from workers.common.signals import handling_shutdown_signals
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +80,11 @@ class Supervisor:
             server = start_metrics_server(
                 self.__options.metrics_port, multiprocess_registry(self.__multiprocess_dir)
             )
-        previous = {
-            signum: signal.signal(signum, self.__request_stop)
-            for signum in (signal.SIGINT, signal.SIGTERM)
-        }
         try:
-            self.__start_children()
-            return self.__supervise()
+            with handling_shutdown_signals(self.__request_stop):
+                self.__start_children()
+                return self.__supervise()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             if server is not None:
                 server.shutdown()
 

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 from collections.abc import Iterator
 
 import click
@@ -19,6 +18,7 @@ from workers.common.logs import configure_logging
 from workers.common.metrics import start_metrics_server
 from workers.common.projects import ProjectStoreError
 from workers.common.settings import Settings
+from workers.common.signals import handling_shutdown_signals
 from workers.gateway.app import create_app
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.pending import DEFAULT_TTL_SECONDS
@@ -39,15 +39,8 @@ class _GatewayServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
-        try:
+        with handling_shutdown_signals(self.handle_exit):
             yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def run_gateway(
