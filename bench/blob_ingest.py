@@ -99,7 +99,6 @@ from workers.blob_ingest.definition import (
     BLOB_INGEST_CONSUMER,
     DEFAULT_MAX_BATCH_BYTES,
 )
-from workers.blob_ingest.event import encode_headers
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
 from workers.blob_ingest.persist import BlobWriter
@@ -109,6 +108,7 @@ from workers.blob_ingest.strategy import (
     BlobIngestStrategyFactory,
     ChunkValidator,
 )
+from workers.common.chunk_uploads import encode_headers
 from workers.common.database import create_pool
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,

@@ -17,6 +17,7 @@ from workers.blob_ingest.organizations import KnownOrganizations
 from workers.blob_ingest.persist import BlobWriter
 from workers.blob_ingest.resources import open_blob_storage
 from workers.blob_ingest.strategy import BatchPersister, BlobIngestStrategyFactory, ChunkValidator
+from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.database import create_pool
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.snowflake import (
@@ -25,7 +26,7 @@ from workers.common.snowflake import (
     lease_redis_client,
 )
 
-INPUT_TOPIC: Final = "chunk-uploads"
+INPUT_TOPIC: Final = CHUNK_UPLOADS_TOPIC
 DLQ_TOPIC: Final = "chunk-uploads-dlq"
 CONSUMER_GROUP: Final = "blob-ingest"
 BLOB_ID_NAMESPACE: Final = "blobs"

@@ -13,7 +13,7 @@ import psycopg
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from workers.blob_ingest.definition import INPUT_TOPIC
+from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.logs import configure_logging
 from workers.common.metrics import start_metrics_server
 from workers.common.projects import ProjectStoreError
@@ -88,7 +88,7 @@ def serve() -> None:
     type=click.IntRange(0, 65535),
     help="Serve Prometheus /metrics on this port (separate from the API).",
 )
-@click.option("--topic", default=INPUT_TOPIC, show_default=True, help="Where chunks go.")
+@click.option("--topic", default=CHUNK_UPLOADS_TOPIC, show_default=True, help="Where chunks go.")
 @click.option(
     "--public-url", help="Base URL clients reach the gateway by (default: GATEWAY_PUBLIC_URL)."
 )

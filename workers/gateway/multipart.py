@@ -26,7 +26,7 @@ from typing import Final
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from workers.blob_ingest.event import Encoding
+from workers.common.chunk_uploads import Encoding
 from workers.gateway.options import UploadLimits
 
 RAW_FIELD: Final = "file"
