@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from workers.blob_ingest.definition import INPUT_TOPIC
-from workers.blob_ingest.resources import open_blob_storage
 from workers.blob_ingest.sweep import delete_garbage, find_garbage, write_sweep_metrics
 from workers.blob_ingest.upload import ChunkProducer, iter_chunks
 from workers.common.database import create_pool
 from workers.common.kafka_config import producer_configuration
 from workers.common.projects import ProjectStoreError, find_organization
 from workers.common.settings import Settings
+from workers.common.storage import open_blob_storage
 
 _DURATION = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

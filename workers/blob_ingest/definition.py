@@ -15,7 +15,6 @@ import click
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
 from workers.blob_ingest.persist import BlobWriter
-from workers.blob_ingest.resources import open_blob_storage
 from workers.blob_ingest.strategy import BatchPersister, BlobIngestStrategyFactory, ChunkValidator
 from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.database import create_pool
@@ -25,6 +24,7 @@ from workers.common.snowflake import (
     WorkerIdLeases,
     lease_redis_client,
 )
+from workers.common.storage import open_blob_storage
 
 INPUT_TOPIC: Final = CHUNK_UPLOADS_TOPIC
 DLQ_TOPIC: Final = "chunk-uploads-dlq"
