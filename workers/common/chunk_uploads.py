@@ -31,7 +31,6 @@ ENCODING_HEADER: Final = "content-encoding"
 UPLOADED_AT_HEADER: Final = "uploaded-at"
 
 Encoding = Literal["identity", "gzip"]
-ENCODINGS: Final = ("identity", "gzip")
 _CHECKSUM = re.compile(rb"^[0-9a-f]{40}$")
 _MAX_ORGANIZATION_ID = 2**63 - 1
 

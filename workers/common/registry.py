@@ -114,9 +114,6 @@ class ConsumerRegistry:
     def __iter__(self) -> Iterator[ConsumerDefinition]:
         return iter(self._definitions[name] for name in self.names())
 
-    def __len__(self) -> int:
-        return len(self._definitions)
-
 
 def load_registry(loader: str) -> ConsumerRegistry:
     """`"package.module:function"` → the registry that function builds."""

@@ -74,15 +74,6 @@ class RunOptions:
     # Which of `--processes N`'s consumer processes this is (set by the supervisor).
     process_index: int = 0
 
-    @classmethod
-    def defaults_for(cls, definition: ConsumerDefinition) -> RunOptions:
-        return cls(
-            input_topic=definition.topic,
-            consumer_group=definition.consumer_group,
-            max_batch_size=definition.max_batch_size,
-            max_batch_time_ms=definition.max_batch_time_ms,
-        )
-
 
 class HealthcheckFirst(ProcessingStrategyFactory[Any]):
     """Puts Arroyo's `Healthcheck` at the head of every chain the inner factory builds."""

@@ -123,10 +123,6 @@ class ChunkReader:
             max_header_count=4,
         )
 
-    @property
-    def chunk_count(self) -> int:
-        return len(self.__chunks)
-
     def feed(self, data: bytes) -> None:
         self.__body_bytes += len(data)
         if self.__body_bytes > self.__limits.max_body_bytes:
