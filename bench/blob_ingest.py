@@ -99,16 +99,15 @@ from workers.blob_ingest.definition import (
     BLOB_INGEST_CONSUMER,
     DEFAULT_MAX_BATCH_BYTES,
 )
-from workers.blob_ingest.event import encode_headers
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
 from workers.blob_ingest.persist import BlobWriter
-from workers.blob_ingest.resources import open_blob_storage
 from workers.blob_ingest.strategy import (
     BatchPersister,
     BlobIngestStrategyFactory,
     ChunkValidator,
 )
+from workers.common.chunk_uploads import encode_headers
 from workers.common.database import create_pool
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
@@ -121,7 +120,7 @@ from workers.common.metrics import FleetMetrics
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.common.snowflake import LeasedSnowflakeGenerator, WorkerIdLeases, lease_redis_client
-from workers.common.storage import BlobStorage, StoredObject
+from workers.common.storage import BlobStorage, StoredObject, open_blob_storage
 from workers.common.storage.filesystem import DEFAULT_SYNC_THREADS
 from workers.common.topics import DEFAULT_TOPIC_CONFIG, TopicSpec, create_topics
 

@@ -10,10 +10,10 @@ from workers.blob_ingest.cli import blobs, chunks
 from workers.common.database import MigrationError, apply_migrations
 from workers.common.logs import configure_logging
 from workers.common.projects.cli import orgs, projects
-from workers.common.run_command import make_run_command
+from workers.common.registry import load_registry
+from workers.common.run_cli import make_run_command
 from workers.common.settings import Settings, SettingsError
 from workers.common.snowflake.cli import ids
-from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
 from workers.fleet import FLEET_REGISTRY_LOADER
 from workers.gateway.cli import serve, tokens

@@ -45,25 +45,24 @@ from workers.common.kafka_offsets import (
     total,
 )
 from workers.common.logs import configure_logging
+from workers.common.net import free_port
 from workers.common.producing import produce_waiting
 from workers.common.projects import (
     Organization,
     Project,
-    RegistryError,
+    ProjectStoreError,
     create_organization,
     create_project,
     find_organization,
     list_projects,
 )
 from workers.common.projects.cli import PROJECT_SNOWFLAKE_KEY
-from workers.common.registry import ConsumerDefinition
+from workers.common.registry import ConsumerDefinition, load_registry
 from workers.common.settings import Settings
 from workers.common.snowflake import SentrySnowflakeGenerator
-from workers.common.supervisor import load_registry
 from workers.common.topics import create_topics, fleet_topics
 from workers.gateway.demo_upload import GatewayUpload, upload_with_sentry_cli
 from workers.stack import StackError, stack_up
-from workers.stack.processes import free_port
 
 WORKER_STOP_TIMEOUT_SECONDS = 60.0
 POLL_INTERVAL_SECONDS = 0.25
@@ -136,7 +135,7 @@ def _demo_organization(settings: Settings) -> Organization:
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
         try:
             return find_organization(connection, DEMO_ORGANIZATION)
-        except RegistryError:
+        except ProjectStoreError:
             return create_organization(connection, DEMO_ORGANIZATION, "Demo organization")
 
 

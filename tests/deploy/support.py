@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from workers.cli import make_cli
-from workers.common import run_command
+from workers.common import run_cli
 from workers.common.runner import RunOptions
 from workers.fleet import FLEET_REGISTRY_LOADER, build_registry
 
@@ -63,7 +63,9 @@ def parse_consumer_command(argv: list[str]) -> ConsumerCommand:
     assert is_consumer_command(argv), argv
     started: list[ConsumerCommand] = []
 
-    def fake_run_consumer(definition: Any, options: RunOptions, *args: Any, **kw: Any) -> None:
+    def fake_run_worker_process(
+        definition: Any, options: RunOptions, *args: Any, **kw: Any
+    ) -> None:
         started.append(ConsumerCommand(definition.name, options))
 
     class FakeSupervisor:
@@ -74,8 +76,8 @@ def parse_consumer_command(argv: list[str]) -> ConsumerCommand:
             return 0
 
     with (
-        mock.patch.object(run_command, "run_consumer", fake_run_consumer),
-        mock.patch.object(run_command, "Supervisor", FakeSupervisor),
+        mock.patch.object(run_cli, "run_worker_process", fake_run_worker_process),
+        mock.patch.object(run_cli, "Supervisor", FakeSupervisor),
     ):
         result = CliRunner().invoke(make_cli(FLEET_REGISTRY_LOADER), argv[1:])
     assert result.exit_code == 0, result.output

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tests.support.kafka import make_topics, read_all, unique_name
 from workers.blob_ingest.cli import blobs, chunks, parse_duration
 from workers.blob_ingest.decode import verify_chunk
-from workers.blob_ingest.event import MAX_CHUNK_SIZE, parse_headers
+from workers.common.chunk_uploads import MAX_CHUNK_SIZE, parse_headers
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.common.storage import FilesystemBlobStorage, random_blob_path

@@ -21,8 +21,8 @@ from tests.support.s3_server import LocalS3Server
 from tests.support.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
-from workers.blob_ingest.event import Encoding, encode_headers
 from workers.blob_ingest.sweep import delete_garbage, find_garbage
+from workers.common.chunk_uploads import Encoding, encode_headers
 from workers.common.database import create_pool
 from workers.common.projects import create_organization
 from workers.common.settings import Settings

@@ -13,7 +13,7 @@ import pytest
 
 from workers.billing.message import BucketError, parse_bucket
 from workers.billing.traffic import sample_traffic_for_projects
-from workers.blob_ingest.event import MAX_CHUNK_SIZE
+from workers.common.chunk_uploads import MAX_CHUNK_SIZE
 from workers.common.settings import Settings
 from workers.demo import DEMO_CUSTOM_PROJECTS, SAMPLE_SEED, _demo_projects, _sample_files
 

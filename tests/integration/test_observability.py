@@ -43,12 +43,12 @@ from tests.support.kafka import make_topics, unique_name
 from tests.support.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
 from workers.billing.traffic import sample_traffic
-from workers.blob_ingest.event import encode_headers
+from workers.common.chunk_uploads import encode_headers
+from workers.common.net import free_port
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.fleet import build_registry
 from workers.gateway.tokens import create_token
-from workers.stack.processes import free_port
 from workers.stack.tools import ensure_prometheus
 
 pytestmark = pytest.mark.integration

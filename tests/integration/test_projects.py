@@ -1,4 +1,4 @@
-"""The project registry against the real PostgreSQL and Redis."""
+"""The project store against the real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from redis import Redis
 
 from workers.common.projects import (
     Organization,
-    RegistryError,
+    ProjectStoreError,
     create_organization,
     create_project,
     list_projects,
@@ -112,7 +112,7 @@ def test_the_slug_lock_serialises_creations(
     held = redis_client.lock(f"slug:project:{organization.id}", timeout=30)
     assert held.acquire(blocking=False)
     try:
-        with pytest.raises(RegistryError, match="could not take the slug lock"):
+        with pytest.raises(ProjectStoreError, match="could not take the slug lock"):
             create_project(
                 connection,
                 redis_client,
@@ -138,7 +138,7 @@ def test_bad_project_names_are_refused(
     name: str,
     message: str,
 ) -> None:
-    with pytest.raises(RegistryError, match=message):
+    with pytest.raises(ProjectStoreError, match=message):
         create_project(connection, redis_client, generate_id, organization.slug, name)
 
 
@@ -148,12 +148,12 @@ def test_unknown_organization_and_duplicate_or_invalid_org_slugs(
     generate_id: Callable[[], int],
     organization: Organization,
 ) -> None:
-    with pytest.raises(RegistryError, match="no organization with slug 'nope-"):
+    with pytest.raises(ProjectStoreError, match="no organization with slug 'nope-"):
         create_project(connection, redis_client, generate_id, f"nope-{uuid.uuid4().hex}", "x")
-    with pytest.raises(RegistryError, match="already exists"):
+    with pytest.raises(ProjectStoreError, match="already exists"):
         create_organization(connection, organization.slug.upper().lower(), None)
     for bad in ("Has Space", "123", "-lead", ""):
-        with pytest.raises(RegistryError, match="invalid organization slug"):
+        with pytest.raises(ProjectStoreError, match="invalid organization slug"):
             create_organization(connection, bad, None)
 
 

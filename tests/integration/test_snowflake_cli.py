@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from redis import Redis
 
 from workers.cli import make_cli
+from workers.common.net import free_port
 from workers.common.settings import Settings
 from workers.common.snowflake import decode_leased_id, decode_sentry_id
 from workers.fleet import FLEET_REGISTRY_LOADER
-from workers.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -22,6 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.support.waiting import wait_for
+from workers.common.net import free_port
 from workers.common.settings import Settings
 from workers.common.snowflake import (
     IdGeneratorUnavailable,
@@ -33,7 +34,6 @@ from workers.common.snowflake import (
     decode_leased_id,
     lease_redis_client,
 )
-from workers.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 

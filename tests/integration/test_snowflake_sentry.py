@@ -13,6 +13,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from workers.common.net import free_port
 from workers.common.settings import Settings
 from workers.common.snowflake import (
     IdGeneratorUnavailable,
@@ -23,7 +24,6 @@ from workers.common.snowflake import (
     decode_sentry_id,
 )
 from workers.common.snowflake.sentry_layout import SENTRY_EPOCH_SECONDS
-from workers.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 

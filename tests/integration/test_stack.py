@@ -11,10 +11,10 @@ import redis
 from click.testing import CliRunner
 from confluent_kafka.admin import AdminClient
 
+from workers.common.net import free_port
 from workers.common.settings import Settings, redact_url
 from workers.stack import ServiceStatus, stack_up
 from workers.stack.cli import stack
-from workers.stack.processes import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.support.waiting import wait_for
-from workers.stack.processes import free_port
+from workers.common.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from workers.common.net import free_port
 from workers.fleet import FLEET_REGISTRY_LOADER
-from workers.stack.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

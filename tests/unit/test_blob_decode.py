@@ -9,14 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from workers.blob_ingest.decode import gunzip_bounded, verify_chunk
-from workers.blob_ingest.event import (
+from workers.blob_ingest.strategy import batch_weight
+from workers.common.chunk_uploads import (
     MAX_CHUNK_SIZE,
     ChunkEventError,
     ChunkHeaders,
     encode_headers,
     parse_headers,
 )
-from workers.blob_ingest.strategy import batch_weight
 
 
 def sha1(data: bytes) -> str:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from workers.cli import make_cli
-from workers.common import run_command
+from workers.common import run_cli
 from workers.common.runner import RunOptions
 from workers.common.settings import ENVIRONMENT_VARIABLES
 from workers.fleet import FLEET_REGISTRY_LOADER, build_registry
@@ -74,10 +74,12 @@ def test_procfile_runs_every_registered_worker_with_valid_options(
 ) -> None:
     started: list[tuple[str, RunOptions]] = []
 
-    def fake_run_consumer(definition: Any, options: RunOptions, *args: Any, **kw: Any) -> None:
+    def fake_run_worker_process(
+        definition: Any, options: RunOptions, *args: Any, **kw: Any
+    ) -> None:
         started.append((definition.name, options))
 
-    monkeypatch.setattr(run_command, "run_consumer", fake_run_consumer)
+    monkeypatch.setattr(run_cli, "run_worker_process", fake_run_worker_process)
     processes = _procfile()
     processes.pop("web")
     assert set(processes) == set(build_registry().names())

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from tests.support.echo_worker import ECHO_DLQ_TOPIC, ECHO_INPUT_TOPIC, build_definition
 from workers.cli import make_cli
-from workers.common import run_command
+from workers.common import run_cli
 from workers.common.registry import ConsumerRegistry, UnknownConsumerError
 from workers.common.runner import RunOptions
 from workers.common.settings import Settings
@@ -22,10 +22,12 @@ LOADER = "tests.support.echo_worker:build_registry"
 def captured(monkeypatch: pytest.MonkeyPatch) -> list[RunOptions]:
     calls: list[RunOptions] = []
 
-    def fake_run_consumer(definition: Any, options: RunOptions, *args: Any, **kw: Any) -> None:
+    def fake_run_worker_process(
+        definition: Any, options: RunOptions, *args: Any, **kw: Any
+    ) -> None:
         calls.append(options)
 
-    monkeypatch.setattr(run_command, "run_consumer", fake_run_consumer)
+    monkeypatch.setattr(run_cli, "run_worker_process", fake_run_worker_process)
     return calls
 
 

@@ -16,10 +16,11 @@ from arroyo.processing.strategies.batching import ValuesBatch
 from arroyo.types import BrokerValue, Commit, Message, Partition, Topic
 from prometheus_client import CollectorRegistry
 
+from tests.support.run_options import default_run_options
 from workers.common.dlq import build_dlq_policy
 from workers.common.metrics import FleetMetrics
 from workers.common.registry import ConsumerDefinition, StrategyContext
-from workers.common.runner import RunOptions, build_processor, run_until_shutdown
+from workers.common.runner import build_processor, run_until_shutdown
 from workers.common.settings import Settings
 
 INPUT = Topic("input")
@@ -104,7 +105,7 @@ def test_sigterm_finishes_and_commits_in_flight_batch() -> None:
     processor = build_processor(
         broker.get_consumer("sink"),
         definition,
-        RunOptions.defaults_for(definition),
+        default_run_options(definition),
         settings,
         metrics,
         dlq_policy=None,
@@ -137,7 +138,7 @@ def test_poison_message_goes_to_dlq_with_reason_and_the_rest_is_processed() -> N
     processor = build_processor(
         broker.get_consumer("sink"),
         definition,
-        RunOptions.defaults_for(definition),
+        default_run_options(definition),
         Settings.from_env({}),
         metrics,
         dlq_policy,

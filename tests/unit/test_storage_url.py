@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from workers.common.net import free_port
 from workers.common.storage import (
     FileLocation,
     FilesystemBlobStorage,
@@ -21,7 +22,6 @@ from workers.common.storage import (
     parse_storage_url,
     random_blob_path,
 )
-from workers.stack.processes import free_port
 
 
 def test_file_url() -> None:

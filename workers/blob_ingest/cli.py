@@ -12,13 +12,13 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from workers.blob_ingest.definition import INPUT_TOPIC
-from workers.blob_ingest.resources import open_blob_storage
 from workers.blob_ingest.sweep import delete_garbage, find_garbage, write_sweep_metrics
 from workers.blob_ingest.upload import ChunkProducer, iter_chunks
 from workers.common.database import create_pool
 from workers.common.kafka_config import producer_configuration
-from workers.common.projects import RegistryError, find_organization
+from workers.common.projects import ProjectStoreError, find_organization
 from workers.common.settings import Settings
+from workers.common.storage import open_blob_storage
 
 _DURATION = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -48,7 +48,7 @@ def chunks_produce(paths: tuple[Path, ...], organization: str, use_gzip: bool, t
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
         try:
             organization_id = find_organization(connection, organization).id
-        except RegistryError as error:
+        except ProjectStoreError as error:
             raise click.ClickException(str(error)) from None
     producer = ChunkProducer(
         producer_configuration(settings, client_id="workers-chunks-produce"), topic

@@ -10,7 +10,7 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 
-from workers.blob_ingest.event import MAX_CHUNK_SIZE, ChunkEventError, ChunkHeaders
+from workers.common.chunk_uploads import MAX_CHUNK_SIZE, ChunkEventError, ChunkHeaders
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 

@@ -15,8 +15,8 @@ import click
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
 from workers.blob_ingest.persist import BlobWriter
-from workers.blob_ingest.resources import open_blob_storage
 from workers.blob_ingest.strategy import BatchPersister, BlobIngestStrategyFactory, ChunkValidator
+from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.database import create_pool
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.snowflake import (
@@ -24,8 +24,9 @@ from workers.common.snowflake import (
     WorkerIdLeases,
     lease_redis_client,
 )
+from workers.common.storage import open_blob_storage
 
-INPUT_TOPIC: Final = "chunk-uploads"
+INPUT_TOPIC: Final = CHUNK_UPLOADS_TOPIC
 DLQ_TOPIC: Final = "chunk-uploads-dlq"
 CONSUMER_GROUP: Final = "blob-ingest"
 BLOB_ID_NAMESPACE: Final = "blobs"

@@ -22,9 +22,9 @@ from arroyo.processing.strategies.batching import ValuesBatch
 from arroyo.types import BaseValue, BrokerValue, Commit, Message, Partition
 
 from workers.blob_ingest.decode import VerifiedChunk, verify_chunk
-from workers.blob_ingest.event import ChunkEventError, parse_headers
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.persist import BlobWriter
+from workers.common.chunk_uploads import ChunkEventError, parse_headers
 from workers.common.metrics import FleetMetrics
 
 VALIDATE_STEP = "decode"

@@ -12,7 +12,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from workers.blob_ingest.event import MAX_CHUNK_SIZE, Encoding, encode_headers
+from workers.common.chunk_uploads import MAX_CHUNK_SIZE, Encoding, encode_headers
 from workers.common.producing import produce_waiting
 
 DELIVERY_TIMEOUT_SECONDS = 120.0

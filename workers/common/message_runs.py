@@ -82,9 +82,6 @@ class MessageRun:
         self.messages = messages
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return len(self.messages)
-
     def __repr__(self) -> str:
         return f"MessageRun({len(self.messages)} messages)"
 

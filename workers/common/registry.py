@@ -7,6 +7,7 @@ the strategy factory builder, default batching and any worker-specific CLI optio
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,5 +114,11 @@ class ConsumerRegistry:
     def __iter__(self) -> Iterator[ConsumerDefinition]:
         return iter(self._definitions[name] for name in self.names())
 
-    def __len__(self) -> int:
-        return len(self._definitions)
+
+def load_registry(loader: str) -> ConsumerRegistry:
+    """`"package.module:function"` → the registry that function builds."""
+    module_name, _, function_name = loader.partition(":")
+    builder: Callable[[], ConsumerRegistry] = getattr(
+        importlib.import_module(module_name), function_name
+    )
+    return builder()

@@ -1,6 +1,6 @@
 """One consumer process: a Kafka consumer, the worker's strategy chain and Arroyo's loop.
 
-`run_consumer` builds everything from a `ConsumerDefinition` and `RunOptions`, runs
+`run_worker_process` builds everything from a `ConsumerDefinition` and `RunOptions`, runs
 Arroyo's `StreamProcessor` until SIGTERM/SIGINT, then shuts down gracefully: the strategy
 chain is closed and joined (in-flight work finishes, bounded by `join_timeout`), the DLQ
 producer is flushed and the final offsets are committed synchronously before the consumer
@@ -45,6 +45,7 @@ from workers.common.metrics import (
 )
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.settings import Settings
+from workers.common.signals import exit_on_next_shutdown_signal, handling_shutdown_signals
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +74,6 @@ class RunOptions:
     # Which of `--processes N`'s consumer processes this is (set by the supervisor).
     process_index: int = 0
 
-    @classmethod
-    def defaults_for(cls, definition: ConsumerDefinition) -> RunOptions:
-        return cls(
-            input_topic=definition.topic,
-            consumer_group=definition.consumer_group,
-            max_batch_size=definition.max_batch_size,
-            max_batch_time_ms=definition.max_batch_time_ms,
-        )
-
 
 class HealthcheckFirst(ProcessingStrategyFactory[Any]):
     """Puts Arroyo's `Healthcheck` at the head of every chain the inner factory builds."""
@@ -99,29 +91,6 @@ class HealthcheckFirst(ProcessingStrategyFactory[Any]):
 
     def shutdown(self) -> None:
         self.__inner.shutdown()
-
-
-class ShutdownSignals:
-    """SIGTERM/SIGINT ask the processor to stop; a second signal exits at once."""
-
-    def __init__(self, processor: StreamProcessor[Any]) -> None:
-        self.__processor = processor
-        self.__previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.__previous[signum] = signal.signal(signum, self.__handle)
-
-    def restore(self) -> None:
-        for signum, handler in self.__previous.items():
-            signal.signal(signum, handler)
-        self.__previous.clear()
-
-    def __handle(self, signum: int, frame: FrameType | None) -> None:
-        logger.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_DFL)
-        self.__processor.signal_shutdown()
 
 
 def build_strategy_factory(
@@ -176,16 +145,19 @@ def build_processor(
 
 
 def run_until_shutdown(processor: StreamProcessor[Any]) -> None:
-    """Run the loop; SIGTERM/SIGINT end it gracefully (in-flight work joined and committed)."""
-    signals = ShutdownSignals(processor)
-    signals.install()
-    try:
+    """Run the loop; SIGTERM/SIGINT end it gracefully (in-flight work joined and committed),
+    a second signal exits at once."""
+
+    def request_shutdown(signum: int, frame: FrameType | None) -> None:
+        logger.info("shutdown requested", extra={"signal": signal.Signals(signum).name})
+        exit_on_next_shutdown_signal()
+        processor.signal_shutdown()
+
+    with handling_shutdown_signals(request_shutdown):
         processor.run()
-    finally:
-        signals.restore()
 
 
-def run_consumer(
+def run_worker_process(
     definition: ConsumerDefinition,
     options: RunOptions,
     settings: Settings,

@@ -15,13 +15,11 @@ orchestrator restarts the whole pod rather than running with fewer members than 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -35,9 +33,10 @@ from workers.common.metrics import (
     prepare_multiprocess_dir,
     start_metrics_server,
 )
-from workers.common.registry import ConsumerRegistry
-from workers.common.runner import RunOptions, run_consumer
+from workers.common.registry import load_registry
+from workers.common.runner import RunOptions, run_worker_process
 from workers.common.settings import Settings
+from workers.common.signals import handling_shutdown_signals
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +45,10 @@ SUPERVISOR_TICK_SECONDS = 0.5
 CHILD_SHUTDOWN_GRACE_SECONDS = 30.0
 
 
-def load_registry(loader: str) -> ConsumerRegistry:
-    """`"package.module:function"` → the registry that function builds."""
-    module_name, _, function_name = loader.partition(":")
-    builder: Callable[[], ConsumerRegistry] = getattr(
-        importlib.import_module(module_name), function_name
-    )
-    return builder()
-
-
 def _child_main(registry_loader: str, name: str, options: RunOptions, settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     definition = load_registry(registry_loader).get(name)
-    run_consumer(definition, options, settings, CollectorRegistry(), serve_metrics=False)
+    run_worker_process(definition, options, settings, CollectorRegistry(), serve_metrics=False)
 
 
 def child_healthcheck_file(healthcheck_file: Path, index: int) -> Path:
@@ -90,16 +80,11 @@ class Supervisor:
             server = start_metrics_server(
                 self.__options.metrics_port, multiprocess_registry(self.__multiprocess_dir)
             )
-        previous = {
-            signum: signal.signal(signum, self.__request_stop)
-            for signum in (signal.SIGINT, signal.SIGTERM)
-        }
         try:
-            self.__start_children()
-            return self.__supervise()
+            with handling_shutdown_signals(self.__request_stop):
+                self.__start_children()
+                return self.__supervise()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             if server is not None:
                 server.shutdown()
 

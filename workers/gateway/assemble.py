@@ -28,7 +28,6 @@ from workers.gateway.pending import PendingChunks
 
 State = Literal["not_found", "created", "assembling", "ok", "error"]
 Kind = Literal["dif", "artifact_bundle"]
-STATES: Final = ("not_found", "created", "assembling", "ok", "error")
 
 # ELF e_machine → the cpu names sentry-cli prints.
 _ELF_MACHINES: Final = {3: "x86", 40: "arm", 62: "x86_64", 183: "arm64", 243: "riscv64"}

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 from collections.abc import Iterator
 
 import click
@@ -14,11 +13,12 @@ import psycopg
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from workers.blob_ingest.definition import INPUT_TOPIC
+from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.logs import configure_logging
 from workers.common.metrics import start_metrics_server
-from workers.common.projects import RegistryError
+from workers.common.projects import ProjectStoreError
 from workers.common.settings import Settings
+from workers.common.signals import handling_shutdown_signals
 from workers.gateway.app import create_app
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.pending import DEFAULT_TTL_SECONDS
@@ -39,15 +39,8 @@ class _GatewayServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
-        try:
+        with handling_shutdown_signals(self.handle_exit):
             yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def run_gateway(
@@ -95,7 +88,7 @@ def serve() -> None:
     type=click.IntRange(0, 65535),
     help="Serve Prometheus /metrics on this port (separate from the API).",
 )
-@click.option("--topic", default=INPUT_TOPIC, show_default=True, help="Where chunks go.")
+@click.option("--topic", default=CHUNK_UPLOADS_TOPIC, show_default=True, help="Where chunks go.")
 @click.option(
     "--public-url", help="Base URL clients reach the gateway by (default: GATEWAY_PUBLIC_URL)."
 )
@@ -166,7 +159,7 @@ def tokens_create(organization: str, scopes: tuple[str, ...], name: str | None) 
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
         try:
             created = create_token(connection, organization, scopes, name)
-        except (RegistryError, TokenError) as error:
+        except (ProjectStoreError, TokenError) as error:
             raise click.ClickException(str(error)) from None
     click.echo(created.token)
     click.echo(

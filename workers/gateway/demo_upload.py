@@ -17,9 +17,9 @@ from typing import Final
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from workers.common.net import free_port
 from workers.common.settings import Settings
 from workers.gateway.tokens import create_token
-from workers.stack.processes import free_port
 
 READY_TIMEOUT_SECONDS: Final = 30.0
 UPLOAD_TIMEOUT_SECONDS: Final = 120.0

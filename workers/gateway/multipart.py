@@ -26,7 +26,7 @@ from typing import Final
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from workers.blob_ingest.event import Encoding
+from workers.common.chunk_uploads import Encoding
 from workers.gateway.options import UploadLimits
 
 RAW_FIELD: Final = "file"
@@ -122,10 +122,6 @@ class ChunkReader:
             },
             max_header_count=4,
         )
-
-    @property
-    def chunk_count(self) -> int:
-        return len(self.__chunks)
 
     def feed(self, data: bytes) -> None:
         self.__body_bytes += len(data)

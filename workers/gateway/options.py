@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from workers.blob_ingest.event import MAX_CHUNK_SIZE
+from workers.common.chunk_uploads import MAX_CHUNK_SIZE
 
 #: Decompressed bytes per chunk (a power of two: sentry-cli 2.39.1 and older need one).
 CHUNK_SIZE: Final = MAX_CHUNK_SIZE

@@ -18,7 +18,7 @@ from typing import Final
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from workers.blob_ingest.event import encode_headers
+from workers.common.chunk_uploads import encode_headers
 from workers.gateway.multipart import ReceivedChunk
 
 logger = logging.getLogger(__name__)

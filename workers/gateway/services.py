@@ -12,11 +12,10 @@ from confluent_kafka import Producer
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from workers.blob_ingest.definition import INPUT_TOPIC
-from workers.blob_ingest.resources import open_blob_storage
+from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.kafka_config import producer_configuration
 from workers.common.settings import Settings
-from workers.common.storage import BlobStorage
+from workers.common.storage import BlobStorage, open_blob_storage
 from workers.gateway.assemble import Assembler
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.options import UploadLimits
@@ -31,7 +30,7 @@ DEFAULT_MAX_CONCURRENT_UPLOADS: Final = 8
 @dataclass(frozen=True)
 class GatewayConfig:
     public_url: str | None = None
-    topic: str = INPUT_TOPIC
+    topic: str = CHUNK_UPLOADS_TOPIC
     limits: UploadLimits = field(default_factory=UploadLimits)
     produce_timeout_seconds: float = DEFAULT_PRODUCE_TIMEOUT_SECONDS
     pending_ttl_seconds: int = DEFAULT_TTL_SECONDS

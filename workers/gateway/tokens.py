@@ -44,7 +44,7 @@ WRITE_SCOPES: Final = frozenset(
 
 
 class TokenError(ValueError):
-    """A token request the registry refuses; the message says why."""
+    """A token request the token store refuses; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -14,21 +14,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from workers.common.settings import Settings
+from workers.stack.errors import StackError
 from workers.stack.kafka import KafkaService
+from workers.stack.locks import stack_lock
+from workers.stack.logs import tail
+from workers.stack.paths import StackPaths
+from workers.stack.ports import port_open, port_user
 from workers.stack.postgres import PostgresService
-from workers.stack.processes import (
-    LOCALHOST,
-    Echo,
-    Service,
-    ServiceStatus,
-    StackError,
-    StackPaths,
-    port_open,
-    port_user,
-    stack_lock,
-    tail,
-)
 from workers.stack.redis import RedisService
+from workers.stack.service import LOCALHOST, Echo, Service, ServiceStatus
 
 __all__ = [
     "ServiceStatus",

@@ -17,24 +17,16 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from workers.common.settings import DEFAULT_KAFKA_CONTROLLER_PORT, Settings
-from workers.stack.processes import (
-    LOCALHOST,
-    Echo,
-    StackError,
-    StackPaths,
-    apt_install,
-    find_own_pid,
-    pid_alive,
-    port_open,
-    process_cmdline,
-    remove_file,
-    run_command,
-    spawn_detached,
-    start_log,
-    tail,
-    terminate,
-    write_pid,
-)
+from workers.stack.apt import apt_install
+from workers.stack.commands import run_command
+from workers.stack.errors import StackError
+from workers.stack.lifecycle import spawn_detached, terminate
+from workers.stack.logs import start_log, tail
+from workers.stack.paths import StackPaths
+from workers.stack.pids import find_own_pid, pid_alive, remove_file, write_pid
+from workers.stack.ports import port_open
+from workers.stack.procfs import process_cmdline
+from workers.stack.service import LOCALHOST, Echo
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection refused while the broker boots, …) go here.

@@ -22,26 +22,15 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from workers.common.settings import Settings, redact_url
-from workers.stack.processes import (
-    LOCALHOST,
-    Echo,
-    StackError,
-    StackPaths,
-    apt_install,
-    describe_process,
-    is_root,
-    pid_alive,
-    pid_exists,
-    process_name,
-    processes_in,
-    read_pid,
-    remove_file,
-    run_command,
-    start_log,
-    tail,
-    wait_until,
-    write_pid,
-)
+from workers.stack.apt import apt_install
+from workers.stack.commands import is_root, run_command
+from workers.stack.errors import StackError
+from workers.stack.lifecycle import wait_until
+from workers.stack.logs import start_log, tail
+from workers.stack.paths import StackPaths
+from workers.stack.pids import pid_alive, pid_exists, read_pid, remove_file, write_pid
+from workers.stack.procfs import describe_process, process_name, processes_in
+from workers.stack.service import LOCALHOST, Echo
 
 log = logging.getLogger(__name__)
 

@@ -10,21 +10,15 @@ from urllib.parse import urlsplit
 import redis
 
 from workers.common.settings import Settings, redact_url
-from workers.stack.processes import (
-    LOCALHOST,
-    Echo,
-    StackError,
-    StackPaths,
-    apt_install,
-    find_own_pid,
-    live_pid,
-    process_cwd,
-    process_name,
-    remove_file,
-    run_command,
-    start_log,
-    terminate,
-)
+from workers.stack.apt import apt_install
+from workers.stack.commands import run_command
+from workers.stack.errors import StackError
+from workers.stack.lifecycle import terminate
+from workers.stack.logs import start_log
+from workers.stack.paths import StackPaths
+from workers.stack.pids import find_own_pid, live_pid, remove_file
+from workers.stack.procfs import process_cwd, process_name
+from workers.stack.service import LOCALHOST, Echo
 
 log = logging.getLogger(__name__)
 

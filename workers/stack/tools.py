@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from workers.stack.processes import Echo, StackError, apt_install, run_command
+from workers.stack.apt import apt_install
+from workers.stack.commands import run_command
+from workers.stack.errors import StackError
+from workers.stack.service import Echo
 
 KUSTOMIZE_MODULE: Final = "sigs.k8s.io/kustomize/kustomize/v5"
 KUSTOMIZE_VERSION: Final = "v5.7.1"

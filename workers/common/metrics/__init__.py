@@ -14,7 +14,7 @@ Create each of the three once per process and registry (a second one raises
 
 Series
 ------
-- Arroyo's ~68 metric names, as declared in `arroyo_backend.ARROYO_METRICS` (name, type,
+- Arroyo's ~68 metric names, as declared in `arroyo_metric_specs.ARROYO_METRICS` (name, type,
   unit, labels, help): `arroyo_*`, e.g. `arroyo_consumer_run_total`,
   `arroyo_consumer_poll_seconds_total` (the loop timers are counters of seconds),
   `arroyo_consumer_latency_seconds` (histogram), `arroyo_producer_librdkafka_p99_rtt_seconds`.
@@ -72,13 +72,9 @@ from workers.common.metrics._common import (
     multiprocess_active,
     sanitize_reason,
 )
-from workers.common.metrics.arroyo_backend import (
-    ARROYO_METRICS,
-    ARROYO_METRICS_BY_NAME,
-    ArroyoMetricSpec,
-    ArroyoPrometheusBackend,
-    MetricKind,
-)
+from workers.common.metrics.arroyo_backend import ArroyoPrometheusBackend
+from workers.common.metrics.arroyo_metric_kinds import ArroyoMetricSpec, MetricKind
+from workers.common.metrics.arroyo_metric_specs import ARROYO_METRICS, ARROYO_METRICS_BY_NAME
 from workers.common.metrics.exposition import (
     MULTIPROC_DIR_ENV,
     MetricsServer,

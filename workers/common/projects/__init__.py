@@ -1,4 +1,4 @@
-"""The project registry: organizations, projects and their slugs (docs/reference.md, Projects)."""
+"""The project store: organizations, projects and their slugs (docs/reference.md, Projects)."""
 
 from workers.common.projects.slugs import (
     RESERVED_PROJECT_SLUGS,
@@ -12,7 +12,7 @@ from workers.common.projects.store import (
     HAS_CUSTOM_METRICS_FLAG,
     Organization,
     Project,
-    RegistryError,
+    ProjectStoreError,
     create_organization,
     create_project,
     find_organization,
@@ -24,7 +24,7 @@ __all__ = [
     "RESERVED_PROJECT_SLUGS",
     "Organization",
     "Project",
-    "RegistryError",
+    "ProjectStoreError",
     "SlugUnavailableError",
     "candidate_slugs",
     "choose_slug",

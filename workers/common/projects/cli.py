@@ -7,7 +7,7 @@ import psycopg
 from redis import Redis
 
 from workers.common.projects.store import (
-    RegistryError,
+    ProjectStoreError,
     create_organization,
     create_project,
     list_projects,
@@ -35,7 +35,7 @@ def orgs_create(slug: str, name: str | None) -> None:
     with _connect(settings) as connection:
         try:
             organization = create_organization(connection, slug, name)
-        except RegistryError as error:
+        except ProjectStoreError as error:
             raise click.ClickException(str(error)) from None
     click.echo(f"{organization.id}\t{organization.slug}\t{organization.name}")
 
@@ -60,7 +60,7 @@ def projects_create(organization: str, name: str, platform: str | None) -> None:
             project = create_project(
                 connection, redis, generator.generate, organization, name, platform
             )
-    except RegistryError as error:
+    except ProjectStoreError as error:
         raise click.ClickException(str(error)) from None
     finally:
         redis.close()
@@ -74,7 +74,7 @@ def projects_list(organization: str | None) -> None:
     with _connect(settings) as connection:
         try:
             found = list_projects(connection, organization)
-        except RegistryError as error:
+        except ProjectStoreError as error:
             raise click.ClickException(str(error)) from None
     click.echo("ID\tORGANIZATION\tSLUG\tNAME\tPLATFORM\tFLAGS")
     for project in found:

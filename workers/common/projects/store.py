@@ -38,8 +38,8 @@ PROJECT_SLUG_CONSTRAINT = "projects_organization_slug_unique"
 ORGANIZATION_SLUG_CONSTRAINT = "organizations_slug_unique"
 
 
-class RegistryError(ValueError):
-    """A request the registry refuses; the message says why."""
+class ProjectStoreError(ValueError):
+    """A request the project store refuses; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,13 @@ def create_organization(
     connection: psycopg.Connection, slug: str, name: str | None
 ) -> Organization:
     if not is_valid_slug(slug):
-        raise RegistryError(
+        raise ProjectStoreError(
             f"invalid organization slug {slug!r}: use 1-50 lowercase letters, digits, '-' or "
             "'_', not only digits, not starting or ending with '-'"
         )
     display_name = name or slug
     if len(display_name) > MAX_ORGANIZATION_NAME_LENGTH:
-        raise RegistryError(
+        raise ProjectStoreError(
             f"organization name is longer than {MAX_ORGANIZATION_NAME_LENGTH} characters"
         )
     try:
@@ -88,7 +88,7 @@ def create_organization(
             organization = cursor.fetchone()
     except psycopg.errors.UniqueViolation as error:
         if error.diag.constraint_name == ORGANIZATION_SLUG_CONSTRAINT:
-            raise RegistryError(f"an organization with slug {slug!r} already exists") from None
+            raise ProjectStoreError(f"an organization with slug {slug!r} already exists") from None
         raise
     assert organization is not None
     return organization
@@ -101,7 +101,7 @@ def find_organization(connection: psycopg.Connection, slug: str) -> Organization
         )
         organization = cursor.fetchone()
     if organization is None:
-        raise RegistryError(f"no organization with slug {slug!r}")
+        raise ProjectStoreError(f"no organization with slug {slug!r}")
     return organization
 
 
@@ -123,11 +123,11 @@ def create_project(
     lock_wait_seconds: float = SLUG_LOCK_ACQUIRE_SECONDS,
 ) -> Project:
     if not name.strip():
-        raise RegistryError("project name must not be empty")
+        raise ProjectStoreError("project name must not be empty")
     if len(name) > MAX_PROJECT_NAME_LENGTH:
-        raise RegistryError(f"project name is longer than {MAX_PROJECT_NAME_LENGTH} characters")
+        raise ProjectStoreError(f"project name is longer than {MAX_PROJECT_NAME_LENGTH} characters")
     if platform is not None and len(platform) > MAX_PLATFORM_LENGTH:
-        raise RegistryError(f"platform is longer than {MAX_PLATFORM_LENGTH} characters")
+        raise ProjectStoreError(f"platform is longer than {MAX_PLATFORM_LENGTH} characters")
     organization = find_organization(connection, organization_slug)
     lock = redis.lock(
         project_slug_lock_key(organization.id),
@@ -135,7 +135,7 @@ def create_project(
         blocking_timeout=lock_wait_seconds,
     )
     if not lock.acquire():
-        raise RegistryError(
+        raise ProjectStoreError(
             f"could not take the slug lock of organization {organization.slug!r} within "
             f"{lock_wait_seconds:g} s; try again"
         )
@@ -192,7 +192,7 @@ def _insert_project(
             logger.info("project slug taken concurrently, choosing again", extra={"slug": slug})
             continue
         return Project(project_id, organization.id, name, slug, platform, DEFAULT_PROJECT_FLAGS)
-    raise RegistryError(f"could not find a free slug for {name!r}; try again")
+    raise ProjectStoreError(f"could not find a free slug for {name!r}; try again")
 
 
 def list_projects(

@@ -26,6 +26,7 @@ from workers.common.storage.base import (
     validate_blob_path,
     validate_prefix,
 )
+from workers.common.storage.configured import open_blob_storage
 from workers.common.storage.filesystem import FilesystemBlobStorage
 from workers.common.storage.s3 import (
     AddressingStyle,
@@ -58,6 +59,7 @@ __all__ = [
     "StoredObject",
     "default_storage_url",
     "is_blob_path",
+    "open_blob_storage",
     "open_storage",
     "parse_addressing_style",
     "parse_storage_url",

@@ -1,15 +1,12 @@
-"""Per-process resources of the blob pipeline, built from settings and closed together."""
+"""The blob storage the settings configure (`BLOB_STORAGE_URL`, `S3_*`), opened and checked;
+the gateway and blob-ingest each open one per process."""
 
 from __future__ import annotations
 
 from workers.common.settings import Settings
-from workers.common.storage import (
-    BlobStorage,
-    S3Options,
-    default_storage_url,
-    open_storage,
-    parse_addressing_style,
-)
+from workers.common.storage.base import BlobStorage
+from workers.common.storage.s3 import S3Options, parse_addressing_style
+from workers.common.storage.url import default_storage_url, open_storage
 
 
 def storage_url(settings: Settings) -> str:

@@ -19,10 +19,15 @@ from workers.common.kafka_config import (
     DEFAULT_MAX_POLL_INTERVAL_MS,
 )
 from workers.common.logs import configure_logging
-from workers.common.registry import ConsumerDefinition, ConsumerRegistry, UnknownConsumerError
-from workers.common.runner import DEFAULT_JOIN_TIMEOUT_SECONDS, RunOptions, run_consumer
+from workers.common.registry import (
+    ConsumerDefinition,
+    ConsumerRegistry,
+    UnknownConsumerError,
+    load_registry,
+)
+from workers.common.runner import DEFAULT_JOIN_TIMEOUT_SECONDS, RunOptions, run_worker_process
 from workers.common.settings import Settings
-from workers.common.supervisor import Supervisor, load_registry
+from workers.common.supervisor import Supervisor
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -172,7 +177,7 @@ def make_run_command(registry_loader: str) -> click.Command:
             worker_options=parse_worker_options(definition, worker_args),
         )
         if processes == 1:
-            run_consumer(definition, options, settings, CollectorRegistry())
+            run_worker_process(definition, options, settings, CollectorRegistry())
             return
         multiprocess_dir = Path(
             os.environ.get("PROMETHEUS_MULTIPROC_DIR")

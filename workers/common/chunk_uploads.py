@@ -1,4 +1,7 @@
-"""The chunk-upload event: one Kafka message per chunk on `chunk-uploads`.
+"""The chunk-upload contract between the gateway (producer) and blob-ingest (consumer): the
+topic, the event's headers and the chunk size limit.
+
+The chunk-upload event is one Kafka message per chunk on `chunk-uploads`:
 
 - value: the chunk's bytes, raw or gzip-compressed;
 - key: the claimed sha1 (so one chunk always lands on the same partition);
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+CHUNK_UPLOADS_TOPIC: Final = "chunk-uploads"
 MAX_CHUNK_SIZE: Final = 8 * 1024 * 1024
 
 ORGANIZATION_HEADER: Final = "organization-id"
@@ -27,7 +31,6 @@ ENCODING_HEADER: Final = "content-encoding"
 UPLOADED_AT_HEADER: Final = "uploaded-at"
 
 Encoding = Literal["identity", "gzip"]
-ENCODINGS: Final = ("identity", "gzip")
 _CHECKSUM = re.compile(rb"^[0-9a-f]{40}$")
 _MAX_ORGANIZATION_ID = 2**63 - 1
 
