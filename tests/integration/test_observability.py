@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy.promql import EXTERNAL_METRICS, RULES, exported_names_used
 from tests.deploy.support import gateway_process, is_consumer_command, procfile
+from tests.support.deploy_tools import ensure_prometheus
 from tests.support.gateway import GatewayProcess, multipart_body
 from tests.support.kafka import make_topics, unique_name
 from tests.support.waiting import wait_for
@@ -49,7 +50,6 @@ from workers.common.settings import Settings
 from workers.fleet import build_registry
 from workers.gateway.tokens import create_token
 from workers.stack.processes import free_port
-from workers.stack.tools import ensure_prometheus
 
 pytestmark = pytest.mark.integration
 
