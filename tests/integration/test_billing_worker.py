@@ -61,11 +61,11 @@ from workers.billing.counting import (
 )
 from workers.billing.definition import DLQ_TOPIC
 from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
-from workers.billing.summary import flagged_projects, outcome_totals
 from workers.billing.traffic import sample_traffic
 from workers.common.kafka_offsets import committed_offsets, total
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG, create_organization
 from workers.common.settings import Settings
+from workers.demo.billing import flagged_projects, outcome_totals
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.common.storage import FilesystemBlobStorage
-from workers.gateway.demo_upload import sentry_cli_path
+from workers.demo.gateway import sentry_cli_path
 from workers.gateway.options import CHUNK_SIZE
 from workers.gateway.tokens import create_token
 from workers.stack.processes import free_port

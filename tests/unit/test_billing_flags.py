@@ -21,7 +21,7 @@ from workers.billing.flags import (
     flag_cache_key,
 )
 from workers.billing.metrics import BillingMetrics
-from workers.billing.summary import outcome_totals
+from workers.demo.billing import outcome_totals
 
 
 def test_flag_cache_key_is_the_references() -> None:
