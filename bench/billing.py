@@ -138,7 +138,7 @@ from prometheus_client.samples import Sample
 from redis import Redis
 
 from bench.quix_env import REPO_ROOT, ensure_quix_venv
-from tests.support.kafka import make_topics, unique_name
+from harness.kafka import make_topics, unique_name
 from workers.billing.counting import DEFAULT_BILLABLE_METRICS, billable_quantity
 from workers.billing.definition import (
     DEFAULT_TRANSACTION_INTERVAL_MS,

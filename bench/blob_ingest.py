@@ -92,7 +92,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from bench._blob_reference import PerChunkBlobWriter
-from tests.support.kafka import unique_name
+from harness.kafka import unique_name
 from workers.blob_ingest.decode import VerifiedChunk
 from workers.blob_ingest.definition import (
     BLOB_ID_NAMESPACE,

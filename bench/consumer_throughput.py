@@ -25,7 +25,7 @@ from arroyo.processing.strategies.abstract import ProcessingStrategy, Processing
 from arroyo.types import Commit, Message, Partition, Topic
 from confluent_kafka import Consumer, Producer
 
-from tests.support.kafka import make_topics, unique_name
+from harness.kafka import make_topics, unique_name
 from workers.common.kafka_config import ConsumerOptions, consumer_configuration
 from workers.common.settings import Settings
 

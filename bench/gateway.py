@@ -47,8 +47,8 @@ import orjson
 import psycopg
 from confluent_kafka.admin import AdminClient
 
-from tests.support.gateway import GatewayProcess, multipart_body
-from tests.support.kafka import make_topics, unique_name
+from harness.gateway import GatewayProcess, multipart_body
+from harness.kafka import make_topics, unique_name
 from workers.common.kafka_config import admin_configuration
 from workers.common.kafka_offsets import high_watermarks, total
 from workers.common.projects import create_organization

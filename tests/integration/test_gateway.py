@@ -20,9 +20,9 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support.gateway import GatewayProcess, multipart_body, sha1
-from tests.support.kafka import make_topics, unique_name
-from tests.support.waiting import wait_for
+from harness.gateway import GatewayProcess, multipart_body, sha1
+from harness.kafka import make_topics, unique_name
+from harness.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.common.projects import create_organization

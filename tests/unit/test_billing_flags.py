@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 from workers.billing.backoff import Backoff
 from workers.billing.custom_metrics import CustomMetricDetector, Mri, parse_mri
 from workers.billing.flags import (
