@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from arroyo.backends.kafka import KafkaPayload
+from arroyo.types import Partition, Topic
 
 from workers.common.demo_hooks import DemoContext, DemoFeed, DemoHooks
+from workers.common.dlq import dlq_headers, dlq_origin
 from workers.common.registry import ConsumerDefinition
 from workers.demo.traffic import demo_hooks
 from workers.fleet import build_registry
@@ -73,3 +75,11 @@ def test_the_generic_demo_modules_never_name_a_worker() -> None:
     for module in GENERIC_MODULES:
         text = (DEMO / module).read_text()
         assert not [name for name in names if f'"{name}"' in text or f"'{name}'" in text], module
+
+
+def test_a_dlq_copy_names_the_message_it_was_made_of() -> None:
+    # The demo counts only DLQ copies of the input its own group consumed.
+    original = [("original_offset", b"7")]  # a header of the message itself
+    headers = dlq_headers(original, Partition(Topic("in"), 2), 41, "invalid_json", "echo")
+    assert dlq_origin(headers) == ("in", 2, 41)
+    assert dlq_origin(original) is None

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from workers.common.demo_hooks import DemoFeed, DemoHooks
+from workers.common.dlq import dlq_origin
 from workers.common.kafka_offsets import (
     committed_offsets,
     count_committed_records,
@@ -68,9 +69,24 @@ class DemoWorker:
         return total(committed) - total(self.start_offsets)
 
     def dead_lettered(self, settings: Settings) -> int:
+        """DLQ copies of the input this run's group consumed (the DLQ topic may be shared)."""
         topic = self.definition.dlq_topic
+        if topic is None:
+            return 0
+        input_topic = self.definition.topic
+        end = committed_offsets(settings, self.group, input_topic)
+
+        def consumed_here(message: Message) -> bool:
+            raw = message.headers() or []
+            pairs = raw.items() if isinstance(raw, dict) else raw
+            origin = dlq_origin([(k, v) for k, v in pairs if isinstance(v, bytes)])
+            if origin is None or origin[0] != input_topic:
+                return False
+            _, partition, offset = origin
+            return self.start_offsets.get(partition, 0) <= offset < end.get(partition, 0)
+
         # Read committed: a worker may write its DLQ copies in Kafka transactions.
-        return count_committed_records(settings, topic, self.dlq_before) if topic else 0
+        return count_committed_records(settings, topic, self.dlq_before, matching=consumed_here)
 
     def outputs(self, settings: Settings) -> dict[str, int]:
         return {
