@@ -12,10 +12,6 @@ Every variant reads all of it with its own consumer group, side by side in one r
 - `plain_billing`: the ceiling for the job: the same loop doing the billing work
   (`parse_bucket`, count, encode) and producing the outcomes with `produce_batch` and a
   delivery callback; no commits, no flags;
-- `previous`: the chain the worker had before, `TranslateOutcomes → Produce (Arroyo's
-  KafkaProducer, one future per outcome, resolved on its polling thread) → CoalesceCommits →
-  CommitOffsets` (kept below, verbatim apart from its tally and its counting, now
-  `billable_outcome`), on the fleet's consumer configuration, no flags;
 - `fleet`: today's chain (`BillingStrategyFactory`, first-custom-metric flags on, against the
   stack's PostgreSQL and Redis) on the fleet's consumer configuration, fed by `RunConsumer`
   (one Arroyo message per partition and fetch) as `workers run billing` is;
@@ -74,9 +70,12 @@ Prints a table, writes a bar chart (`bench/results/billing.png`) and, as the las
 JSON object with the figures. After the table: the issue's ratios against their targets
 (`fleet_exactly_once / fleet` >= 0.8, `/ quix_streams_exactly_once` >= 2, `fleet /
 plain_billing` >= 0.85) and the exactly-once transactions. `--profile` runs the `fleet`
-variant under cProfile and prints where the time goes. Usage: `python -m bench.billing
-[--messages N] [--mix production|demo] [--repeat N] [--transaction-interval-ms MS[,MS...]]
-[--profile]` (needs `workers stack up` and `workers migrate`).
+variant under cProfile and prints where the time goes. `--revision REV` compares with an
+older chain: it also runs the `fleet` variant as of git revision REV (`bench/revision.py`:
+`git archive` into a temporary directory, run there on the same stack), shown as
+`fleet@REV`. Usage: `python -m bench.billing [--messages N] [--mix production|demo]
+[--repeat N] [--transaction-interval-ms MS[,MS...]] [--profile] [--revision REV]` (needs
+`workers stack up` and `workers migrate`).
 """
 
 from __future__ import annotations
@@ -94,42 +93,29 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import partial
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import msgspec
 import orjson
 import psycopg
 from arroyo.backends.abstract import Consumer as ArroyoConsumer
-from arroyo.backends.abstract import Producer as ArroyoProducer
-from arroyo.backends.abstract import ProducerFuture
-from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
+from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
 from arroyo.backends.kafka.configuration import build_kafka_consumer_configuration
 from arroyo.commit import CommitPolicy
-from arroyo.dlq import InvalidMessage
 from arroyo.processing import StreamProcessor
-from arroyo.processing.strategies import CommitOffsets, Produce
 from arroyo.processing.strategies.abstract import (
-    MessageRejected,
     ProcessingStrategy,
     ProcessingStrategyFactory,
 )
 from arroyo.types import (
-    FILTERED_PAYLOAD,
-    BaseValue,
     BrokerValue,
     Commit,
-    FilteredPayload,
     Message,
     Partition,
     Topic,
-    Value,
 )
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka import Producer as ConfluentProducer
@@ -138,8 +124,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.samples import Sample
 from redis import Redis
 
+from bench import report
 from bench.quix_env import REPO_ROOT, ensure_quix_venv
-from tests.support.kafka import make_topics, unique_name
+from bench.revision import figures_at_revision
+from harness.kafka import make_topics, unique_name
 from workers.billing.counting import DEFAULT_BILLABLE_METRICS, billable_quantity
 from workers.billing.definition import (
     DEFAULT_TRANSACTION_INTERVAL_MS,
@@ -176,7 +164,6 @@ CUSTOM_PROJECTS: Final = 8
 VARIANTS: Final = (
     "plain_decode",
     "plain_billing",
-    "previous",
     "fleet",
     "fleet_per_message",
     "fleet_aggregated",
@@ -200,285 +187,6 @@ def billable_outcome(bucket: MetricBucket) -> BillableOutcome | None:
         return None
     quantity = billable_quantity(bucket.counter)
     return (bucket.org_id, bucket.project_id, category, quantity) if quantity else None
-
-
-# -- the previous chain (workers/billing/strategy.py before this change) ---------------------
-
-
-class PreviousTally:
-    """The counters the previous chain bumped (kept so its hot path is unchanged)."""
-
-    def __init__(self) -> None:
-        self.decoded = 0
-        self.billable = 0
-        self.produced = 0
-        self.acknowledged = 0
-
-    def invalid(self, code: str) -> None:
-        pass
-
-    def outcome(self, category: int, quantity: int) -> None:
-        pass
-
-    def observe_decode_latency(self, seconds: float) -> None:
-        pass
-
-    def maybe_flush(self, now: float) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-
-_PreviousPayload = KafkaPayload | FilteredPayload
-_new_payload: Final = partial(tuple.__new__, KafkaPayload)
-
-
-class PreviousTranslateOutcomes(ProcessingStrategy[_PreviousPayload]):
-    def __init__(
-        self,
-        next_step: ProcessingStrategy[_PreviousPayload],
-        encoder: OutcomeEncoder,
-        tally: PreviousTally,
-        *,
-        max_held_messages: int = 1000,
-        max_held_seconds: float = 0.2,
-    ) -> None:
-        self.__next_step = next_step
-        self.__encoder = encoder
-        self.__tally = tally
-        self.__max_held_messages = max_held_messages
-        self.__max_held_seconds = max_held_seconds
-        self.__held: MutableMapping[Partition, int] = {}
-        self.__held_messages = 0
-        self.__held_deadline = 0.0
-        self.__carried: (
-            tuple[BaseValue[_PreviousPayload], Message[_PreviousPayload], BillableOutcome] | None
-        ) = None
-
-    def submit(self, message: Message[_PreviousPayload]) -> None:
-        value = message.value
-        carried = self.__carried
-        if carried is not None:
-            self.__carried = None
-            if carried[0] is value:
-                self.__forward(value, carried[1], carried[2])
-                return
-        payload = value.payload
-        if isinstance(payload, FilteredPayload):
-            self.__hold(value.committable)
-            return
-        try:
-            bucket = parse_bucket(payload.value)
-        except BucketError as error:
-            self.__reject(value, error)
-        outcome = billable_outcome(bucket)
-        if outcome is None:
-            self.__tally.decoded += 1
-            self.__hold(value.committable)
-        else:
-            data = self.__encoder.encode(*outcome)
-            self.__forward(value, Message(value.replace(_new_payload((None, data, ())))), outcome)
-
-    def __forward(
-        self,
-        value: BaseValue[_PreviousPayload],
-        transformed: Message[_PreviousPayload],
-        outcome: BillableOutcome,
-    ) -> None:
-        try:
-            self.__next_step.submit(transformed)
-        except MessageRejected:
-            self.__carried = (value, transformed, outcome)
-            raise
-        if self.__held:
-            for partition in transformed.committable:
-                self.__held.pop(partition, None)
-        self.__tally.decoded += 1
-        self.__tally.billable += 1
-        self.__tally.outcome(outcome[2], outcome[3])
-
-    def __hold(self, committable: Mapping[Partition, int]) -> None:
-        if not self.__held:
-            self.__held_deadline = time.monotonic() + self.__max_held_seconds
-        self.__held.update(committable)
-        self.__held_messages += 1
-        if self.__held_messages >= self.__max_held_messages:
-            self.__flush_held()
-
-    def __flush_held(self) -> bool:
-        if self.__held:
-            try:
-                self.__next_step.submit(Message(Value(FILTERED_PAYLOAD, self.__held)))
-            except MessageRejected:
-                return False
-        self.__held = {}
-        self.__held_messages = 0
-        return True
-
-    def __reject(self, value: BaseValue[_PreviousPayload], error: BucketError) -> NoReturn:
-        self.__tally.invalid(error.code)
-        assert isinstance(value, BrokerValue)
-        self.__hold(value.committable)
-        raise InvalidMessage(
-            value.partition, value.offset, reason=error.reason, log_exception=False
-        ) from None
-
-    def poll(self) -> None:
-        self.__next_step.poll()
-        now = time.monotonic()
-        if self.__held and now >= self.__held_deadline:
-            self.__flush_held()
-
-    def close(self) -> None:
-        pass
-
-    def terminate(self) -> None:
-        self.__next_step.terminate()
-
-    def join(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.__flush_held():
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            self.__next_step.poll()
-            time.sleep(0.001)
-        self.__next_step.close()
-        self.__next_step.join(None if deadline is None else max(deadline - time.monotonic(), 0))
-
-
-class PreviousDeliveryTracker(ArroyoProducer[KafkaPayload]):
-    def __init__(self, producer: ArroyoProducer[KafkaPayload]) -> None:
-        self.__producer = producer
-        self.__pending: deque[ProducerFuture[BrokerValue[KafkaPayload]]] = deque()
-
-    def produce(
-        self, destination: Topic | Partition, payload: KafkaPayload
-    ) -> ProducerFuture[BrokerValue[KafkaPayload]]:
-        future = self.__producer.produce(destination, payload)
-        pending = self.__pending
-        while pending and pending[0].done():
-            pending.popleft()
-        pending.append(future)
-        return future
-
-    def in_flight(self) -> int:
-        pending = self.__pending
-        while pending and pending[0].done():
-            pending.popleft()
-        return sum(1 for future in pending if not future.done())
-
-    def close(self) -> Future[None]:
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
-
-
-class PreviousAwaitDeliveries(ProcessingStrategy[_PreviousPayload]):
-    def __init__(
-        self, produce: ProcessingStrategy[_PreviousPayload], tracker: PreviousDeliveryTracker
-    ) -> None:
-        self.__produce = produce
-        self.__tracker = tracker
-
-    def submit(self, message: Message[_PreviousPayload]) -> None:
-        self.__produce.submit(message)
-
-    def poll(self) -> None:
-        self.__produce.poll()
-
-    def close(self) -> None:
-        self.__produce.close()
-
-    def terminate(self) -> None:
-        self.__produce.terminate()
-
-    def join(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.__tracker.in_flight():
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            self.__produce.poll()
-            time.sleep(0.001)
-        self.__produce.join(None if deadline is None else max(deadline - time.monotonic(), 0))
-
-
-class PreviousCoalesceCommits(ProcessingStrategy[_PreviousPayload]):
-    def __init__(self, next_step: ProcessingStrategy[Any], max_messages: int = 1000) -> None:
-        self.__next_step = next_step
-        self.__max_messages = max_messages
-        self.__offsets: dict[Partition, int] = {}
-        self.__timestamp: datetime | None = None
-        self.__messages = 0
-        self.__deadline = 0.0
-        self.__next_poll = 0.0
-
-    def submit(self, message: Message[_PreviousPayload]) -> None:
-        value = message.value
-        if not self.__messages:
-            self.__deadline = time.monotonic() + 0.2
-        self.__offsets.update(value.committable)
-        if value.timestamp is not None:
-            self.__timestamp = value.timestamp
-        self.__messages += 1
-        if self.__messages >= self.__max_messages:
-            self.__forward()
-
-    def __forward(self) -> None:
-        if self.__messages:
-            offsets, self.__offsets = self.__offsets, {}
-            timestamp, self.__timestamp = self.__timestamp, None
-            self.__messages = 0
-            self.__next_step.submit(Message(Value(FILTERED_PAYLOAD, offsets, timestamp)))
-
-    def poll(self) -> None:
-        now = time.monotonic()
-        if self.__messages and now >= self.__deadline:
-            self.__forward()
-        if now >= self.__next_poll:
-            self.__next_poll = now + 0.01
-            self.__next_step.poll()
-
-    def close(self) -> None:
-        self.__next_step.close()
-
-    def terminate(self) -> None:
-        self.__next_step.terminate()
-
-    def join(self, timeout: float | None = None) -> None:
-        self.__forward()
-        self.__next_step.join(timeout)
-
-
-class PreviousBillingFactory(ProcessingStrategyFactory[KafkaPayload]):
-    """The previous `BillingStrategyFactory` (Arroyo `KafkaProducer` with simple futures)."""
-
-    def __init__(self, settings: Settings, outcomes_topic: str) -> None:
-        self.__settings = settings
-        self.__topic = Topic(outcomes_topic)
-        self.__producer: KafkaProducer | None = None
-        self.__encoder = OutcomeEncoder()
-        self.__tally = PreviousTally()
-
-    def create_with_partitions(
-        self, commit: Commit, partitions: Mapping[Partition, int]
-    ) -> ProcessingStrategy[KafkaPayload]:
-        if self.__producer is None:
-            self.__producer = KafkaProducer(
-                producer_configuration(self.__settings, client_id="bench-previous"),
-                use_simple_futures=True,
-            )
-        tracker = PreviousDeliveryTracker(self.__producer)
-        produce: Produce[KafkaPayload] = Produce(
-            tracker, self.__topic, PreviousCoalesceCommits(CommitOffsets(commit)), 10_000
-        )
-        return PreviousTranslateOutcomes(
-            PreviousAwaitDeliveries(produce, tracker), self.__encoder, self.__tally
-        )
-
-    def shutdown(self) -> None:
-        if self.__producer is not None:
-            self.__producer.close().result(timeout=10)
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -1044,14 +752,14 @@ def quix_streams(work: Workload, outcomes_topic: str, variant: str = "quix_strea
     )
     lines = [line for line in finished.stdout.splitlines() if line.startswith(b"{")]
     assert lines, f"the Quix app printed no report: {finished.stdout[-2000:]!r}"
-    report: dict[str, Any] = orjson.loads(lines[-1])
-    quix_reports[variant] = report
-    assert report["messages"] == work.messages, report
+    app_report: dict[str, Any] = orjson.loads(lines[-1])
+    quix_reports[variant] = app_report
+    assert app_report["messages"] == work.messages, app_report
     expected = work.expected
-    assert report["outcomes"] == sum(expected.values()), (report, sum(expected.values()))
-    assert report["custom_projects"] == CUSTOM_PROJECTS, report
+    assert app_report["outcomes"] == sum(expected.values()), (app_report, sum(expected.values()))
+    assert app_report["custom_projects"] == CUSTOM_PROJECTS, app_report
     verify_outcomes(work, outcomes_topic, expected)
-    return float(report["msg_per_s"])
+    return float(app_report["msg_per_s"])
 
 
 _OUTCOME_KEYS: Final = [
@@ -1249,13 +957,6 @@ def run_variant(
         return quix_streams(work, outcomes_topic, variant)
     if variant.startswith("fleet_exactly_once"):
         return fleet_exactly_once(work, variant, outcomes_topic, transaction_interval_ms)
-    if variant == "previous":
-        return run_arroyo(
-            work,
-            PreviousBillingFactory(work.settings, outcomes_topic),
-            fleet_consumer_config(work.settings),
-            runs=False,
-        )
     if variant not in _CHAIN_VARIANTS:
         raise ValueError(f"unknown variant {variant}")
     aggregate_window_seconds, stock_config, runs = _CHAIN_VARIANTS[variant]
@@ -1278,14 +979,20 @@ def run_variant(
 
 def print_table(rates: Mapping[str, float]) -> None:
     ceiling = rates.get("plain_billing") or max(rates.values())
-    baselines = [(name, rates.get(name)) for name in ("previous", "arroyo_stock", "quix_streams")]
-    header = "".join(f"{'vs ' + name:>20}" for name, _ in baselines)
-    print(f"{'variant':<28}{'msg/s':>12}{'vs plain_billing':>18}{header}")
-    for variant, rate in rates.items():
-        versus = "".join(
-            f"{rate / baseline:>20.2f}" if baseline else f"{'-':>20}" for _, baseline in baselines
-        )
-        print(f"{variant:<28}{rate:>12,.0f}{rate / ceiling:>18.2f}{versus}")
+    baselines = [name for name in ("arroyo_stock", "quix_streams") if rates.get(name)]
+    baselines += [name for name in rates if "@" in name]
+    report.print_table(
+        ["variant", "msg/s", "vs plain_billing", *(f"vs {name}" for name in baselines)],
+        [
+            [
+                variant,
+                f"{rate:,.0f}",
+                f"{rate / ceiling:.2f}",
+                *(f"{rate / rates[name]:.2f}" for name in baselines),
+            ]
+            for variant, rate in rates.items()
+        ],
+    )
 
 
 # Issue 13's targets: (numerator, denominator, at least).
@@ -1317,62 +1024,66 @@ def ratios(rates: Mapping[str, float]) -> list[tuple[str, str, float, float]]:
     return found
 
 
+TRANSACTION_COLUMNS: Final = (
+    *("variant", "interval", "committed", "aborted"),
+    *("mean size", "mean open", "p99 open <=", "mean commit"),
+)
+
+
 def print_summary(rates: Mapping[str, float]) -> None:
     """The issue's ratios against their targets, then the exactly-once runs' transactions."""
     found = ratios(rates)
     if found:
         print("\nratios (issue 13 targets)")
-        for numerator, denominator, ratio, target in found:
-            verdict = "ok" if ratio >= target else "below target"
-            label = f"{numerator} / {denominator}"
-            print(f"  {label:<52}{ratio:>6.2f}  (target >= {target:.2f}: {verdict})")
+        report.print_table(
+            ["ratio", "value", "target", "verdict"],
+            [
+                [
+                    f"{numerator} / {denominator}",
+                    f"{ratio:.2f}",
+                    f">= {target:.2f}",
+                    "ok" if ratio >= target else "below target",
+                ]
+                for numerator, denominator, ratio, target in found
+            ],
+            indent="  ",
+        )
     if transaction_figures:
         print(
             "\ntransactions (fleet exactly-once; p99 first produce to commit is the upper bound "
             "of its histogram bucket)"
         )
-        print(
-            f"  {'variant':<28}{'interval':>9}{'committed':>11}{'aborted':>9}"
-            f"{'mean size':>11}{'mean open':>11}{'p99 open <=':>13}{'mean commit':>13}"
+        report.print_table(
+            TRANSACTION_COLUMNS,
+            [
+                [
+                    name,
+                    f"{figures.interval_ms}ms",
+                    f"{figures.committed:,}",
+                    figures.aborted,
+                    f"{figures.mean_size:,.0f}",
+                    f"{figures.mean_open_seconds * 1000:.1f}ms",
+                    f"{figures.p99_open_seconds_bound * 1000:,.0f}ms",
+                    f"{figures.mean_commit_seconds * 1000:.1f}ms",
+                ]
+                for name, figures in transaction_figures.items()
+            ],
+            indent="  ",
         )
-        for name, figures in transaction_figures.items():
-            print(
-                f"  {name:<28}{figures.interval_ms:>7}ms{figures.committed:>11,}"
-                f"{figures.aborted:>9}{figures.mean_size:>11,.0f}"
-                f"{figures.mean_open_seconds * 1000:>9.1f}ms"
-                f"{figures.p99_open_seconds_bound * 1000:>11,.0f}ms"
-                f"{figures.mean_commit_seconds * 1000:>11.1f}ms"
-            )
 
 
 def write_chart(rates: Mapping[str, float], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(figsize=(9, 4.5))
-    names = list(rates)
-    values = [rates[name] for name in names]
-    colours = ["#9e9e9e" if name.startswith("plain") else "#1f77b4" for name in names]
-    colours = [
-        "#d62728"
-        if name == "previous"
+    colours = {
+        name: "#9e9e9e"
+        if name.startswith("plain")
         else "#ff7f0e"
         if name.startswith("quix_streams")
-        else colour
-        for name, colour in zip(names, colours, strict=True)
-    ]
-    bars = axes.barh(names, values, color=colours)
-    axes.bar_label(bars, labels=[f"{value:,.0f}" for value in values], padding=3)
-    axes.invert_yaxis()
-    axes.set_xlabel("messages per second (higher is better)")
-    axes.set_title(title)
-    axes.set_xlim(0, max(values) * 1.2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        else "#d62728"
+        if "@" in name
+        else "#1f77b4"
+        for name in rates
+    }
+    report.bar_chart(path, rates, title, "messages per second (higher is better)", colours)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1389,6 +1100,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "variant each, named fleet_exactly_once_<ms>ms",
     )
     parser.add_argument("--chart", type=Path, default=DEFAULT_CHART)
+    parser.add_argument(
+        "--revision",
+        help="also run the fleet variant as of this git revision (bench/revision.py), "
+        "shown as fleet@REVISION",
+    )
     return parser.parse_args(argv)
 
 
@@ -1435,6 +1151,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         cleanup(work, [work.topic, *created])
     rates = {name: statistics.median(values) for name, values in samples.items()}
+    if args.revision:
+        before = figures_at_revision(
+            args.revision,
+            "bench.billing",
+            [
+                *("--messages", str(args.messages), "--mix", args.mix),
+                *("--repeat", str(args.repeat), "--variants", "fleet"),
+                *("--chart", str(args.chart.with_suffix(".revision.png"))),
+            ],
+            settings,
+        )
+        rates[f"fleet@{args.revision}"] = before["fleet_msg_per_s"]
     print_table(rates)
     print_summary(rates)
     write_chart(rates, args.chart, f"billing worker, {args.messages:,} messages, {args.mix} mix")
@@ -1449,8 +1177,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "repeat": args.repeat,
         **{f"{name}_msg_per_s": round(rate, 1) for name, rate in rates.items()},
     }
-    if "previous" in rates and "fleet" in rates:
-        figures["fleet_vs_previous"] = round(rates["fleet"] / rates["previous"], 2)
+    if args.revision and "fleet" in rates:
+        figures["revision"] = args.revision
+        figures["fleet_vs_revision"] = round(rates["fleet"] / rates[f"fleet@{args.revision}"], 2)
     for stock in ("arroyo_stock", "fleet_stock_config"):
         if stock in rates and "fleet" in rates:
             figures[f"fleet_vs_{stock}"] = round(rates["fleet"] / rates[stock], 2)
@@ -1472,9 +1201,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "p99_open_s_bucket_bound": transactions.p99_open_seconds_bound,
             "mean_commit_s": round(transactions.mean_commit_seconds, 4),
         }
-    for name, report in quix_reports.items():
-        figures[f"{name}_last_run"] = report
-    print(orjson.dumps(figures).decode())
+    for name, last_run in quix_reports.items():
+        figures[f"{name}_last_run"] = last_run
+    report.print_figures(figures)
 
 
 if __name__ == "__main__":

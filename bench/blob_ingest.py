@@ -80,7 +80,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import orjson
 import psycopg
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
 from arroyo.commit import CommitPolicy
@@ -91,8 +90,9 @@ from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
+from bench import report
 from bench._blob_reference import PerChunkBlobWriter
-from tests.support.kafka import unique_name
+from harness.kafka import unique_name
 from workers.blob_ingest.decode import VerifiedChunk
 from workers.blob_ingest.definition import (
     BLOB_ID_NAMESPACE,
@@ -520,6 +520,12 @@ def measure_disk_ceiling(scratch: Path, size: int, files: int) -> DiskCeiling:
 # -- reporting ----------------------------------------------------------------------------------
 
 
+TABLE_COLUMNS = (
+    *("mode", "chunk size", "chunks", "seconds", "chunks/s"),
+    *("MB/s", "peak RSS MiB", "batched/per-chunk"),
+)
+
+
 def ratios(results: Sequence[RunResult]) -> dict[int, float]:
     """Batched chunks/s ÷ per-chunk chunks/s, per chunk size."""
     rates = {(r.spec.mode, r.spec.chunk_size): r.chunks_per_second for r in results}
@@ -532,31 +538,27 @@ def ratios(results: Sequence[RunResult]) -> dict[int, float]:
 
 def print_table(results: Sequence[RunResult]) -> None:
     ratio = ratios(results)
-    header = (
-        f"{'mode':<11}{'chunk size':>11}{'chunks':>8}{'seconds':>9}{'chunks/s':>10}"
-        f"{'MB/s':>9}{'peak RSS MiB':>14}{'batched/per-chunk':>19}"
+    report.print_table(
+        TABLE_COLUMNS,
+        [
+            [
+                r.spec.mode,
+                size_label(r.spec.chunk_size),
+                f"{r.persisted:,}",
+                f"{r.seconds:.2f}",
+                f"{r.chunks_per_second:,.0f}",
+                f"{r.mb_per_second:.1f}",
+                f"{r.peak_rss_bytes / MIB:.0f}",
+                f"{ratio[r.spec.chunk_size]:.1f}x"
+                if r.spec.mode == "batched" and r.spec.chunk_size in ratio
+                else "",
+            ]
+            for r in results
+        ],
     )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        shown = (
-            f"{ratio[r.spec.chunk_size]:.1f}x"
-            if r.spec.mode == "batched" and r.spec.chunk_size in ratio
-            else ""
-        )
-        print(
-            f"{r.spec.mode:<11}{size_label(r.spec.chunk_size):>11}{r.persisted:>8,}"
-            f"{r.seconds:>9.2f}{r.chunks_per_second:>10,.0f}{r.mb_per_second:>9.1f}"
-            f"{r.peak_rss_bytes / MIB:>14.0f}{shown:>19}"
-        )
 
 
 def write_chart(results: Sequence[RunResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = sorted({r.spec.chunk_size for r in results})
     by_key = {(r.spec.mode, r.spec.chunk_size): r for r in results}
     panels: list[tuple[str, Callable[[RunResult], float], str, bool]] = [
@@ -564,38 +566,34 @@ def write_chart(results: Sequence[RunResult], path: Path) -> None:
         ("MB/s", lambda r: r.mb_per_second, "{:,.1f}", False),
         ("peak RSS (MiB)", lambda r: r.peak_rss_bytes / MIB, "{:,.0f}", False),
     ]
-    figure, axes = plt.subplots(1, len(panels), figsize=(14, 4.5))
     width = 0.38
     colors = {"batched": "#2b7bba", "per-chunk": "#e0812b"}
-    for axis, (title, value, shown, log) in zip(axes, panels, strict=True):
-        for offset, mode in enumerate(MODES):
-            xs = [index + (offset - 0.5) * width for index in range(len(sizes))]
-            heights = [value(by_key[(mode, s)]) if (mode, s) in by_key else 0.0 for s in sizes]
-            bars = axis.bar(xs, heights, width, label=mode, color=colors[mode])
-            axis.bar_label(bars, labels=[shown.format(h) for h in heights], fontsize=8)
-        if log:
-            axis.set_yscale("log")
-            axis.axhline(TARGET_CHUNKS_PER_S_4K, color="grey", linestyle="--", linewidth=1)
-            axis.text(
-                -0.45,
-                TARGET_CHUNKS_PER_S_4K * 1.08,
-                f"target at 4 KiB: {TARGET_CHUNKS_PER_S_4K:,.0f}/s",
-                fontsize=8,
-                ha="left",
-                va="bottom",
-                color="grey",
-            )
-            axis.set_ylim(top=TARGET_CHUNKS_PER_S_4K * 3)
-        axis.set_xticks(range(len(sizes)), [size_label(s) for s in sizes])
-        axis.set_title(title)
-        axis.legend(fontsize=8)
-    figure.suptitle(
-        "blob ingest through Kafka → filesystem storage (fsync) → PostgreSQL, one process"
-    )
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with report.chart(path, len(panels), size=(14, 4.5)) as (figure, axes):
+        for axis, (title, value, shown, log) in zip(axes, panels, strict=True):
+            for offset, mode in enumerate(MODES):
+                xs = [index + (offset - 0.5) * width for index in range(len(sizes))]
+                heights = [value(by_key[(mode, s)]) if (mode, s) in by_key else 0.0 for s in sizes]
+                bars = axis.bar(xs, heights, width, label=mode, color=colors[mode])
+                axis.bar_label(bars, labels=[shown.format(h) for h in heights], fontsize=8)
+            if log:
+                axis.set_yscale("log")
+                axis.axhline(TARGET_CHUNKS_PER_S_4K, color="grey", linestyle="--", linewidth=1)
+                axis.text(
+                    -0.45,
+                    TARGET_CHUNKS_PER_S_4K * 1.08,
+                    f"target at 4 KiB: {TARGET_CHUNKS_PER_S_4K:,.0f}/s",
+                    fontsize=8,
+                    ha="left",
+                    va="bottom",
+                    color="grey",
+                )
+                axis.set_ylim(top=TARGET_CHUNKS_PER_S_4K * 3)
+            axis.set_xticks(range(len(sizes)), [size_label(s) for s in sizes])
+            axis.set_title(title)
+            axis.legend(fontsize=8)
+        figure.suptitle(
+            "blob ingest through Kafka → filesystem storage (fsync) → PostgreSQL, one process"
+        )
 
 
 def figures(
@@ -778,7 +776,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     write_chart(results, args.chart)
     print(f"chart: {args.chart}")
-    print(orjson.dumps(figures(results, args.chart, ceiling)).decode())
+    report.print_figures(figures(results, args.chart, ceiling))
 
 
 if __name__ == "__main__":

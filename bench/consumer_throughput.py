@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import orjson
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
 from arroyo.backends.kafka.configuration import build_kafka_consumer_configuration
 from arroyo.commit import ONCE_PER_SECOND
@@ -25,7 +24,8 @@ from arroyo.processing.strategies.abstract import ProcessingStrategy, Processing
 from arroyo.types import Commit, Message, Partition, Topic
 from confluent_kafka import Consumer, Producer
 
-from tests.support.kafka import make_topics, unique_name
+from bench import report
+from harness.kafka import make_topics, unique_name
 from workers.common.kafka_config import ConsumerOptions, consumer_configuration
 from workers.common.settings import Settings
 
@@ -127,16 +127,15 @@ def main() -> None:
         "arroyo_fleet_config_msg_per_s": arroyo_chain(topic, count, fleet_config),
         "arroyo_default_config_msg_per_s": arroyo_chain(topic, count, arroyo_default),
     }
-    print(f"{'variant':<34}{'msg/s':>12}{'vs plain':>10}")
-    for name, rate in results.items():
-        ratio = rate / results["plain_poll_msg_per_s"]
-        print(f"{name:<34}{rate:>12,.0f}{ratio:>10.2f}")
+    plain = results["plain_poll_msg_per_s"]
+    report.print_table(
+        ["variant", "msg/s", "vs plain"],
+        [[name, f"{rate:,.0f}", f"{rate / plain:.2f}"] for name, rate in results.items()],
+    )
     results["fleet_vs_arroyo_default_ratio"] = (
         results["arroyo_fleet_config_msg_per_s"] / results["arroyo_default_config_msg_per_s"]
     )
-    print(
-        orjson.dumps({"messages": count, **{k: round(v, 2) for k, v in results.items()}}).decode()
-    )
+    report.print_figures({"messages": count, **{k: round(v, 2) for k, v in results.items()}})
 
 
 if __name__ == "__main__":

@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Final
 
 import httpx
-import orjson
 import psycopg
 from confluent_kafka.admin import AdminClient
 
-from tests.support.gateway import GatewayProcess, multipart_body
-from tests.support.kafka import make_topics, unique_name
+from bench import report
+from harness.gateway import GatewayProcess, multipart_body
+from harness.kafka import make_topics, unique_name
 from workers.common.kafka_config import admin_configuration
 from workers.common.kafka_offsets import high_watermarks, total
 from workers.common.projects import create_organization
@@ -185,22 +185,32 @@ def _cleanup(settings: Settings, topic: str, slug: str) -> None:
         connection.execute("DELETE FROM organizations WHERE slug = %s", (slug,))
 
 
+TABLE_COLUMNS = (
+    *("chunks", "per req", "requests", "uploaders", "chunks/s"),
+    *("MB/s", "p50 ms", "p99 ms", "RSS MiB", "peak MiB"),
+)
+
+
 def _print_table(results: Sequence[Result], uploaders: int) -> None:
-    header = (
-        f"{'chunks':>10} {'per req':>7} {'requests':>8} {'uploaders':>9} {'chunks/s':>10} "
-        f"{'MB/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'peak MiB':>9}"
-    )
-    print(header)
-    print("-" * len(header))
+    rows = []
     for r in results:
         ordered = sorted(r.latencies)
         p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        print(
-            f"{r.shape.label:>10} {r.shape.chunks_per_request:>7} {r.shape.requests:>8} "
-            f"{uploaders:>9} {r.chunks_per_second:>10,.0f} {r.mb_per_second:>8.1f} "
-            f"{statistics.median(ordered) * 1000:>8.1f} {p99 * 1000:>8.1f} "
-            f"{r.start_rss_bytes / MIB:>8.1f} {r.peak_rss_bytes / MIB:>9.1f}"
+        rows.append(
+            [
+                r.shape.label,
+                r.shape.chunks_per_request,
+                r.shape.requests,
+                uploaders,
+                f"{r.chunks_per_second:,.0f}",
+                f"{r.mb_per_second:.1f}",
+                f"{statistics.median(ordered) * 1000:.1f}",
+                f"{p99 * 1000:.1f}",
+                f"{r.start_rss_bytes / MIB:.1f}",
+                f"{r.peak_rss_bytes / MIB:.1f}",
+            ]
         )
+    report.print_table(TABLE_COLUMNS, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -239,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for r in results
         ],
     }
-    print(orjson.dumps(figures).decode())
+    report.print_figures(figures)
 
 
 if __name__ == "__main__":

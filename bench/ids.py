@@ -17,9 +17,9 @@ import time
 import uuid
 from typing import Any
 
-import orjson
 from redis import Redis
 
+from bench import report
 from workers.common.settings import Settings
 from workers.common.snowflake import (
     LeasedSnowflakeGenerator,
@@ -131,10 +131,11 @@ def main() -> None:
         ("leased, generate()", single, single_s),
         (f"leased, generate_batch({BATCH_SIZE})", batched, batched_s),
     ]
-    print(f"{'generator':<40} {'ids':>12} {'seconds':>8} {'ids/s':>14}")
-    for name, count, seconds in rows:
-        print(f"{name:<40} {count:>12,} {seconds:>8.2f} {count / seconds:>14,.0f}")
-    print(orjson.dumps(figures).decode())
+    report.print_table(
+        ["generator", "ids", "seconds", "ids/s"],
+        [[name, f"{n:,}", f"{sec:.2f}", f"{n / sec:,.0f}"] for name, n, sec in rows],
+    )
+    report.print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from workers.common.run_cli import make_run_command
 from workers.common.settings import Settings, SettingsError
 from workers.common.snowflake.cli import ids
 from workers.common.topics import create_topics, fleet_topics
+from workers.demo import make_demo_command
 from workers.fleet import FLEET_REGISTRY_LOADER
 from workers.gateway.cli import serve, tokens
 from workers.stack.cli import stack
@@ -61,14 +62,7 @@ def make_cli(registry_loader: str) -> click.Group:
         for key, value in Settings.from_env().redacted().items():
             click.echo(f"{key} = {value}")
 
-    @cli.command(help="The main job: stack, migrations, topics, every worker, sample traffic.")
-    @click.option("--messages", type=click.IntRange(min=1), default=20_000, show_default=True)
-    @click.option("--timeout", type=click.FloatRange(min=1.0), default=180.0, show_default=True)
-    def demo(messages: int, timeout: float) -> None:
-        from workers.demo import run_demo
-
-        sys.exit(run_demo(registry_loader, messages, timeout))
-
+    cli.add_command(make_demo_command(registry_loader))
     cli.add_command(make_run_command(registry_loader))
     cli.add_command(stack)
     cli.add_command(ids)

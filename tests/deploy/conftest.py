@@ -1,10 +1,10 @@
-"""Fixtures of the deploy tests: the tools (installed on first use, like `workers stack up`)."""
+"""Fixtures of the deploy tests: the tools (installed on first use)."""
 
 from __future__ import annotations
 
 import pytest
 
-from workers.stack.tools import DeployTools, ensure_deploy_tools
+from tests.support.deploy_tools import DeployTools, ensure_deploy_tools
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from tests.deploy.promql import (
     metric_names,
     recorded_names,
 )
-from workers.stack.tools import DeployTools
+from tests.support.deploy_tools import DeployTools
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RANGE_FUNCTIONS = re.compile(r"\b(rate|irate|increase)\s*\(([^()]*)\)")

@@ -37,12 +37,12 @@ from tests.deploy.support import (
     procfile,
     selects,
 )
+from tests.support.deploy_tools import DeployTools
 from workers.common.settings import ENVIRONMENT_VARIABLES, KAFKA_CONFIG_PREFIX, Settings
 from workers.common.supervisor import CHILD_SHUTDOWN_GRACE_SECONDS
 from workers.gateway.app import HEALTH_ROUTE
 from workers.gateway.cli import serve_gateway
 from workers.gateway.services import DEFAULT_PRODUCE_TIMEOUT_SECONDS
-from workers.stack.tools import DeployTools
 
 CRDS = ROOT / "deploy" / "schemas" / "crds"
 # Oldest and newest Kubernetes minor versions the manifests must be valid for.
@@ -420,7 +420,7 @@ def test_the_overlay_puts_everything_in_its_namespace(overlay: list[Manifest]) -
 def test_kustomize_is_the_pinned_version(deploy_tools: DeployTools) -> None:
     import subprocess
 
-    from workers.stack.tools import KUSTOMIZE_VERSION
+    from tests.support.deploy_tools import KUSTOMIZE_VERSION
 
     output = subprocess.run(
         [str(deploy_tools.kustomize), "version"], capture_output=True, text=True, check=True

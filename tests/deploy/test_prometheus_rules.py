@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from tests.deploy.promql import RULES, load_rules
-from workers.stack.tools import DeployTools
+from tests.support.deploy_tools import DeployTools
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"

@@ -6,7 +6,7 @@ import re
 
 from tests.deploy.promql import load_rules
 from tests.deploy.support import ROOT
-from workers.stack.tools import KUSTOMIZE_VERSION
+from tests.support.deploy_tools import KUSTOMIZE_VERSION
 
 DEPLOYING = (ROOT / "docs" / "deploying.md").read_text()
 OBSERVABILITY = (ROOT / "docs" / "observability.md").read_text()

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from harness.kafka import make_topics, unique_name
+from harness.waiting import wait_for
 from tests.support.billing import (
     PARTITIONS,
     PacedProducer,
@@ -32,13 +34,7 @@ from tests.support.billing import (
     decoded,
     usage_bucket,
 )
-from tests.support.kafka import (
-    make_topics,
-    read_available,
-    unique_name,
-    wait_until_committed,
-)
-from tests.support.waiting import wait_for
+from tests.support.kafka import read_available, wait_until_committed
 from tests.support.worker_process import ROOT, WorkerProcess
 from workers.billing.counting import SPANS_USAGE_METRIC_ID, TRANSACTIONS_USAGE_METRIC_ID
 from workers.billing.definition import AT_LEAST_ONCE, DLQ_TOPIC, EXACTLY_ONCE

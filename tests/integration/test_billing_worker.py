@@ -32,6 +32,8 @@ import pytest
 from redis import Redis
 from sentry_kafka_schemas import iter_examples
 
+from harness.kafka import make_topics, unique_name
+from harness.waiting import wait_for
 from tests.support.billing import (
     PARTITIONS,
     PacedProducer,
@@ -44,16 +46,7 @@ from tests.support.billing import (
     usage_bucket,
 )
 from tests.support.billing_fakes import expected_outcome
-from tests.support.kafka import (
-    Record,
-    make_topics,
-    produce,
-    read_all,
-    read_available,
-    unique_name,
-    wait_until_committed,
-)
-from tests.support.waiting import wait_for
+from tests.support.kafka import Record, produce, read_all, read_available, wait_until_committed
 from tests.support.worker_process import WorkerProcess
 from workers.billing.counting import (
     SPANS_USAGE_METRIC_ID,
@@ -61,11 +54,11 @@ from workers.billing.counting import (
 )
 from workers.billing.definition import DLQ_TOPIC
 from workers.billing.flags import FIRST_CUSTOM_METRIC_EVENT, flag_cache_key
-from workers.billing.summary import flagged_projects, outcome_totals
 from workers.billing.traffic import sample_traffic
 from workers.common.kafka_offsets import committed_offsets, total
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG, create_organization
 from workers.common.settings import Settings
+from workers.demo.billing import flagged_projects, outcome_totals
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from tests.support.kafka import make_topics, read_all, unique_name
+from harness.kafka import make_topics, unique_name
+from tests.support.kafka import read_all
 from workers.blob_ingest.cli import blobs, chunks, parse_duration
 from workers.blob_ingest.decode import verify_chunk
 from workers.common.chunk_uploads import MAX_CHUNK_SIZE, parse_headers

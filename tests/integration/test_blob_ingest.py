@@ -16,9 +16,10 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from tests.support.kafka import make_topics, read_available, unique_name
+from harness.kafka import make_topics, unique_name
+from harness.waiting import wait_for
+from tests.support.kafka import read_available
 from tests.support.s3_server import LocalS3Server
-from tests.support.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.blob_ingest.sweep import delete_garbage, find_garbage

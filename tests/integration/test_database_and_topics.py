@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
+from harness.kafka import unique_name
 from tests.support.echo_worker import build_definition
-from tests.support.kafka import unique_name
 from workers.common.database import (
     Migration,
     MigrationError,

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from workers.billing.message import BucketError, parse_bucket
-from workers.billing.traffic import sample_traffic_for_projects
 from workers.common.chunk_uploads import MAX_CHUNK_SIZE
 from workers.common.settings import Settings
-from workers.demo import DEMO_CUSTOM_PROJECTS, SAMPLE_SEED, _demo_projects, _sample_files
+from workers.demo.billing import DEMO_CUSTOM_PROJECTS, demo_traffic
+from workers.demo.blob_ingest import sample_files
+from workers.demo.run import SAMPLE_SEED
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +36,27 @@ def _unique_chunk_bytes(files: list[Path]) -> tuple[int, int, int]:
     return count, len(sizes), sum(sizes.values())
 
 
+def _summary(stdout: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The counts table's rows and each worker's lines under its name, by worker name."""
+    lines = stdout.splitlines()
+    rows = {
+        cells[0]: cells
+        for line in lines
+        if line.startswith("│ ")
+        for cells in [[cell.strip() for cell in line.strip("│").split("│")]]
+    }
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines[max(i for i, line in enumerate(lines) if line.startswith("└")) :]:
+        if line in rows:
+            current = sections.setdefault(line, [])
+        elif line.startswith("  ") and current is not None:
+            current.append(line.strip())
+        else:
+            current = None
+    return rows, sections
+
+
 def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "workers", "demo", "--messages", "3000", "--timeout", "120"],
@@ -44,7 +66,7 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
         timeout=300,
         check=False,
         env={
-            "COLUMNS": "200",
+            "COLUMNS": "80",
             "PATH": "/usr/bin:/bin",
             "HOME": str(Path.home()),
             # A shared stack (several work trees) is named by its state dir; unset in CI.
@@ -52,20 +74,14 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
         },
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = {
-        cells[0]: cells
-        for line in result.stdout.splitlines()
-        if line.startswith("│ ")
-        for cells in [[cell.strip() for cell in line.strip("│").split("│")]]
-    }
-    _, produced, processed, dlq, output, details = rows["billing"]
+    rows, sections = _summary(result.stdout)
+    # In 80 columns, no cell of the table wraps onto a second line.
+    assert set(rows) == {"billing", "blob-ingest"}, result.stdout
+    _, produced, processed, dlq, output = rows["billing"]
     assert (produced, processed) == ("3000", "3000")
     # Exactly the malformed sample messages reach the DLQ (same seed as the demo).
     malformed = 0
-    projects = _demo_projects(Settings.from_env())
-    pairs = [(p.organization_id, p.id) for p in projects]
-    custom = [(p.organization_id, p.id) for p in projects if p.slug in DEMO_CUSTOM_PROJECTS]
-    for message in sample_traffic_for_projects(3000, SAMPLE_SEED, pairs, custom_projects=custom):
+    for message in demo_traffic(Settings.from_env(), 3000, SAMPLE_SEED):
         try:
             parse_bucket(message.value)
         except BucketError:
@@ -73,36 +89,39 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
     assert malformed > 0
     assert int(dlq) == malformed
     assert re.fullmatch(r"outcomes-billing: \d+", output)
-    assert int(output.split(": ")[1]) > 0
     outcomes = int(output.split(": ")[1])
-    match = re.fullmatch(
-        r"span: (\d+) outcomes, quantity \d+; transaction: (\d+) outcomes, quantity \d+; "
-        r"flagged: (.+)",
-        details,
-    )
-    assert match is not None, details
-    assert int(match.group(1)) + int(match.group(2)) == outcomes
-    assert match.group(3) == ", ".join(DEMO_CUSTOM_PROJECTS)
+    assert outcomes > 0
+    categories = {}
+    for line in sections["billing"][:-1]:
+        match = re.fullmatch(r"(\w+): (\d+) outcomes, quantity \d+", line)
+        assert match is not None, sections["billing"]
+        categories[match.group(1)] = int(match.group(2))
+    assert set(categories) == {"span", "transaction"}
+    assert sum(categories.values()) == outcomes
+    assert sections["billing"][-1] == "flagged: " + ", ".join(DEMO_CUSTOM_PROJECTS)
 
     # The real sentry-cli uploaded a debug file through the gateway: its chunks (none on a
     # rerun, when the file is already there) went to blob-ingest too.
-    _, gateway_chunks, _, _, gateway_output, gateway_details = rows["gateway"]
+    blob_lines = sections["blob-ingest"]
+    assert blob_lines[1] == "gateway: sentry-cli exit=0", blob_lines
+    assert re.fullmatch(
+        r"OK [0-9a-f-]+ \(demo-debug; \w+\)|Nothing to upload, all files are on the server",
+        blob_lines[2],
+    ), blob_lines
     gateway_match = re.fullmatch(
-        r"sentry-cli exit=0: (?:OK [0-9a-f-]+ \(demo-debug; \w+\)|Nothing to upload, all files "
-        r"are on the server); bytes accepted=(\d+) files ok=1",
-        gateway_details,
+        r"gateway: chunks=(\d+) to chunk-uploads, bytes accepted=(\d+), files ok=1",
+        blob_lines[3],
     )
-    assert gateway_match is not None, gateway_details
-    uploaded, uploaded_bytes = int(gateway_chunks), int(gateway_match.group(1))
-    assert gateway_output == f"chunk-uploads: {uploaded}"
+    assert gateway_match is not None, blob_lines
+    uploaded, uploaded_bytes = map(int, gateway_match.groups())
 
     # The sample files' chunks; the copy's chunks are dedup hits.
-    chunks, unique, unique_bytes = _unique_chunk_bytes(_sample_files(tmp_path))
-    _, produced, processed, dlq, output, details = rows["blob-ingest"]
+    chunks, unique, unique_bytes = _unique_chunk_bytes(sample_files(tmp_path, SAMPLE_SEED))
+    _, produced, processed, dlq, output = rows["blob-ingest"]
     total_chunks = str(chunks + uploaded)
-    assert (produced, processed, dlq) == (total_chunks, total_chunks, "0")
-    match = re.fullmatch(r"blobs=(\d+) dedup hits=(\d+) bytes stored=(\d+)", details)
-    assert match is not None, details
+    assert (produced, processed, dlq, output) == (total_chunks, total_chunks, "0", "-")
+    match = re.fullmatch(r"blobs=(\d+) dedup hits=(\d+) bytes stored=(\d+)", blob_lines[0])
+    assert match is not None, blob_lines
     blobs, dedup, stored = map(int, match.groups())
     # On a fresh stack 4 blobs are new; on a rerun all 7 chunks are already stored.
     assert (blobs, dedup) in ((unique + uploaded, chunks - unique), (uploaded, chunks))

@@ -20,16 +20,16 @@ import httpx
 import psycopg
 import pytest
 
-from tests.support.gateway import GatewayProcess, multipart_body, sha1
-from tests.support.kafka import make_topics, unique_name
-from tests.support.waiting import wait_for
+from harness.gateway import GatewayProcess, multipart_body, sha1
+from harness.kafka import make_topics, unique_name
+from harness.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.common.net import free_port
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.common.storage import FilesystemBlobStorage
-from workers.gateway.demo_upload import sentry_cli_path
+from workers.demo.gateway import sentry_cli_path
 from workers.gateway.options import CHUNK_SIZE
 from workers.gateway.tokens import create_token
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from arroyo.types import BrokerValue, Partition, Topic
 
-from tests.support.kafka import make_topics, produce, unique_name
-from tests.support.waiting import wait_for
+from harness.kafka import make_topics, unique_name
+from harness.waiting import wait_for
+from tests.support.kafka import produce
 from workers.common.kafka_config import ConsumerOptions, consumer_configuration
 from workers.common.kafka_offsets import committed_offsets
 from workers.common.message_runs import MessageRun, RunConsumer

@@ -36,11 +36,12 @@ import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.gateway import GatewayProcess, multipart_body
+from harness.kafka import make_topics, unique_name
+from harness.waiting import wait_for
 from tests.deploy.promql import EXTERNAL_METRICS, RULES, exported_names_used
 from tests.deploy.support import gateway_process, is_consumer_command, procfile
-from tests.support.gateway import GatewayProcess, multipart_body
-from tests.support.kafka import make_topics, unique_name
-from tests.support.waiting import wait_for
+from tests.support.deploy_tools import ensure_prometheus
 from tests.support.worker_process import WorkerProcess
 from workers.billing.traffic import sample_traffic
 from workers.common.chunk_uploads import encode_headers
@@ -49,7 +50,6 @@ from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.fleet import build_registry
 from workers.gateway.tokens import create_token
-from workers.stack.tools import ensure_prometheus
 
 pytestmark = pytest.mark.integration
 

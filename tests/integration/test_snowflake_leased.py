@@ -21,7 +21,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 from workers.common.net import free_port
 from workers.common.settings import Settings
 from workers.common.snowflake import (

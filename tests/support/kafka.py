@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -16,10 +15,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from tests.support.waiting import wait_for
+from harness.kafka import unique_name
+from harness.waiting import wait_for
 from workers.common.kafka_offsets import committed_offsets, fully_committed
 from workers.common.settings import Settings
-from workers.common.topics import TopicSpec, create_topics
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,6 @@ class Record:
 
 def _as_bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
-
-
-def unique_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def make_topics(settings: Settings, *names: str, partitions: int = 2) -> None:
-    create_topics(settings, [TopicSpec(name, partitions) for name in names])
 
 
 def produce(settings: Settings, topic: str, values: Iterable[tuple[bytes | None, bytes]]) -> int:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from moto.server import ThreadedMotoServer
 
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 from workers.common.storage.s3 import S3Options, make_s3_client
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 from workers.billing.backoff import Backoff
 from workers.billing.custom_metrics import CustomMetricDetector, Mri, parse_mri
 from workers.billing.flags import (
@@ -21,7 +21,7 @@ from workers.billing.flags import (
     flag_cache_key,
 )
 from workers.billing.metrics import BillingMetrics
-from workers.billing.summary import outcome_totals
+from workers.demo.billing import outcome_totals
 
 
 def test_flag_cache_key_is_the_references() -> None:

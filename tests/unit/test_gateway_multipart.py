@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from tests.support.gateway import multipart_body
+from harness.gateway import multipart_body
 from workers.gateway.multipart import ChunkReader, ReceivedChunk, UploadRejected, boundary_of
 from workers.gateway.options import UploadLimits
 

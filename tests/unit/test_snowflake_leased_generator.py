@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 from workers.common.snowflake import (
     ClockMovedBackwardsError,
     Clocks,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 from workers.common.storage import (
     BlobNotFoundError,
     FilesystemBlobStorage,

@@ -51,6 +51,19 @@ def dlq_headers(
     ]
 
 
+def dlq_origin(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of the message a DLQ copy was made of (`dlq_headers`)."""
+    found = dict(headers)  # the last of a repeated name: ours, after the original headers
+    try:
+        return (
+            found["original_topic"].decode(),
+            int(found["original_partition"]),
+            int(found["original_offset"]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
 class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
     def __init__(
         self, producer: Producer[KafkaPayload], topic: Topic, worker: str, metrics: FleetMetrics

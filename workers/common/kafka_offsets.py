@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from workers.common.settings import Settings
 
@@ -131,9 +131,14 @@ def fully_committed(settings: Settings, group_id: str, topic: str) -> bool:
 
 
 def count_committed_records(
-    settings: Settings, topic: str, since: Mapping[int, int], timeout: float = 30.0
+    settings: Settings,
+    topic: str,
+    since: Mapping[int, int],
+    timeout: float = 30.0,
+    matching: Callable[[Message], bool] | None = None,
 ) -> int:
-    """Records of `topic` after `since` (offset per partition; 0 where absent), read_committed.
+    """Records of `topic` after `since` (offset per partition; 0 where absent), read_committed,
+    only those `matching` when given.
 
     Offset arithmetic cannot count a topic written in transactions: their commit markers take
     offsets too, and aborted records are never read. So this reads each partition to its end.
@@ -163,7 +168,7 @@ def count_committed_records(
             for message in consumer.consume(num_messages=1000, timeout=0.2):
                 error, index = message.error(), message.partition()
                 if error is None:
-                    count += 1
+                    count += matching is None or matching(message)
                     ended.discard(index or 0)
                 elif error.code() == KafkaError._PARTITION_EOF and index is not None:
                     ended.add(index)

@@ -1,7 +1,8 @@
 """The consumer registry: every worker the fleet can run, by name.
 
 Modelled on Sentry's `KAFKA_CONSUMERS`: a definition names the input topic, the DLQ topic,
-the strategy factory builder, default batching and any worker-specific CLI options.
+the strategy factory builder, default batching, any worker-specific CLI options and the
+worker's part in `workers demo` (`workers.common.demo_hooks`).
 `workers run NAME` looks the name up here; `workers run --list` prints the table.
 """
 
@@ -16,6 +17,7 @@ import click
 from arroyo.backends.kafka import KafkaPayload
 from arroyo.processing.strategies.abstract import ProcessingStrategyFactory
 
+from workers.common.demo_hooks import DemoHooks
 from workers.common.metrics import FleetMetrics
 from workers.common.settings import Settings
 
@@ -70,8 +72,11 @@ class ConsumerDefinition:
     # Topic-level configs for the input topic (`workers topics create`).
     topic_config: Mapping[str, str] = field(default_factory=dict)
     click_options: Sequence[click.Option] = ()
-    # Sample input for the demo (`workers demo`): (count, seed) → messages, a few invalid.
+    # Sample input: (count, seed) → messages, a few invalid. `workers demo` feeds it to a
+    # worker that has no `demo` hooks.
     sample_traffic: Callable[[int, int], Sequence[KafkaPayload]] | None = None
+    # The worker's part in `workers demo`: its sample traffic and its summary.
+    demo: DemoHooks | None = None
     # Fetch with `RunConsumer`: the chain receives one `MessageRun` per partition and
     # fetch, and dead-letters invalid messages itself (to `StrategyContext.dlq_topic`).
     consumes_runs: bool = False

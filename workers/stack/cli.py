@@ -6,7 +6,6 @@ import click
 
 from workers.common.settings import Settings, SettingsError
 from workers.stack import StackError, format_status, stack_down, stack_status, stack_up
-from workers.stack.tools import ensure_deploy_tools
 
 
 def _settings(context: click.Context) -> Settings:
@@ -33,14 +32,10 @@ def stack() -> None:
 @stack.command()
 @click.pass_context
 def up(context: click.Context) -> None:
-    """Start every service that is not running and wait until all answer.
-
-    Also installs the deploy tooling the tests use (kustomize, promtool, prometheus).
-    """
+    """Start every service that is not running and wait until all answer."""
     settings = _settings(context)
     try:
         stack_up(settings, click.echo)
-        ensure_deploy_tools(click.echo)
     except StackError as error:
         raise click.ClickException(str(error)) from None
 

@@ -13,10 +13,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tests.support.waiting import wait_for
+from harness.waiting import wait_for
 from workers.common.net import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def sha1(data: bytes) -> str:

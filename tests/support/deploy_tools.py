@@ -1,8 +1,8 @@
 """Deploy tooling the tests and docs/deploying.md need: `kustomize`, `promtool` and `prometheus`.
 
-`workers stack up` calls `ensure_deploy_tools`, so a fresh machine (CI included) gets them
-with the rest of the local stack; the deploy tests call the same functions, which return at
-once when the tools are there.
+The tests that use them call these functions (the deploy tests' session fixture, the
+observability test), so a fresh machine (CI included) gets them on first use; later calls
+return at once.
 
 - `promtool` and `prometheus` come from the Debian package `prometheus` (apt-get, as root).
 - `kustomize` is built from its Go module with the machine's Go toolchain

@@ -9,16 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
 from workers.common.net import free_port
 from workers.common.settings import Settings
+from workers.demo.scrape import get, metric_total
 from workers.gateway.tokens import create_token
 
 READY_TIMEOUT_SECONDS: Final = 30.0
@@ -73,28 +72,13 @@ def debug_file(directory: Path) -> Path:
     return target
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
-def _get(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our http://127.0.0.1
-        body: bytes = response.read()
-        return body
-
-
 def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}; see {log_path}")
         try:
-            _get(f"{url}/health")
+            get(f"{url}/health")
             return
         except OSError:
             time.sleep(_POLL_SECONDS)
@@ -139,7 +123,7 @@ def upload_with_sentry_cli(
             timeout=UPLOAD_TIMEOUT_SECONDS,
             check=False,
         )
-        metrics = _get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
+        metrics = get(f"http://127.0.0.1:{metrics_port}/metrics").decode()
     finally:
         if gateway.poll() is None:
             gateway.send_signal(signal.SIGTERM)
@@ -157,8 +141,8 @@ def upload_with_sentry_cli(
         debug_file=file,
         returncode=result.returncode,
         result_line=result_line,
-        chunks_accepted=int(_metric(metrics, "workers_gateway_chunks_accepted_total")),
-        bytes_accepted=int(_metric(metrics, "workers_gateway_chunk_bytes_accepted_total")),
-        assembled_ok=int(_metric(metrics, "workers_gateway_assemble_total", state="ok")),
+        chunks_accepted=int(metric_total(metrics, "workers_gateway_chunks_accepted_total")),
+        bytes_accepted=int(metric_total(metrics, "workers_gateway_chunk_bytes_accepted_total")),
+        assembled_ok=int(metric_total(metrics, "workers_gateway_assemble_total", state="ok")),
         log_path=log_path,
     )

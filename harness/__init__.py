@@ -1,0 +1,6 @@
+"""Helpers the tests and the benchmarks share: unique Kafka names and topics, a gateway
+subprocess, waiting with a deadline.
+
+Neither `tests` nor `bench` imports the other: what both need lives here. It is dev tooling,
+not part of the `workers` package (not installed, not in the image).
+"""
