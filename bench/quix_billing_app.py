@@ -1,4 +1,4 @@
-"""The billing job as a Quix Streams application: the peer of `bench/billing.py` (`quix_streams`).
+"""The billing job as a Quix Streams app: the `quix_streams` peer of `bench.billing` (`quix.py`).
 
 Runs ONLY in the Quix virtualenv (`bench/quix_env.py` makes it; Quix pins confluent-kafka
 < 2.13, the fleet needs 2.16), from the repository root:

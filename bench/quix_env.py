@@ -1,7 +1,7 @@
 """The Quix Streams virtualenv of the benchmark: `bench/.venv-quix` (gitignored).
 
 Quix Streams pins confluent-kafka < 2.13 and the fleet needs 2.16, so the Quix peer of
-`bench/billing.py` runs in its own virtualenv, made on demand from PyPI with pinned versions
+`bench.billing` runs in its own virtualenv, made on demand from PyPI with pinned versions
 (orjson and msgspec pinned to the fleet's versions, so both sides decode with the same
 libraries). It is idempotent: a stamp file records what was installed (requirements and
 interpreter) and the virtualenv is made again, from scratch, only when that changes or the
