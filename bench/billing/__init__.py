@@ -44,7 +44,7 @@ Every variant reads all of it with its own consumer group, side by side in one r
   app; its outcome topic is read back and must hold exactly the expected outcomes;
 - `fleet_exactly_once`: `fleet` in exactly-once mode (`ExactlyOnce`, as `workers run billing
   --processing-guarantee exactly-once` builds it): outcomes and input offsets committed in
-  one Kafka transaction per `--transaction-interval-ms` (default the worker's, 100 ms; a
+  one Kafka transaction per `--transaction-interval-ms` (default the worker's, 250 ms; a
   list such as `50,100,250` runs `fleet_exactly_once_50ms`, ... side by side). Its clock
   stops when the offsets committed in transactions cover the input (Arroyo's commit is
   never called in this mode; see `fleet_exactly_once`). Reports transactions committed and

@@ -25,7 +25,7 @@ from workers.billing.outcome_producer import OutcomeProducer
 
 #: How long a transaction collects batches before it is committed (chosen with
 #: `python -m bench.billing`; docs/benchmarks.md).
-DEFAULT_TRANSACTION_INTERVAL_SECONDS: Final = 0.1
+DEFAULT_TRANSACTION_INTERVAL_SECONDS: Final = 0.25
 #: The longest `init_transactions` may take (it also aborts what a previous holder of the
 #: transactional id left open).
 DEFAULT_INIT_TIMEOUT_SECONDS: Final = 30.0
