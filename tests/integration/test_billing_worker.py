@@ -267,15 +267,11 @@ def test_outcomes_topic_outage_backpressures_and_resumes_without_loss(
             "failed outcomes to be produced again",
         )
         # ...and nothing is committed while none of them is acknowledged.
-        assert total(committed_offsets(stack, group, input_topic)) == 0
-        make_topics(stack, outcomes_topic, partitions=PARTITIONS)
-        wait_until_committed(stack, group, input_topic, timeout=60)
+        _end_outage(stack, input_topic, outcomes_topic, group)
     finally:
         assert worker.stop() == 0
-    outcomes = decoded(read_available(stack, outcomes_topic))
-    projects = Counter(o["project_id"] for o in outcomes)
-    assert set(projects) == set(range(count)), "an outcome was lost"
-    assert all(o["quantity"] == 2 for o in outcomes)
+    duplicates = sum(_outcomes_per_project(stack, outcomes_topic, count).values()) - count
+    print(f"\noutcomes topic outage, at least once: {duplicates} outcomes produced twice")
 
 
 def test_exactly_once_outcomes_topic_outage_aborts_rewinds_and_bills_each_bucket_once(
@@ -293,16 +289,27 @@ def test_exactly_once_outcomes_topic_outage_aborts_rewinds_and_bills_each_bucket
             60,
             "transactions to be aborted while the topic is missing",
         )
-        assert total(committed_offsets(stack, group, input_topic)) == 0
-        make_topics(stack, outcomes_topic, partitions=PARTITIONS)
-        wait_until_committed(stack, group, input_topic, timeout=60)
+        _end_outage(stack, input_topic, outcomes_topic, group)
     finally:
         assert worker.stop() == 0
+    projects = _outcomes_per_project(stack, outcomes_topic, count)
+    assert max(projects.values()) == 1, "an outcome was billed twice"
+
+
+def _end_outage(stack: Settings, input_topic: str, outcomes_topic: str, group: str) -> None:
+    """Nothing is committed while the outcomes topic is missing; once it exists, everything."""
+    assert total(committed_offsets(stack, group, input_topic)) == 0
+    make_topics(stack, outcomes_topic, partitions=PARTITIONS)
+    wait_until_committed(stack, group, input_topic, timeout=60)
+
+
+def _outcomes_per_project(stack: Settings, outcomes_topic: str, count: int) -> Counter[int]:
+    """Outcomes per project of the outage input (one bucket of quantity 2 per project)."""
     outcomes = decoded(read_available(stack, outcomes_topic))
     projects = Counter(o["project_id"] for o in outcomes)
     assert set(projects) == set(range(count)), "an outcome was lost"
-    assert max(projects.values()) == 1, "an outcome was billed twice"
     assert all(o["quantity"] == 2 for o in outcomes)
+    return projects
 
 
 def _outage_environment(monkeypatch: pytest.MonkeyPatch) -> None:

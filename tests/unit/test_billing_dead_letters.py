@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from arroyo.backends.kafka import KafkaPayload
 from arroyo.backends.local.backend import LocalBroker
 from confluent_kafka import KafkaError
@@ -19,23 +18,12 @@ from tests.support.billing_fakes import (
     Translator,
     bucket,
     dlq_messages,
-    make_broker,
     make_factory,
     outcomes,
     poll_for,
     run,
     settle,
 )
-
-
-@pytest.fixture
-def broker() -> LocalBroker[KafkaPayload]:
-    return make_broker()
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
 
 
 def test_each_invalid_message_becomes_a_dead_letter_with_its_reason() -> None:

@@ -37,16 +37,6 @@ from workers.billing.counting import SPANS_USAGE_METRIC_ID
 from workers.billing.outcome_producer import OutcomeDeliveryError
 
 
-@pytest.fixture
-def broker() -> LocalBroker[KafkaPayload]:
-    return make_broker()
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
 def test_commit_waits_for_every_earlier_outcome(
     broker: LocalBroker[KafkaPayload], registry: CollectorRegistry
 ) -> None:

@@ -25,7 +25,6 @@ from tests.support.billing_fakes import (
     bucket,
     dlq_messages,
     expected_outcome,
-    make_broker,
     make_factory,
     outcomes,
 )
@@ -38,16 +37,6 @@ from workers.common.message_runs import MessageRun
 from workers.common.metrics import FleetMetrics
 
 GROUP = "billing-metrics-consumer"
-
-
-@pytest.fixture
-def broker() -> LocalBroker[KafkaPayload]:
-    return make_broker()
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
 
 
 def committed(broker: LocalBroker[KafkaPayload]) -> dict[Partition, int]:

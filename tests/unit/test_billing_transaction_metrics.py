@@ -46,11 +46,6 @@ def buckets(samples: Samples, name: str) -> dict[str, float]:
 
 
 @pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-@pytest.fixture
 def metrics(registry: CollectorRegistry) -> BillingMetrics:
     return BillingMetrics(registry, WORKER)
 

@@ -18,7 +18,6 @@ from tests.support.billing_fakes import (
     FakeProducer,
     bucket,
     expected_outcome,
-    make_broker,
     make_factory,
     outcomes,
     poll_for,
@@ -28,16 +27,6 @@ from tests.support.billing_fakes import (
 from workers.billing.counting import SPANS_USAGE_METRIC_ID
 from workers.billing.metrics import LATENCY_SAMPLE_EVERY
 from workers.billing.traffic import sample_traffic
-
-
-@pytest.fixture
-def broker() -> LocalBroker[KafkaPayload]:
-    return make_broker()
-
-
-@pytest.fixture
-def registry() -> CollectorRegistry:
-    return CollectorRegistry()
 
 
 def test_a_run_longer_than_a_batch_commits_batch_by_batch_with_exact_totals(
