@@ -46,6 +46,8 @@ pytestmark = pytest.mark.integration
 
 GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
 INVALID_EVERY = 997
+#: Messages produced at once before the live stream starts.
+HEAD = 2_000
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +69,14 @@ class Stream:
     values: list[bytes]
     billable: set[int]
     invalid: int
+
+    def first(self, produced: int) -> Stream:
+        """The part of the stream a stopped producer got out: its first `produced` messages."""
+        return Stream(
+            self.values[:produced],
+            {index for index in self.billable if index < produced},
+            sum(1 for index in range(produced) if index % INVALID_EVERY == 5),
+        )
 
 
 def stream_of(count: int, seed: int) -> Stream:
@@ -140,7 +150,9 @@ def start_stream(stack: Settings, topics: Topics, stream: Stream, head: int) -> 
 def test_worker_killed_three_times_mid_stream(
     stack: Settings, topics: Topics, guarantee: str, record_property: Any
 ) -> None:
-    stream = stream_of(40_000, seed=11)
+    # Longer than the test needs (stopped after the third recovery), so every kill lands
+    # mid-stream however slowly the restarts go.
+    stream = stream_of(150_000, seed=11)
     group = topics.group()
 
     def start() -> WorkerProcess:
@@ -152,7 +164,7 @@ def test_worker_killed_three_times_mid_stream(
         )  # fmt: skip
 
     worker = start()
-    live = start_stream(stack, topics, stream, head=2_000)
+    live = start_stream(stack, topics, stream, head=HEAD)
     recoveries: list[float] = []
     try:
         for kill in range(3):
@@ -176,6 +188,7 @@ def test_worker_killed_three_times_mid_stream(
                 interval=0.05,
             )
             recoveries.append(time.monotonic() - restarted)
+        live.stop()
         live.join()
         assert live.failures == []
         wait_until_committed(stack, group, topics.input, timeout=90)
@@ -183,7 +196,8 @@ def test_worker_killed_three_times_mid_stream(
         assert worker.stop() == 0
     record_property("recovery_seconds", recoveries)
     print(f"\nrecovery after each kill: {', '.join(f'{s:.1f} s' for s in recoveries)}")
-    check(guarantee, billed(stack, topics, stream), record_property, "worker kill -9 x3")
+    produced = stream.first(live.produced + HEAD)
+    check(guarantee, billed(stack, topics, produced), record_property, "worker kill -9 x3")
 
 
 def _kafka_pid(stack: Settings) -> int:
@@ -247,7 +261,7 @@ def test_broker_killed_mid_stream_and_restarted(
         )
     )
     try:
-        live = start_stream(stack, topics, stream, head=2_000)
+        live = start_stream(stack, topics, stream, head=HEAD)
         wait_for(
             lambda: committed_total(stack, topics, group) > 1_000,
             60,
@@ -292,12 +306,14 @@ def test_broker_killed_mid_stream_and_restarted(
 def test_exactly_once_rebalance_under_load_neither_loses_nor_doubles(
     stack: Settings, topics: Topics, record_property: Any
 ) -> None:
-    stream = stream_of(40_000, seed=13)
+    # Longer than the test needs: stopped once the second worker has left, so both members
+    # always have live traffic to commit while the group rebalances.
+    stream = stream_of(150_000, seed=13)
     group = topics.group()
     first = billing_worker(topics.input, topics.outcomes, group)
     second: WorkerProcess | None = None
     try:
-        live = start_stream(stack, topics, stream, head=2_000)
+        live = start_stream(stack, topics, stream, head=HEAD)
         wait_for(lambda: committed_total(stack, topics, group) > 1_000, 60, "first commits", 0.05)
         second = WorkerProcess(
             "billing", "--topic", topics.input, "--consumer-group", group,
@@ -311,8 +327,19 @@ def test_exactly_once_rebalance_under_load_neither_loses_nor_doubles(
             interval=0.1,
         )
         assert live.is_alive(), "rebalanced too late: the stream had ended"
+        committed_before_leave = counter(first, "workers_billing_transactions_committed_total", "")
         assert second.stop() == 0  # a graceful leave: the partitions move back
         second = None
+        wait_for(
+            lambda: (
+                counter(first, "workers_billing_transactions_committed_total", "")
+                > committed_before_leave
+            ),
+            60,
+            "the first worker to commit after the leave",
+            interval=0.1,
+        )
+        live.stop()
         live.join()
         assert live.failures == []
         wait_until_committed(stack, group, topics.input, timeout=90)
@@ -320,7 +347,8 @@ def test_exactly_once_rebalance_under_load_neither_loses_nor_doubles(
         if second is not None:
             second.stop()
         assert first.stop() == 0
-    check(EXACTLY_ONCE, billed(stack, topics, stream), record_property, "rebalance")
+    produced = stream.first(live.produced + HEAD)
+    check(EXACTLY_ONCE, billed(stack, topics, produced), record_property, "rebalance")
 
 
 def test_a_fenced_producer_never_commits_again_and_exits_non_zero(
@@ -332,13 +360,15 @@ def test_a_fenced_producer_never_commits_again_and_exits_non_zero(
     must not move once the newer process has committed a transaction of its own (its
     `init_transactions` came before that), and the older process must exit non-zero.
     """
-    stream = stream_of(20_000, seed=14)
+    # Longer than the test needs (stopped once the older process is gone): the older
+    # process must still have transactions to begin when the newer one takes its id.
+    stream = stream_of(150_000, seed=14)
     shared = ("--transactional-id", f"fenced-{topics.input}")
     older_group, newer_group = topics.group("-a"), topics.group("-b")
     older = billing_worker(topics.input, topics.outcomes, older_group, *shared)
     newer: WorkerProcess | None = None
     try:
-        live = start_stream(stack, topics, stream, head=2_000)
+        live = start_stream(stack, topics, stream, head=HEAD)
         wait_for(
             lambda: counter(older, "workers_billing_transactions_committed_total", "") > 0,
             60,
@@ -358,10 +388,11 @@ def test_a_fenced_producer_never_commits_again_and_exits_non_zero(
         )
         committed_by_older = committed_total(stack, topics, older_group)
         assert older.process.wait(60) != 0, "the fenced process must exit non-zero"
+        live.stop()
         live.join()
         wait_until_committed(stack, newer_group, topics.input, timeout=90)
         assert committed_total(stack, topics, older_group) == committed_by_older
-        assert committed_by_older < len(stream.values), "fenced too late: nothing left to do"
+        assert committed_by_older < live.produced + HEAD, "fenced too late: nothing left"
     finally:
         if newer is not None:
             assert newer.stop() == 0

@@ -129,6 +129,11 @@ class PacedProducer(threading.Thread):
         self.__flush_timeout = flush_timeout
         self.produced = 0
         self.failures: list[str] = []
+        self.__stopped = threading.Event()
+
+    def stop(self) -> None:
+        """End the stream after the slice in flight (the rest is never produced)."""
+        self.__stopped.set()
 
     def run(self) -> None:
         producer = Producer(
@@ -142,6 +147,8 @@ class PacedProducer(threading.Thread):
 
         next_slice = time.monotonic()
         for start in range(0, len(self.__values), 500):
+            if self.__stopped.is_set():
+                return
             piece = self.__values[start : start + 500]
             for value in piece:
                 producer.produce(self.__topic, value=value, on_delivery=delivered)
