@@ -38,13 +38,7 @@ class RewindOnAbort(ProcessingStrategy[MessageRun]):
         self.__chain = build_chain()
         # Runs of an epoch below this were fetched before the last rewind.
         self.__epoch = 0
-        self.__rewinds = 0
         self.__closed = False
-
-    @property
-    def rewinds(self) -> int:
-        """How many times an aborted transaction made the chain start over."""
-        return self.__rewinds
 
     def submit(self, message: Message[MessageRun]) -> None:
         assert not self.__closed
@@ -77,7 +71,6 @@ class RewindOnAbort(ProcessingStrategy[MessageRun]):
         if offsets:
             self.__consumer.seek(offsets)
         self.__epoch = self.__consumer.epoch
-        self.__rewinds += 1
         self.__chain = self.__build_chain()
 
     def close(self) -> None:
