@@ -23,13 +23,14 @@ from confluent_kafka import KafkaError
 
 from workers.billing.backoff import Backoff
 from workers.billing.batch import DeadLetter, OutcomeBatch, remaining
+from workers.billing.dead_letters import log_dead_letter, produce_dead_letter, skip_dead_letter
 from workers.billing.flags import FlagJob, FlagWriter
 from workers.billing.metrics import (
     BillingMetrics,
     BillingTally,
 )
 from workers.billing.outcome_producer import OutcomeDeliveryError, OutcomeProducer, is_retriable
-from workers.common.dlq import dlq_headers, reason_code
+from workers.common.dlq import reason_code
 
 logger = logging.getLogger(__name__)
 
@@ -220,47 +221,24 @@ class DeliverOutcomes(ProcessingStrategy[OutcomeBatch]):
 
     def __send_dead_letters(self, tracker: _InFlight, letters: list[DeadLetter]) -> None:
         for letter in letters:
-            code = reason_code(letter.reason)
-            message = letter.message
-            offset = message.offset()
             if self.__dlq_topic is None:
                 tracker.remaining -= 1
-                logger.warning(
-                    "invalid message skipped (no DLQ topic)",
-                    extra={"partition": letter.partition.index, "offset": offset, "reason": code},
-                )
+                skip_dead_letter(letter)
                 continue
             if self.__on_dead_letter is not None:
-                self.__on_dead_letter(code)
-            logger.warning(
-                "message sent to DLQ",
-                extra={
-                    "dlq_topic": self.__dlq_topic,
-                    "partition": letter.partition.index,
-                    "offset": offset,
-                    "reason": letter.reason,
-                },
-            )
+                self.__on_dead_letter(reason_code(letter.reason))
+            log_dead_letter(letter, self.__dlq_topic)
             self.__produce_dead_letter(tracker, letter)
 
     def __produce_dead_letter(self, tracker: _InFlight, letter: DeadLetter) -> None:
         assert self.__dlq_topic is not None
-        message = letter.message
-        offset = message.offset()
-        assert offset is not None
         try:
-            self.__producer.produce(
+            produce_dead_letter(
+                self.__producer,
                 self.__dlq_topic,
-                message.value(),
-                message.key(),
-                headers=dlq_headers(
-                    message.headers() or (),
-                    letter.partition,
-                    offset,
-                    letter.reason,
-                    self.__worker,
-                ),
-                on_delivery=lambda error, _message: tracker.dead_letter_delivered(letter, error),
+                letter,
+                self.__worker,
+                lambda error, _message: tracker.dead_letter_delivered(letter, error),
             )
         except BufferError:
             self.__letter_retries.append((tracker, letter, "_QUEUE_FULL"))
