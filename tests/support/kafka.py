@@ -7,9 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
-    KafkaError,
     Message,
     Producer,
     TopicPartition,
@@ -17,7 +15,7 @@ from confluent_kafka import (
 
 from harness.kafka import unique_name
 from harness.waiting import wait_for
-from workers.common.kafka_offsets import committed_offsets, fully_committed
+from workers.common.kafka_offsets import committed_offsets, committed_records, fully_committed
 from workers.common.settings import Settings
 
 
@@ -97,43 +95,8 @@ def read_all(settings: Settings, topic: str, expected: int, timeout: float = 60.
 
 
 def read_available(settings: Settings, topic: str, timeout: float = 30.0) -> list[Record]:
-    """Every committed record of `topic` as of now, read with `read_committed`.
-
-    Reads each partition to its end (librdkafka's end-of-partition event: the high watermark,
-    or the start of a transaction still open). Counting records against high watermarks
-    would not do: transaction markers take offsets too.
-    """
-    consumer = Consumer(
-        {
-            **settings.kafka_client_config(),
-            "group.id": unique_name("reader"),
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        partitions = sorted(metadata.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, index, OFFSET_BEGINNING) for index in partitions])
-        records: list[Record] = []
-        ended: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(ended) < len(partitions):
-            assert time.monotonic() < deadline, f"{topic}: partitions {ended} of {partitions} read"
-            for message in consumer.consume(num_messages=1000, timeout=0.2):
-                error = message.error()
-                partition = message.partition()
-                assert partition is not None
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        ended.add(partition)
-                    continue
-                ended.discard(partition)
-                records.append(_record(message))
-        return records
-    finally:
-        consumer.close()
+    """Every committed record of `topic` as of now (`kafka_offsets.committed_records`)."""
+    return [_record(message) for message in committed_records(settings, topic, timeout=timeout)]
 
 
 def wait_until_committed(

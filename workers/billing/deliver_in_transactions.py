@@ -233,7 +233,6 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
         if now >= self.__next_check:
             self.__next_check = now + _CHECK_INTERVAL_SECONDS
             self.__progress(now)
-        self.__tally.maybe_flush(now)
 
     def __progress(self, now: float) -> None:
         if self.__open:
@@ -372,4 +371,3 @@ class DeliverInTransactions(ProcessingStrategy[OutcomeBatch]):
             self.__commit(ABORT_REVOKED)
         except TransactionAborted:
             logger.warning("the last transaction before revocation was aborted")
-        self.__tally.flush()

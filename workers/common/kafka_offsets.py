@@ -6,7 +6,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from workers.common.settings import Settings
 
@@ -130,18 +137,18 @@ def fully_committed(settings: Settings, group_id: str, topic: str) -> bool:
     return lag(settings, group_id, topic) == 0
 
 
-def count_committed_records(
+def committed_records(
     settings: Settings,
     topic: str,
-    since: Mapping[int, int],
+    since: Mapping[int, int] | None = None,
     timeout: float = 30.0,
-    matching: Callable[[Message], bool] | None = None,
-) -> int:
-    """Records of `topic` after `since` (offset per partition; 0 where absent), read_committed,
-    only those `matching` when given.
+) -> list[Message]:
+    """Every record of `topic` after `since` (offset per partition; the start where absent),
+    read with `read_committed` to the end of each partition as of now.
 
-    Offset arithmetic cannot count a topic written in transactions: their commit markers take
-    offsets too, and aborted records are never read. So this reads each partition to its end.
+    The end is librdkafka's end-of-partition event (the high watermark, or the start of a
+    transaction still open), not the high watermark itself: in a topic written in
+    transactions, commit markers take offsets too and aborted records are never read.
     """
     consumer = Consumer(
         {
@@ -155,12 +162,12 @@ def count_committed_records(
     try:
         partitions = _partitions(consumer, topic)
         if not partitions:
-            return 0
+            return []
         for partition in partitions:
-            partition.offset = since.get(partition.partition, 0)
+            partition.offset = (since or {}).get(partition.partition, OFFSET_BEGINNING)
         consumer.assign(partitions)
         ended: set[int] = set()
-        count = 0
+        records: list[Message] = []
         deadline = time.monotonic() + timeout
         while len(ended) < len(partitions):
             if time.monotonic() > deadline:
@@ -168,10 +175,24 @@ def count_committed_records(
             for message in consumer.consume(num_messages=1000, timeout=0.2):
                 error, index = message.error(), message.partition()
                 if error is None:
-                    count += matching is None or matching(message)
+                    records.append(message)
                     ended.discard(index or 0)
                 elif error.code() == KafkaError._PARTITION_EOF and index is not None:
                     ended.add(index)
-        return count
+        return records
     finally:
         consumer.close()
+
+
+def count_committed_records(
+    settings: Settings,
+    topic: str,
+    since: Mapping[int, int],
+    timeout: float = 30.0,
+    matching: Callable[[Message], bool] | None = None,
+) -> int:
+    """How many `committed_records` (only those `matching`, when given)."""
+    records = committed_records(settings, topic, since, timeout)
+    if matching is None:
+        return len(records)
+    return sum(1 for record in records if matching(record))
