@@ -18,7 +18,13 @@ from bench.billing.chain import CHAIN_VARIANTS, run_chain_variant
 from bench.billing.exactly_once import fleet_exactly_once, transaction_figures
 from bench.billing.plain import plain_billing, plain_decode
 from bench.billing.quix import QUIX_GUARANTEES, quix_reports, quix_streams
-from bench.billing.summary import print_summary, print_table, ratios, write_chart
+from bench.billing.summary import (
+    paired_ratio,
+    print_summary,
+    print_table,
+    ratios,
+    write_chart,
+)
 from bench.billing.workload import PARTITIONS, Workload, cleanup, prepare
 from bench.quix_env import ensure_quix_venv
 from bench.revision import figures_at_revision
@@ -146,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         rates[f"fleet@{args.revision}"] = before["fleet_msg_per_s"]
     print_table(rates)
-    print_summary(rates)
+    print_summary(rates, samples)
     write_chart(rates, args.chart, f"billing worker, {args.messages:,} messages, {args.mix} mix")
     print(f"chart: {args.chart}")
     if profile is not None:
@@ -173,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         figures["fleet_vs_quix_streams"] = round(rates["fleet"] / rates["quix_streams"], 2)
     for numerator, denominator, ratio, _ in ratios(rates):
         figures[f"{numerator}_vs_{denominator}"] = round(ratio, 2)
+        paired = paired_ratio(samples, numerator, denominator)
+        if paired is not None and args.repeat > 1:
+            figures[f"{numerator}_vs_{denominator}_paired"] = round(paired, 2)
     for name, transactions in transaction_figures.items():
         figures[f"{name}_transactions"] = {
             "interval_ms": transactions.interval_ms,

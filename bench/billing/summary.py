@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -58,30 +59,53 @@ def ratios(rates: Mapping[str, float]) -> list[tuple[str, str, float, float]]:
     return found
 
 
+def paired_ratio(
+    samples: Mapping[str, Sequence[float]], numerator: str, denominator: str
+) -> float | None:
+    """The median of `numerator / denominator` over the repeats, each run with its partner.
+
+    The variants run in turns (every variant once per repeat), so the two runs of a repeat
+    saw the same machine; on a shared VM whose speed drifts from one second to the next
+    this ratio varies far less than the ratio of the two medians.
+    """
+    tops, bottoms = samples.get(numerator, ()), samples.get(denominator, ())
+    pairs = [top / bottom for top, bottom in zip(tops, bottoms, strict=False) if bottom]
+    return statistics.median(pairs) if pairs else None
+
+
 TRANSACTION_COLUMNS: Final = (
     *("variant", "interval", "committed", "aborted"),
     *("mean size", "mean open", "p99 open <=", "mean commit"),
 )
 
 
-def print_summary(rates: Mapping[str, float]) -> None:
-    """The issue's ratios against their targets, then the exactly-once runs' transactions."""
+def print_summary(
+    rates: Mapping[str, float], samples: Mapping[str, Sequence[float]] | None = None
+) -> None:
+    """The issue's ratios against their targets, then the exactly-once runs' transactions.
+
+    `value` is the ratio of the medians; `paired` the median of the per-repeat ratios
+    (`paired_ratio`), shown when there are several repeats. Both must reach the target.
+    """
     found = ratios(rates)
     if found:
         print("\nratios (issue 13 targets)")
-        report.print_table(
-            ["ratio", "value", "target", "verdict"],
-            [
+        rows = []
+        for numerator, denominator, ratio, target in found:
+            paired = paired_ratio(samples or {}, numerator, denominator)
+            if paired is not None and len((samples or {})[numerator]) < 2:
+                paired = None  # one repeat: the same figure as `value`
+            worst = ratio if paired is None else min(ratio, paired)
+            rows.append(
                 [
                     f"{numerator} / {denominator}",
                     f"{ratio:.2f}",
+                    "-" if paired is None else f"{paired:.2f}",
                     f">= {target:.2f}",
-                    "ok" if ratio >= target else "below target",
+                    "ok" if worst >= target else "below target",
                 ]
-                for numerator, denominator, ratio, target in found
-            ],
-            indent="  ",
-        )
+            )
+        report.print_table(["ratio", "value", "paired", "target", "verdict"], rows, indent="  ")
     if transaction_figures:
         print(
             "\ntransactions (fleet exactly-once; p99 first produce to commit is the upper bound "

@@ -9,8 +9,15 @@ from arroyo.backends.kafka import build_kafka_consumer_configuration
 from arroyo.errors import ConsumerError, TransportError
 from arroyo.types import BrokerValue, Partition, Topic
 from confluent_kafka import KafkaError
+from hypothesis import given
+from hypothesis import strategies as st
 
-from workers.common.message_runs import MessageRun, RunConsumer, runs_of
+from workers.common.message_runs import (
+    DEFAULT_MAX_FETCH_MESSAGES,
+    MessageRun,
+    RunConsumer,
+    runs_of,
+)
 
 
 class FakeMessage:
@@ -47,9 +54,14 @@ def _offsets(item: BrokerValue[MessageRun] | Exception) -> tuple[int, list[int |
     return (item.partition.index, [message.offset() for message in item.payload.messages])
 
 
-def test_one_run_per_partition_in_fetch_order() -> None:
+# `topic="t"`: the fast path of a consumer subscribed to one topic (grouped by partition).
+ONE_TOPIC_OR_ANY = pytest.mark.parametrize("topic", [None, "t"], ids=["any-topic", "one-topic"])
+
+
+@ONE_TOPIC_OR_ANY
+def test_one_run_per_partition_in_fetch_order(topic: str | None) -> None:
     fetched = [FakeMessage(0, 5), FakeMessage(1, 9), FakeMessage(0, 6), FakeMessage(1, 10)]
-    items = runs_of(fetched, {})
+    items = runs_of(fetched, {}, topic=topic)
     assert [_offsets(item) for item in items] == [(0, [5, 6]), (1, [9, 10])]
     first = items[0]
     assert isinstance(first, BrokerValue)
@@ -57,7 +69,8 @@ def test_one_run_per_partition_in_fetch_order() -> None:
     assert first.partition == Partition(Topic("t"), 0)
 
 
-def test_messages_after_an_error_are_kept_behind_it() -> None:
+@ONE_TOPIC_OR_ANY
+def test_messages_after_an_error_are_kept_behind_it(topic: str | None) -> None:
     # librdkafka has moved past all of them: dropping those after the error loses them.
     fetched: list[Any] = [
         FakeMessage(3, 14),
@@ -68,7 +81,7 @@ def test_messages_after_an_error_are_kept_behind_it() -> None:
         FakeMessage(3, 17),
         FakeMessage(3, 18, error=KafkaError(KafkaError.UNKNOWN)),
     ]
-    items = runs_of(fetched, {})
+    items = runs_of(fetched, {}, topic=topic)
     assert [_offsets(item) for item in items] == [
         (3, [14]),
         (0, [2]),
@@ -79,6 +92,26 @@ def test_messages_after_an_error_are_kept_behind_it() -> None:
     ]
     assert isinstance(items[2], TransportError)
     assert isinstance(items[5], ConsumerError)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.booleans()).map(
+            lambda pair: (pair[0], KafkaError(KafkaError._TRANSPORT) if pair[1] else None)
+        ),
+        max_size=40,
+    )
+)
+def test_one_topic_path_gives_the_same_runs_as_the_general_one(
+    fetch: list[tuple[int, KafkaError | None]],
+) -> None:
+    fetched = [FakeMessage(index, offset, error) for offset, (index, error) in enumerate(fetch)]
+    general = runs_of(fetched, {})
+    one_topic = runs_of(fetched, {}, topic="t")
+    assert [_offsets(item) for item in one_topic] == [_offsets(item) for item in general]
+    assert [item.partition for item in one_topic if isinstance(item, BrokerValue)] == [
+        item.partition for item in general if isinstance(item, BrokerValue)
+    ]
 
 
 def test_partitions_are_interned() -> None:
@@ -133,7 +166,7 @@ def test_poll_never_waits_longer_than_max_wait(asked: float | None, waited: floa
         assert consumer.poll(asked) is None
     finally:
         consumer.close()
-    assert fake.calls == [(1000, 0), (1, waited)]
+    assert fake.calls == [(DEFAULT_MAX_FETCH_MESSAGES, 0), (1, waited)]
 
 
 def test_poll_with_zero_timeout_does_not_wait() -> None:
@@ -143,7 +176,7 @@ def test_poll_with_zero_timeout_does_not_wait() -> None:
         assert consumer.poll(0) is None
     finally:
         consumer.close()
-    assert fake.calls == [(1000, 0)]
+    assert fake.calls == [(DEFAULT_MAX_FETCH_MESSAGES, 0)]
 
 
 def test_max_wait_must_be_positive() -> None:

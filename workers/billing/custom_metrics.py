@@ -47,8 +47,6 @@ class CustomMetricDetector:
         self._id_texts: dict[int, str] = {}
 
     def is_custom(self, mapping_meta: Mapping[str, Any], metric_id: int) -> bool:
-        if not mapping_meta:
-            return False
         key = self._id_texts.get(metric_id)
         if key is None:
             if len(self._id_texts) >= self._max_names:
@@ -58,13 +56,15 @@ class CustomMetricDetector:
             if type(inner) is dict:
                 name = inner.get(key)
                 if type(name) is str:
-                    break
-        else:
-            return False
-        verdict = self._verdicts.get(name)
-        if verdict is None:
-            if len(self._verdicts) >= self._max_names:
-                self._verdicts.clear()
-            mri = parse_mri(name)
-            verdict = self._verdicts[name] = mri is not None and mri.namespace == CUSTOM_NAMESPACE
+                    verdict = self._verdicts.get(name)
+                    if verdict is None:
+                        verdict = self.__judge(name)
+                    return verdict
+        return False
+
+    def __judge(self, name: str) -> bool:
+        if len(self._verdicts) >= self._max_names:
+            self._verdicts.clear()
+        mri = parse_mri(name)
+        verdict = self._verdicts[name] = mri is not None and mri.namespace == CUSTOM_NAMESPACE
         return verdict

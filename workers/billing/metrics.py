@@ -432,6 +432,19 @@ class BillingTally:
         """The `flag` step; its `out` is recorded by the flag writer when a check finishes."""
         return self._flag
 
+    def count_types(self, by_type: Mapping[str, dict[str, int]]) -> None:
+        """Add `{metric_type: {use_case_id: buckets}}`; unknown use cases count as `other`.
+
+        The translate step counts into these nested tables (no key tuple per bucket) and
+        hands them over when it closes a batch; the tables are emptied here.
+        """
+        counts = self.by_type_use_case
+        for metric_type, by_use_case in by_type.items():
+            for use_case, n in by_use_case.items():
+                key = (metric_type, use_case if use_case in KNOWN_USE_CASES else OTHER_USE_CASE)
+                counts[key] = counts.get(key, 0) + n
+            by_use_case.clear()
+
     def invalid(self, code: str) -> None:
         """A message was rejected (rare): recorded at once, with its reason code."""
         self._decode.message_in()

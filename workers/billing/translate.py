@@ -23,13 +23,8 @@ from workers.billing.batch import DeadLetter, OutcomeBatch, remaining
 from workers.billing.counting import BillingCounter, billable_quantity
 from workers.billing.custom_metrics import CustomMetricDetector
 from workers.billing.flags import ProjectKey
-from workers.billing.message import BucketError, parse_bucket
-from workers.billing.metrics import (
-    KNOWN_USE_CASES,
-    LATENCY_SAMPLE_EVERY,
-    OTHER_USE_CASE,
-    BillingTally,
-)
+from workers.billing.message import METRIC_TYPES, BucketError, parse_bucket
+from workers.billing.metrics import LATENCY_SAMPLE_EVERY, BillingTally
 from workers.billing.outcome import OutcomeEncoder
 from workers.common.message_runs import MessageRun, RawMessage
 
@@ -88,6 +83,8 @@ class TranslateOutcomes(ProcessingStrategy[MessageRun]):
             self.__max_outcomes = max_batch_outcomes
             self.__max_seconds = max_batch_seconds
         self.__partitions: dict[int, Partition] = {}
+        # metric type -> use case -> decoded buckets of the open batch (`tally.count_types`).
+        self.__by_type: dict[str, dict[str, int]] = {name: {} for name in METRIC_TYPES}
         self.__carried: deque[Message[OutcomeBatch]] = deque()
         self.__seen = 0
         self.__closed = False
@@ -138,7 +135,7 @@ class TranslateOutcomes(ProcessingStrategy[MessageRun]):
         message is a local, and the batch's counts are written back once.
         """
         tally = self.__tally
-        by_type = tally.by_type_use_case
+        by_type = self.__by_type
         categories = self.__categories
         stats = self.__stats
         aggregating = self.__aggregating
@@ -151,65 +148,61 @@ class TranslateOutcomes(ProcessingStrategy[MessageRun]):
         known = self.__known
         candidates = self.__candidates
         stop = min(len(messages), start + max(self.__max_messages - self.__messages, 1))
+        dead_letters = self.__dead_letters
+        dead_before = len(dead_letters)
         started = time.perf_counter()
-        position = start
-        decoded = 0
+        taken = 0
         try:
-            while position < stop:
-                raw = messages[position]
-                position += 1
+            for raw in messages[start:stop] if start or stop < len(messages) else messages:
+                taken += 1
                 try:
                     org_id, project_id, metric_id, metric_type, _, use_case, counter, meta = (
                         parse_bucket(raw.value() or b"")
                     )
                 except BucketError as error:
                     tally.invalid(error.code)
-                    self.__dead_letters.append(DeadLetter(raw, partition, error.reason))
+                    dead_letters.append(DeadLetter(raw, partition, error.reason))
                     continue
-                decoded += 1
-                if use_case not in KNOWN_USE_CASES:
-                    use_case = OTHER_USE_CASE
-                type_key = (metric_type, use_case)
-                by_type[type_key] = by_type.get(type_key, 0) + 1
-                full = False
-                if counter is not None:
-                    category = categories.get(metric_id)
-                    if category is not None:
-                        quantity = billable_quantity(counter)
-                        if quantity:
-                            entry = stats.get(category)
-                            if entry is None:
-                                stats[category] = [1, quantity]
-                            else:
-                                entry[0] += 1
-                                entry[1] += quantity
-                            if aggregating:
-                                key = (org_id, project_id, category)
-                                sums[key] = sums.get(key, 0) + quantity
-                                full = len(sums) >= max_outcomes
-                            else:
-                                payloads.append(
-                                    {"value": encode(org_id, project_id, category, quantity)}
-                                )
-                                full = len(payloads) >= max_outcomes
+                by_use_case = by_type[metric_type]
+                by_use_case[use_case] = by_use_case.get(use_case, 0) + 1
                 if meta and is_custom is not None and is_custom(meta, metric_id):
                     project = (org_id, project_id)
                     if project in known:
                         tally.process_cache_hits += 1
                     else:
                         candidates.add(project)
-                if full:
-                    break
+                if counter is None:
+                    continue
+                category = categories.get(metric_id)
+                if category is None:
+                    continue
+                quantity = billable_quantity(counter)
+                if not quantity:
+                    continue
+                entry = stats.get(category)
+                if entry is None:
+                    stats[category] = [1, quantity]
+                else:
+                    entry[0] += 1
+                    entry[1] += quantity
+                if aggregating:
+                    key = (org_id, project_id, category)
+                    sums[key] = sums.get(key, 0) + quantity
+                    if len(sums) >= max_outcomes:
+                        break
+                else:
+                    payloads.append({"value": encode(org_id, project_id, category, quantity)})
+                    if len(payloads) >= max_outcomes:
+                        break
         finally:
-            taken = position - start
             self.__messages += taken
-            tally.decoded += decoded
+            tally.decoded += taken - (len(dead_letters) - dead_before)
             seen = self.__seen
             self.__seen = seen + taken
         if (seen + taken) >> _SAMPLE_SHIFT != seen >> _SAMPLE_SHIFT:
             # About one observation per LATENCY_SAMPLE_EVERY messages: the mean of this call.
             tally.observe_decode_latency((time.perf_counter() - started) / taken)
-        return position
+        return start + taken
 
     def __maybe_close(self) -> None:
         if (
@@ -239,6 +232,7 @@ class TranslateOutcomes(ProcessingStrategy[MessageRun]):
         else:
             by_category = stats
         tally = self.__tally
+        tally.count_types(self.__by_type)
         for category, (billable, _) in stats.items():
             tally.billable += billable
             tally.billable_by_category[category] = (
