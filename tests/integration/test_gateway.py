@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import zstandard
 
 from harness.gateway import GatewayProcess, multipart_body, sha1
 from harness.kafka import make_topics, unique_name
@@ -235,11 +236,45 @@ def test_sentry_cli_uploads_a_source_map_bundle(stack: Stack, tmp_path: Path) ->
 
 
 def _post(
-    stack: Stack, parts: Sequence[tuple[str, str | None, bytes]], token: str | None = None
+    stack: Stack,
+    parts: Sequence[tuple[str, str | None, bytes]],
+    token: str | None = None,
+    content_encodings: Sequence[str | None] | None = None,
 ) -> httpx.Response:
-    body, content_type = multipart_body(parts)
+    body, content_type = multipart_body(parts, content_encodings=content_encodings)
     with stack.client(token or stack.org.write_token) as client:
         return client.post(stack.upload_url(), content=body, headers={"Content-Type": content_type})
+
+
+def test_multi_member_gzip_and_zstd_chunks_are_stored_as_accepted(stack: Stack) -> None:
+    """The gateway and blob-ingest decode with one decoder: what got 200 is persisted (a
+    two-member gzip chunk was once accepted here and dead-lettered there)."""
+    first, second, zstd_data = os.urandom(3000), os.urandom(4000), os.urandom(5000)
+    two_members = gzip.compress(first) + b"\0\0" + gzip.compress(second)
+    compressor = zstandard.ZstdCompressor()
+    two_frames = compressor.compress(zstd_data[:2000]) + compressor.compress(zstd_data[2000:])
+    response = _post(
+        stack,
+        [("file_gzip", sha1(first + second), two_members), ("file", sha1(zstd_data), two_frames)],
+        content_encodings=[None, "zstd"],
+    )
+    assert response.status_code == 200, response.text
+    expected = {sha1(first + second): first + second, sha1(zstd_data): zstd_data}
+
+    def both_stored() -> dict[str, str] | None:
+        found = stack.owned(stack.org.id, list(expected))
+        return found if len(found) == 2 else None
+
+    owned = wait_for(both_stored, 60, "both chunks to be stored")
+    storage = FilesystemBlobStorage(stack.storage_root)
+    try:
+        assert {checksum: storage.get(path) for checksum, path in owned.items()} == expected
+    finally:
+        storage.close()
+    # Garbage after the last member: refused here, so never dead-lettered there.
+    garbage = os.urandom(2000)
+    refused = _post(stack, [("file_gzip", sha1(garbage), gzip.compress(garbage) + b"junk")])
+    assert (refused.status_code, refused.json()) == (400, {"error": "Corrupt gzip chunk"})
 
 
 def test_options_document(stack: Stack) -> None:

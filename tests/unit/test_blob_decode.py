@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.blob_ingest.decode import gunzip_bounded, verify_chunk
+from workers.blob_ingest.decode import verify_chunk
 from workers.blob_ingest.strategy import batch_weight
 from workers.common.chunk_uploads import (
     MAX_CHUNK_SIZE,
@@ -43,15 +43,16 @@ def test_exactly_the_limit_passes_and_one_more_byte_fails() -> None:
     bigger = data + b"\0"
     with pytest.raises(ChunkEventError, match="chunk_too_large"):
         verify_chunk(headers_for(bigger), bigger)
-    with pytest.raises(ChunkEventError, match="chunk_too_large: decompressed chunk exceeds"):
+    with pytest.raises(ChunkEventError, match="chunk_too_large: decoded chunk exceeds"):
         verify_chunk(headers_for(bigger, "gzip"), gzip.compress(bigger))
 
 
 def test_a_gzip_bomb_is_refused_after_at_most_limit_plus_one_bytes() -> None:
     bomb = gzip.compress(b"\0" * (200 * 1024 * 1024), compresslevel=9)
     assert len(bomb) < 300 * 1024
+    bomb_sha1 = "0" * 40  # never reached: the size is refused first
     with pytest.raises(ChunkEventError) as error:
-        gunzip_bounded(bomb)
+        verify_chunk(parse_headers(encode_headers(7, bomb_sha1, "gzip", 1)), bomb)
     assert error.value.code == "chunk_too_large"
 
 
@@ -60,14 +61,21 @@ def test_a_gzip_bomb_is_refused_after_at_most_limit_plus_one_bytes() -> None:
     [
         (b"not gzip at all", "gzip stream is invalid"),
         (gzip.compress(b"hello world")[:-6], "gzip stream is truncated"),
-        (gzip.compress(b"hello") + b"trailing", "unexpected data after the gzip stream"),
+        (gzip.compress(b"hello") + b"trailing", "gzip stream is invalid"),
         (zlib.compress(b"zlib, not gzip"), "gzip stream is invalid"),
     ],
 )
 def test_corrupt_gzip_is_bad_input(value: bytes, detail: str) -> None:
     with pytest.raises(ChunkEventError, match=detail) as error:
-        gunzip_bounded(value)
+        verify_chunk(headers_for(b"hello world", "gzip"), value)
     assert error.value.code == "corrupt_gzip"
+
+
+def test_concatenated_gzip_members_and_zero_padding_are_one_chunk() -> None:
+    # What the gateway accepted and blob-ingest once dead-lettered (issue 14).
+    data = b"first member " + b"second member"
+    value = gzip.compress(b"first member ") + b"\0" * 3 + gzip.compress(b"second member")
+    assert verify_chunk(headers_for(data, "gzip"), value + b"\0\0").data == data
 
 
 def test_checksum_mismatch_names_both_sums_and_no_bytes() -> None:
@@ -104,7 +112,7 @@ def replace(name: str, value: bytes | None) -> list[tuple[str, bytes | None]]:
         (replace("organization-id", b"-3"), "invalid_header", "decimal integer"),
         (replace("organization-id", b"0"), "invalid_header", "must be > 0"),
         (replace("organization-id", b"99999999999999999999"), "invalid_header", "decimal"),
-        (replace("content-encoding", b"br"), "unknown_encoding", "identity or gzip"),
+        (replace("content-encoding", b"br"), "unknown_encoding", "identity, gzip or zstd"),
         (replace("uploaded-at", b"yesterday"), "invalid_header", "'uploaded-at'"),
     ],
 )

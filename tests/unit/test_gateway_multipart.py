@@ -107,7 +107,7 @@ def test_a_gzip_bomb_is_refused_after_limit_plus_one_byte(monkeypatch: pytest.Mo
         def __getattr__(self, name: str) -> object:
             return getattr(self.inner, name)
 
-    monkeypatch.setattr("workers.gateway.multipart.zlib.decompressobj", Spy)
+    monkeypatch.setattr("workers.common.chunk_decoder.zlib.decompressobj", Spy)
     assert rejected([("file_gzip", sha1(b"bomb"), bomb)]) == "Chunk size too large"
     assert sum(produced) == 8 * MIB + 1
 
@@ -136,3 +136,26 @@ def test_not_multipart_and_malformed_bodies() -> None:
     reader.feed(b'--abc\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nxx')
     with pytest.raises(UploadRejected, match="Malformed multipart body"):
         reader.finish()
+
+
+def test_a_compressed_part_too_large_for_kafka_is_refused_however_small_it_inflates() -> None:
+    # 1,000 bytes inflated, 17 MB as sent: Kafka would refuse the message (once a 500).
+    value = gzip.compress(b"x" * 1000) + b"\0" * (17 * MIB)
+    assert rejected([("file_gzip", sha1(b"x" * 1000), value)]) == "Chunk size too large"
+
+
+@pytest.mark.parametrize(
+    ("field", "encoding", "message"),
+    [
+        ("file_gzip", "gzip", "Content-Encoding cannot be combined with file_gzip"),
+        ("file", "br", "Unsupported Content-Encoding"),
+    ],
+)
+def test_content_encoding_of_a_part_is_checked(field: str, encoding: str, message: str) -> None:
+    data = b"payload"
+    body, content_type = multipart_body(
+        [(field, sha1(data), gzip.compress(data))], content_encodings=[encoding]
+    )
+    reader = ChunkReader(boundary_of(content_type), LIMITS)
+    with pytest.raises(UploadRejected, match=message):
+        reader.feed(body)

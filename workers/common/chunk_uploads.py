@@ -3,16 +3,18 @@ topic, the event's headers and the chunk size limit.
 
 The chunk-upload event is one Kafka message per chunk on `chunk-uploads`:
 
-- value: the chunk's bytes, raw or gzip-compressed;
+- value: the chunk's bytes as the client sent them: raw, gzip- or zstd-compressed
+  (`workers/common/chunk_decoder.py` decodes them, for the gateway and blob-ingest alike);
 - key: the claimed sha1 (so one chunk always lands on the same partition);
 - headers (all ASCII):
   - `organization-id`: decimal id of the owning organization;
   - `sha1`: the claimed sha1 of the *decompressed* bytes, 40 lowercase hex characters;
-  - `content-encoding`: `identity` or `gzip`;
+  - `content-encoding`: `identity`, `gzip` or `zstd`;
   - `uploaded-at`: when the chunk was accepted, milliseconds since the Unix epoch.
 
-Chunks are at most 8 MiB (8388608 bytes) decompressed; topic and producers allow 16 MiB
-messages so a gzip chunk that grew slightly still fits.
+Chunks are at most 8 MiB (8388608 bytes) decompressed, and their value at most
+`MAX_CHUNK_VALUE_BYTES` as sent: topic and producers allow 16 MiB messages, so a compressed
+chunk that grew slightly still fits, with room left for its key and headers.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from typing import Final, Literal
 
 CHUNK_UPLOADS_TOPIC: Final = "chunk-uploads"
 MAX_CHUNK_SIZE: Final = 8 * 1024 * 1024
+#: The largest chunk value as sent (compressed or not): a Kafka message of the topic's
+#: 16 MiB (`kafka_config.MAX_MESSAGE_BYTES`) minus 64 KiB for key, headers and framing.
+MAX_CHUNK_VALUE_BYTES: Final = 16 * 1024 * 1024 - 64 * 1024
 
 ORGANIZATION_HEADER: Final = "organization-id"
 CHECKSUM_HEADER: Final = "sha1"
 ENCODING_HEADER: Final = "content-encoding"
 UPLOADED_AT_HEADER: Final = "uploaded-at"
 
-Encoding = Literal["identity", "gzip"]
+Encoding = Literal["identity", "gzip", "zstd"]
 _CHECKSUM = re.compile(rb"^[0-9a-f]{40}$")
 _MAX_ORGANIZATION_ID = 2**63 - 1
 
@@ -101,8 +106,10 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]]) -> ChunkHeaders:
         parsed_encoding: Encoding = "identity"
     elif encoding == b"gzip":
         parsed_encoding = "gzip"
+    elif encoding == b"zstd":
+        parsed_encoding = "zstd"
     else:
-        raise ChunkEventError("unknown_encoding", "content-encoding must be identity or gzip")
+        raise ChunkEventError("unknown_encoding", "content-encoding must be identity, gzip or zstd")
     uploaded_at = _decimal(
         _single(headers, UPLOADED_AT_HEADER), UPLOADED_AT_HEADER, _MAX_ORGANIZATION_ID
     )

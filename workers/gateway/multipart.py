@@ -5,9 +5,11 @@
 as soon as a limit is crossed, before reading further:
 
 - the part count is checked when a part *begins*: the 65th part is refused unread;
-- `file_gzip` parts are decompressed incrementally with a hard cap of chunk limit + 1 byte
-  (`zlib.decompressobj(...).decompress(data, max_length)`), so a decompression bomb never
-  expands further than that; the decompressed bytes are hashed and dropped;
+- each part is decoded as it arrives by the chunk decoder blob-ingest uses too
+  (`workers/common/chunk_decoder.py`: `file_gzip` parts as gzip, `file` parts as sent), with
+  a hard cap of the limit + 1 byte, so a decompression bomb never expands further than that;
+  the decoded bytes are hashed and dropped, and the part as sent is capped as well so it
+  always fits in a Kafka message;
 - the request's decompressed total is checked after every piece;
 - the raw body is capped too (`UploadLimits.max_body_bytes`).
 
@@ -17,22 +19,21 @@ which is what goes to Kafka: at most about the request limit per request.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import zlib
 from dataclasses import dataclass, field
 from typing import Final
 
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
-from workers.common.chunk_uploads import Encoding
+from workers.common import chunk_decoder
+from workers.common.chunk_decoder import ChunkDecoder
+from workers.common.chunk_uploads import ChunkEventError, Encoding
 from workers.gateway.options import UploadLimits
 
 RAW_FIELD: Final = "file"
 GZIP_FIELD: Final = "file_gzip"
-_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
-_CHECKSUM = re.compile(r"^[0-9a-f]{40}$")
+_CHECKSUM = re.compile(r"[0-9a-f]{40}")
 # Headers of one part beyond this are refused (a part has two or three short ones).
 _MAX_PART_HEADER_BYTES: Final = 4096
 
@@ -51,6 +52,18 @@ REQUEST_TOO_LARGE: Final = ("request_too_large", "Request too large")
 TOO_MANY_CHUNKS: Final = ("too_many_chunks", "Too many chunks")
 CHECKSUM_MISMATCH: Final = ("checksum_mismatch", "Checksum mismatch")
 CORRUPT_GZIP: Final = ("corrupt_gzip", "Corrupt gzip chunk")
+CORRUPT_ZSTD: Final = ("corrupt_zstd", "Corrupt zstd chunk")
+UNSUPPORTED_ENCODING: Final = ("unsupported_encoding", "Unsupported Content-Encoding")
+CONFLICTING_ENCODING: Final = (
+    "conflicting_encoding",
+    "Content-Encoding cannot be combined with file_gzip",
+)
+#: `Content-Encoding` values of a `file` part (docs/reference.md, Upload requests).
+PART_ENCODINGS: Final[dict[bytes, Encoding]] = {
+    b"identity": "identity",
+    b"gzip": "gzip",
+    b"zstd": "zstd",
+}
 MISSING_FILENAME: Final = ("missing_filename", "Chunk without a filename")
 UNEXPECTED_FIELD: Final = ("unexpected_field", "Unexpected form field")
 EMPTY_CHUNK: Final = ("empty_chunk", "Empty chunk")
@@ -60,6 +73,22 @@ NOT_MULTIPART: Final = ("not_multipart", "Expected multipart/form-data")
 
 def reject(kind: tuple[str, str]) -> UploadRejected:
     return UploadRejected(*kind)
+
+
+# The chunk decoder's verdicts as answers: what blob-ingest would dead-letter is a 400 here.
+_DECODER_REJECTIONS: Final = {
+    chunk_decoder.CHUNK_TOO_LARGE: CHUNK_TOO_LARGE,
+    chunk_decoder.VALUE_TOO_LARGE: CHUNK_TOO_LARGE,
+    chunk_decoder.REQUEST_TOO_LARGE: REQUEST_TOO_LARGE,
+    chunk_decoder.CORRUPT_GZIP: CORRUPT_GZIP,
+    chunk_decoder.CORRUPT_ZSTD: CORRUPT_ZSTD,
+    chunk_decoder.EMPTY_CHUNK: EMPTY_CHUNK,
+    chunk_decoder.CHECKSUM_MISMATCH: CHECKSUM_MISMATCH,
+}
+
+
+def decoder_rejection(error: ChunkEventError) -> UploadRejected:
+    return reject(_DECODER_REJECTIONS.get(error.code, MALFORMED))
 
 
 @dataclass(frozen=True)
@@ -88,11 +117,9 @@ class _Part:
     header_bytes: int = 0
     field_name: bytes = b""
     value: bytearray = field(default_factory=bytearray)
-    size: int = 0
-    hasher: hashlib._Hash = field(default_factory=lambda: hashlib.sha1(usedforsecurity=False))
     checksum: str = ""
     encoding: Encoding = "identity"
-    inflater: zlib._Decompress | None = None
+    decoder: ChunkDecoder | None = None
 
 
 class ChunkReader:
@@ -194,59 +221,44 @@ class ChunkReader:
         part.checksum = filename.decode("latin-1")
         if name == GZIP_FIELD.encode():
             part.encoding = "gzip"
-            part.inflater = zlib.decompressobj(_GZIP_WBITS)
+        declared = next((v for k, v in part.headers if k == b"content-encoding"), None)
+        if declared is not None:
+            if name == GZIP_FIELD.encode():
+                raise reject(CONFLICTING_ENCODING)
+            encoding = PART_ENCODINGS.get(declared.strip().lower())
+            if encoding is None:
+                raise reject(UNSUPPORTED_ENCODING)
+            part.encoding = encoding
+        part.decoder = ChunkDecoder(part.encoding, self.__limits.chunk_size)
+
+    def __decoder(self, part: _Part) -> ChunkDecoder:
+        if part.decoder is None:
+            raise reject(MALFORMED)
+        return part.decoder
 
     def __on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.__current()
         piece = data[start:end]
         part.value.extend(piece)
-        if part.inflater is None:
-            self.__count(part, piece)
-        else:
-            self.__inflate(part, piece)
-
-    def __inflate(self, part: _Part, piece: bytes) -> None:
-        pending = piece
-        while pending:
-            inflater = part.inflater
-            assert inflater is not None
-            if inflater.eof:
-                # A further gzip member (concatenated members are valid gzip).
-                inflater = part.inflater = zlib.decompressobj(_GZIP_WBITS)
-            try:
-                # Never more than one byte past what the limits allow.
-                room = min(
-                    self.__limits.chunk_size - part.size,
-                    self.__limits.max_request_size - self.__total,
-                )
-                out = inflater.decompress(pending, room + 1)
-            except zlib.error as error:
-                raise reject(CORRUPT_GZIP) from error
-            self.__count(part, out)
-            if inflater.unconsumed_tail:
-                # Output stopped at the cap with input left: over a limit (checked above).
-                raise reject(CHUNK_TOO_LARGE)
-            pending = inflater.unused_data if inflater.eof else b""
-
-    def __count(self, part: _Part, data: bytes) -> None:
-        part.size += len(data)
-        self.__total += len(data)
-        if part.size > self.__limits.chunk_size:
-            raise reject(CHUNK_TOO_LARGE)
-        if self.__total > self.__limits.max_request_size:
-            raise reject(REQUEST_TOO_LARGE)
-        part.hasher.update(data)
+        try:
+            self.__total += self.__decoder(part).feed(
+                piece, room=self.__limits.max_request_size - self.__total
+            )
+        except ChunkEventError as error:
+            raise decoder_rejection(error) from error
 
     def __on_part_end(self) -> None:
         part = self.__current()
-        if part.inflater is not None and not part.inflater.eof:
-            raise reject(CORRUPT_GZIP)
-        if part.size == 0:
-            raise reject(EMPTY_CHUNK)
-        if _CHECKSUM.match(part.checksum) is None or part.hasher.hexdigest() != part.checksum:
-            raise reject(CHECKSUM_MISMATCH)
+        decoder = self.__decoder(part)
+        try:
+            if _CHECKSUM.fullmatch(part.checksum) is None:
+                decoder.finish()  # a corrupt or empty part says so first
+                raise reject(CHECKSUM_MISMATCH)
+            decoded = decoder.finish(part.checksum)
+        except ChunkEventError as error:
+            raise decoder_rejection(error) from error
         self.__chunks.append(
-            ReceivedChunk(part.checksum, bytes(part.value), part.encoding, part.size)
+            ReceivedChunk(part.checksum, bytes(part.value), part.encoding, decoded.size)
         )
         self.__part = None
 
