@@ -101,22 +101,17 @@ class GatewayProcess:
 
 
 def multipart_body(
-    parts: Sequence[tuple[str, str | None, bytes]],
-    boundary: str | None = None,
-    content_encodings: Sequence[str | None] | None = None,
+    parts: Sequence[tuple[str, str | None, bytes]], boundary: str | None = None
 ) -> tuple[bytes, str]:
-    """(body, content type) of `(field, filename or None, data)` parts; `content_encodings`
-    gives each part a `Content-Encoding` header (None: none)."""
+    """(body, content type) of `(field, filename or None, data)` parts."""
     boundary = boundary or uuid.uuid4().hex
     pieces: list[bytes] = []
-    encodings = content_encodings or [None] * len(parts)
-    for (field, filename, data), encoding in zip(parts, encodings, strict=True):
+    for field, filename, data in parts:
         disposition = f'form-data; name="{field}"'
         if filename is not None:
             disposition += f'; filename="{filename}"'
-        encoding_header = "" if encoding is None else f"Content-Encoding: {encoding}\r\n"
         pieces.append(
-            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n{encoding_header}"
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
             "Content-Type: application/octet-stream\r\n\r\n".encode()
         )
         pieces.append(data)

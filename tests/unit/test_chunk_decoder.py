@@ -119,8 +119,9 @@ class Verdict:
 
 
 def at_gateway(field: str, encoding: str | None, claimed: str, value: bytes) -> Verdict:
-    body, content_type = multipart_body([(field, claimed, value)], content_encodings=[encoding])
-    reader = ChunkReader(boundary_of(content_type), UploadLimits(chunk_size=SMALL_LIMIT))
+    body, content_type = multipart_body([(field, claimed, value)])
+    limits = UploadLimits(chunk_size=SMALL_LIMIT)
+    reader = ChunkReader(boundary_of(content_type), limits, content_encoding=encoding)
     try:
         for start in range(0, len(body), 97):
             reader.feed(body[start : start + 97])
@@ -141,7 +142,7 @@ def at_blob_ingest(encoding: Encoding, claimed: str, value: bytes) -> Verdict:
 
 @settings(max_examples=300)
 @given(
-    st.sampled_from([("file", None), ("file_gzip", None), ("file", "gzip"), ("file", "zstd")]),
+    st.sampled_from([("file", None), ("file_gzip", None), ("file", "gzip"), ("file", "ZSTD")]),
     st.booleans(),
     st.data(),
 )
@@ -149,7 +150,7 @@ def test_the_gateway_refuses_what_blob_ingest_would_dead_letter(
     part: tuple[str, str | None], claim_the_right_sha1: bool, data: st.DataObject
 ) -> None:
     field, declared = part
-    encoding: Encoding = "gzip" if field == "file_gzip" else declared or "identity"  # type: ignore[assignment]
+    encoding: Encoding = "gzip" if field == "file_gzip" else (declared or "identity").lower()  # type: ignore[assignment]
     value = data.draw(streams(encoding) if encoding != "identity" else _payload)
     expected = oracle(encoding, value)
     claimed = sha1(expected) if expected is not None and claim_the_right_sha1 else "a" * 40

@@ -59,7 +59,7 @@ def test_procfile_web_process_serves_the_gateway_with_valid_options(
     assert argv[:3] == ["workers", "serve", "gateway"]
     result = CliRunner().invoke(make_cli(FLEET_REGISTRY_LOADER), argv[1:])
     assert result.exit_code == 0, result.output
-    (_settings, _config, host, port, metrics_port) = served[0]
+    (_settings, _config, host, port, metrics_port, _connections) = served[0]
     assert (host, port, metrics_port) == ("0.0.0.0", 8000, 9103)
     other_ports = {
         int(argv[argv.index("--metrics-port") + 1])

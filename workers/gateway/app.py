@@ -28,8 +28,15 @@ from starlette.routing import Route
 
 from workers.common.storage import StorageError
 from workers.gateway.assemble import AssembleResult, Target, dif_object
-from workers.gateway.multipart import REQUEST_TOO_LARGE, ChunkReader, UploadRejected, boundary_of
+from workers.gateway.multipart import (
+    REQUEST_TOO_LARGE,
+    ChunkReader,
+    UploadRejected,
+    boundary_of,
+    file_part_encoding,
+)
 from workers.gateway.options import chunk_upload_options
+from workers.gateway.pacing import BodyPace, SlowUpload, paced
 from workers.gateway.publisher import PublishError
 from workers.gateway.schema import (
     MAX_BODY_BYTES,
@@ -45,6 +52,7 @@ from workers.gateway.tokens import (
     bearer_token,
     find_token_owner,
 )
+from workers.gateway.upload_slots import NoUploadSlot
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +65,18 @@ HEALTH_ROUTE: Final = "/health"
 class ApiError(Exception):
     """An answer other than success: status, JSON body, and a reason code for metrics."""
 
-    def __init__(self, status: int, body: dict[str, Any], reason: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: dict[str, Any],
+        reason: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.body = body
         self.reason = reason
+        self.headers = headers
 
 
 Handler = Callable[[Request, GatewayServices], Awaitable[Response]]
@@ -97,16 +112,16 @@ async def _authorize(
     return owner
 
 
-async def _drain(request: Request, budget: int) -> None:
-    """Read and drop what is left of the body, up to `budget` bytes, so the client (still
-    sending) reads our answer instead of a reset connection."""
+async def _drain(request: Request, budget: int, pace: BodyPace) -> None:
+    """Read and drop what is left of the body, up to `budget` bytes and at `pace`, so the
+    client (still sending) reads our answer instead of a reset connection."""
     seen = 0
     try:
-        async for piece in request.stream():
+        async for piece in paced(request.stream(), pace):
             seen += len(piece)
             if seen > budget:
                 return
-    except Exception:  # noqa: S110 - the client went away; nothing left to answer
+    except Exception:  # noqa: S110 - the client went away or stalled; nothing left to answer
         pass
 
 
@@ -119,16 +134,30 @@ async def chunk_upload(request: Request, services: GatewayServices) -> Response:
             chunk_upload_options(organization_slug, services.config.public_url, limits)
         )
     owner = await _authorize(request, services, organization_slug, WRITE_SCOPES)
-    # At most `max_concurrent_uploads` requests buffer chunks at once; the others wait
-    # without reading their bodies (TCP backpressure), which bounds the process's memory.
-    async with services.upload_slots:
-        return await _receive_chunks(request, services, owner)
+    # At most `max_concurrent_uploads` requests buffer chunks at once, a fair share per
+    # organization; the others wait (a bounded time) without reading their bodies (TCP
+    # backpressure), which bounds the process's memory.
+    try:
+        async with services.upload_slots.slot(owner.organization_id):
+            return await _receive_chunks(request, services, owner)
+    except NoUploadSlot as error:
+        raise ApiError(
+            503,
+            {"error": "Too many uploads in progress, try again"},
+            "no_upload_slot",
+            {"Retry-After": str(error.retry_after_seconds), "Connection": "close"},
+        ) from None
+    except SlowUpload as error:
+        raise ApiError(
+            408, {"error": "Request body timed out"}, error.reason, {"Connection": "close"}
+        ) from None
 
 
 async def _receive_chunks(
     request: Request, services: GatewayServices, owner: TokenOwner
 ) -> Response:
     limits = services.config.limits
+    file_part_encoding(request.headers.get("content-encoding"))  # refused before anything
     content_length = request.headers.get("content-length")
     if (
         content_length is not None
@@ -137,18 +166,21 @@ async def _receive_chunks(
     ):
         raise UploadRejected(*REQUEST_TOO_LARGE)
     content_type = request.headers.get("content-type")
+    pace = services.config.body_pace
     try:
         if not content_type:
-            async for piece in request.stream():
+            async for piece in paced(request.stream(), pace):
                 if piece:
                     boundary_of(content_type)  # raises: a body that is not multipart
             return Response(status_code=200)
-        reader = ChunkReader(boundary_of(content_type), limits)
-        async for piece in request.stream():
+        reader = ChunkReader(
+            boundary_of(content_type), limits, request.headers.get("content-encoding")
+        )
+        async for piece in paced(request.stream(), pace):
             reader.feed(piece)
         chunks = reader.finish()
     except UploadRejected:
-        await _drain(request, limits.max_body_bytes)
+        await _drain(request, limits.max_body_bytes, pace)
         raise
     if not chunks:
         return Response(status_code=200)
@@ -266,7 +298,7 @@ def _instrumented(template: str, handler: Handler) -> Callable[[Request], Awaita
             response = JSONResponse({"error": error.message}, status_code=400)
         except ApiError as error:
             services.metrics.rejected(error.reason)
-            response = JSONResponse(error.body, status_code=error.status)
+            response = JSONResponse(error.body, status_code=error.status, headers=error.headers)
         except ClientDisconnect:
             # The client went away mid-body: nothing was produced, nobody reads the answer.
             services.metrics.rejected("client_disconnected")

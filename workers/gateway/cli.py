@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import click
 import psycopg
@@ -20,7 +21,9 @@ from workers.common.projects import ProjectStoreError
 from workers.common.settings import Settings
 from workers.common.signals import handling_shutdown_signals
 from workers.gateway.app import create_app
+from workers.gateway.http_protocol import header_timeout_protocol
 from workers.gateway.metrics import GatewayMetrics
+from workers.gateway.pacing import BodyPace
 from workers.gateway.pending import DEFAULT_TTL_SECONDS
 from workers.gateway.services import (
     DEFAULT_MAX_CONCURRENT_UPLOADS,
@@ -29,6 +32,7 @@ from workers.gateway.services import (
     open_services,
 )
 from workers.gateway.tokens import KNOWN_SCOPES, TokenError, create_token
+from workers.gateway.upload_slots import DEFAULT_MAX_WAIT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +47,25 @@ class _GatewayServer(uvicorn.Server):
             yield
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What the HTTP server allows a connection (docs/gateway.md, Slow and greedy clients)."""
+
+    header_timeout_seconds: float = 10.0
+    max_connections: int = 256
+    keep_alive_seconds: int = 5
+
+
 def run_gateway(
-    settings: Settings, config: GatewayConfig, host: str, port: int, metrics_port: int | None
+    settings: Settings,
+    config: GatewayConfig,
+    host: str,
+    port: int,
+    metrics_port: int | None,
+    connections: ConnectionLimits | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (uvicorn's graceful shutdown), then close everything."""
+    connections = connections or ConnectionLimits()
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry)
     metrics_server = (
@@ -62,6 +81,12 @@ def run_gateway(
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=30,
+            http=header_timeout_protocol(
+                connections.header_timeout_seconds, lambda: metrics.rejected("header_timeout")
+            ),
+            # Connections (and requests) beyond this are answered 503 at once.
+            limit_concurrency=connections.max_connections,
+            timeout_keep_alive=connections.keep_alive_seconds,
         )
     )
     logger.info(
@@ -113,6 +138,46 @@ def serve() -> None:
     show_default=True,
     help="Upload requests buffering chunks at once (each up to about 33 MiB); others wait.",
 )
+@click.option(
+    "--max-uploads-per-org",
+    type=click.IntRange(min=1),
+    help="Upload slots one organization may hold at once (default: half, at least one).",
+)
+@click.option(
+    "--upload-slot-wait-ms",
+    type=click.IntRange(min=1),
+    default=int(DEFAULT_MAX_WAIT_SECONDS * 1000),
+    show_default=True,
+    help="How long an upload waits for a slot before a 503 with Retry-After.",
+)
+@click.option(
+    "--header-timeout-ms",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="A request's headers must be complete this soon after its first byte.",
+)
+@click.option(
+    "--body-idle-timeout-ms",
+    type=click.IntRange(min=1),
+    default=int(BodyPace().idle_seconds * 1000),
+    show_default=True,
+    help="An upload body stalled this long is answered 408.",
+)
+@click.option(
+    "--min-upload-rate",
+    type=click.IntRange(min=0),
+    default=BodyPace().min_bytes_per_second,
+    show_default=True,
+    help="Bytes per second an upload body must average after its first 10 s (else 408).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=ConnectionLimits().max_connections,
+    show_default=True,
+    help="Open connections beyond this are answered 503 at once.",
+)
 @click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
 def serve_gateway(
     host: str,
@@ -123,6 +188,12 @@ def serve_gateway(
     produce_timeout_ms: int,
     pending_ttl: int,
     max_concurrent_uploads: int,
+    max_uploads_per_org: int | None,
+    upload_slot_wait_ms: int,
+    header_timeout_ms: int,
+    body_idle_timeout_ms: int,
+    min_upload_rate: int,
+    max_connections: int,
     log_level: str | None,
 ) -> None:
     environ = dict(os.environ)
@@ -136,8 +207,16 @@ def serve_gateway(
         produce_timeout_seconds=produce_timeout_ms / 1000,
         pending_ttl_seconds=pending_ttl,
         max_concurrent_uploads=max_concurrent_uploads,
+        max_uploads_per_organization=max_uploads_per_org,
+        upload_slot_wait_seconds=upload_slot_wait_ms / 1000,
+        body_pace=BodyPace(
+            idle_seconds=body_idle_timeout_ms / 1000, min_bytes_per_second=min_upload_rate
+        ),
     )
-    run_gateway(settings, config, host, port, metrics_port)
+    connections = ConnectionLimits(
+        header_timeout_seconds=header_timeout_ms / 1000, max_connections=max_connections
+    )
+    run_gateway(settings, config, host, port, metrics_port, connections)
 
 
 @click.group(help="API tokens of the chunk-upload gateway.")

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from workers.common.metrics import sanitize_reason
 from workers.common.metrics._common import DURATION_BUCKETS
@@ -57,12 +59,27 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.__slots_in_use = Gauge(
+            "workers_gateway_upload_slots_in_use",
+            "Upload requests holding a slot (buffering their chunks).",
+            registry=registry,
+        )
+        self.__slots_waiting = Gauge(
+            "workers_gateway_upload_slots_waiting",
+            "Upload requests waiting for a slot.",
+            registry=registry,
+        )
         self.__assemble = Counter(
             "workers_gateway_assemble_total",
             "Files answered by the assemble endpoints, by kind and state.",
             ("kind", "state"),
             registry=registry,
         )
+
+    def watch_upload_slots(self, in_use: Callable[[], float], waiting: Callable[[], float]) -> None:
+        """Report the upload slots' state at every scrape."""
+        self.__slots_in_use.set_function(in_use)
+        self.__slots_waiting.set_function(waiting)
 
     def rejected(self, reason: str) -> None:
         self.__rejections.labels(sanitize_reason(reason)).inc()

@@ -51,19 +51,27 @@ CHUNK_TOO_LARGE: Final = ("chunk_too_large", "Chunk size too large")
 REQUEST_TOO_LARGE: Final = ("request_too_large", "Request too large")
 TOO_MANY_CHUNKS: Final = ("too_many_chunks", "Too many chunks")
 CHECKSUM_MISMATCH: Final = ("checksum_mismatch", "Checksum mismatch")
-CORRUPT_GZIP: Final = ("corrupt_gzip", "Corrupt gzip chunk")
-CORRUPT_ZSTD: Final = ("corrupt_zstd", "Corrupt zstd chunk")
+CORRUPT_GZIP: Final = ("corrupt_gzip", "Invalid gzip payload")
+CORRUPT_ZSTD: Final = ("corrupt_zstd", "Invalid zstd payload")
 UNSUPPORTED_ENCODING: Final = ("unsupported_encoding", "Unsupported Content-Encoding")
 CONFLICTING_ENCODING: Final = (
     "conflicting_encoding",
-    "Content-Encoding cannot be combined with file_gzip",
+    "Cannot combine Content-Encoding with file_gzip field",
 )
-#: `Content-Encoding` values of a `file` part (docs/reference.md, Upload requests).
-PART_ENCODINGS: Final[dict[bytes, Encoding]] = {
-    b"identity": "identity",
-    b"gzip": "gzip",
-    b"zstd": "zstd",
-}
+#: The request's `Content-Encoding` → how its `file` parts are encoded (docs/reference.md,
+#: Upload requests). No header means raw.
+REQUEST_ENCODINGS: Final[dict[str, Encoding]] = {"": "identity", "gzip": "gzip", "zstd": "zstd"}
+
+
+def file_part_encoding(content_encoding: str | None) -> Encoding:
+    """The encoding of `file` parts from the request's `Content-Encoding` header (any case);
+    an unknown one is refused before the body is read."""
+    encoding = REQUEST_ENCODINGS.get((content_encoding or "").strip().lower())
+    if encoding is None:
+        raise reject(UNSUPPORTED_ENCODING)
+    return encoding
+
+
 MISSING_FILENAME: Final = ("missing_filename", "Chunk without a filename")
 UNEXPECTED_FIELD: Final = ("unexpected_field", "Unexpected form field")
 EMPTY_CHUNK: Final = ("empty_chunk", "Empty chunk")
@@ -123,9 +131,17 @@ class _Part:
 
 
 class ChunkReader:
-    """Feed the body with `feed`, then `finish()` returns the verified chunks in order."""
+    """Feed the body with `feed`, then `finish()` returns the verified chunks in order.
 
-    def __init__(self, boundary: bytes, limits: UploadLimits) -> None:
+    `content_encoding`: the request's `Content-Encoding` header, which says how its `file`
+    parts are encoded (`file_gzip` parts are gzip, and may not be combined with it).
+    """
+
+    def __init__(
+        self, boundary: bytes, limits: UploadLimits, content_encoding: str | None = None
+    ) -> None:
+        self.__file_encoding = file_part_encoding(content_encoding)
+        self.__encoded_request = bool((content_encoding or "").strip())
         self.__limits = limits
         self.__parts = 0
         self.__body_bytes = 0
@@ -220,15 +236,11 @@ class ChunkReader:
         part.field_name = name
         part.checksum = filename.decode("latin-1")
         if name == GZIP_FIELD.encode():
-            part.encoding = "gzip"
-        declared = next((v for k, v in part.headers if k == b"content-encoding"), None)
-        if declared is not None:
-            if name == GZIP_FIELD.encode():
+            if self.__encoded_request:
                 raise reject(CONFLICTING_ENCODING)
-            encoding = PART_ENCODINGS.get(declared.strip().lower())
-            if encoding is None:
-                raise reject(UNSUPPORTED_ENCODING)
-            part.encoding = encoding
+            part.encoding = "gzip"
+        else:
+            part.encoding = self.__file_encoding
         part.decoder = ChunkDecoder(part.encoding, self.__limits.chunk_size)
 
     def __decoder(self, part: _Part) -> ChunkDecoder:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,8 +18,10 @@ from workers.common.storage import BlobStorage, open_blob_storage
 from workers.gateway.assemble import Assembler
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.options import UploadLimits
+from workers.gateway.pacing import BodyPace
 from workers.gateway.pending import DEFAULT_TTL_SECONDS, PendingChunks
 from workers.gateway.publisher import ChunkPublisher
+from workers.gateway.upload_slots import DEFAULT_MAX_WAIT_SECONDS, UploadSlots
 
 DEFAULT_PRODUCE_TIMEOUT_SECONDS: Final = 30.0
 POOL_OPEN_TIMEOUT_SECONDS: Final = 30.0
@@ -36,6 +37,11 @@ class GatewayConfig:
     pending_ttl_seconds: int = DEFAULT_TTL_SECONDS
     #: Upload requests buffering chunks at once (each holds up to about 33 MiB).
     max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
+    #: Of those, what one organization may hold (None: half, at least one).
+    max_uploads_per_organization: int | None = None
+    #: How long a request waits for an upload slot before a 503 with `Retry-After`.
+    upload_slot_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
+    body_pace: BodyPace = field(default_factory=BodyPace)
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class GatewayServices:
     pending: PendingChunks
     assembler: Assembler
     metrics: GatewayMetrics
-    upload_slots: asyncio.Semaphore
+    upload_slots: UploadSlots
 
 
 def gateway_producer(settings: Settings, config: GatewayConfig) -> Producer:
@@ -93,6 +99,12 @@ async def open_services(
         )
         stack.callback(publisher.close)
         pending = PendingChunks(redis, config.pending_ttl_seconds)
+        upload_slots = UploadSlots(
+            config.max_concurrent_uploads,
+            config.max_uploads_per_organization,
+            config.upload_slot_wait_seconds,
+        )
+        metrics.watch_upload_slots(lambda: upload_slots.in_use, lambda: upload_slots.waiting)
         yield GatewayServices(
             config=config,
             pool=pool,
@@ -102,5 +114,5 @@ async def open_services(
             pending=pending,
             assembler=Assembler(pool, pending, storage),
             metrics=metrics,
-            upload_slots=asyncio.Semaphore(config.max_concurrent_uploads),
+            upload_slots=upload_slots,
         )
