@@ -18,7 +18,7 @@ from workers.common.settings import Settings
 from workers.common.storage import BlobStorage, open_blob_storage
 from workers.gateway.assemble import Assembler
 from workers.gateway.metrics import GatewayMetrics
-from workers.gateway.options import UploadLimits
+from workers.gateway.options import COMPRESSION, UploadLimits, UploadUrls
 from workers.gateway.pending import DEFAULT_TTL_SECONDS, PendingChunks
 from workers.gateway.publisher import ChunkPublisher
 
@@ -30,12 +30,20 @@ DEFAULT_MAX_CONCURRENT_UPLOADS: Final = 8
 @dataclass(frozen=True)
 class GatewayConfig:
     public_url: str | None = None
+    #: Sentry's upload-url prefix: the upload `url` of every client when set.
+    upload_url_prefix: str | None = None
+    #: Codecs advertised in the upload options (a subset of `COMPRESSION`).
+    upload_compression: tuple[str, ...] = COMPRESSION
     topic: str = CHUNK_UPLOADS_TOPIC
     limits: UploadLimits = field(default_factory=UploadLimits)
     produce_timeout_seconds: float = DEFAULT_PRODUCE_TIMEOUT_SECONDS
     pending_ttl_seconds: int = DEFAULT_TTL_SECONDS
     #: Upload requests buffering chunks at once (each holds up to about 33 MiB).
     max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS
+
+    @property
+    def upload_urls(self) -> UploadUrls:
+        return UploadUrls(self.public_url, self.upload_url_prefix)
 
 
 @dataclass(frozen=True)
