@@ -287,9 +287,9 @@ def test_options_document(stack: Stack) -> None:
     assert options["chunkSize"] == 8388608
     assert options["chunkSize"] & (options["chunkSize"] - 1) == 0
     assert (options["chunksPerRequest"], options["maxRequestSize"]) == (64, 33554432)
-    assert (options["maxFileSize"], options["concurrency"]) == (2**31, 8)
+    assert (options["maxFileSize"], options["concurrency"]) == (2**32, 8)
     assert options["hashAlgorithm"] == "sha1"
-    assert options["compression"] == ["gzip"]
+    assert options["compression"] == ["gzip", "zstd"]
     assert {"debug_files", "artifact_bundles", "artifact_bundles_v2"} <= set(options["accept"])
 
 

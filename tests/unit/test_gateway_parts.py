@@ -1,4 +1,5 @@
-"""Gateway pieces without the stack: options, tokens, request schemas, cpu names, publisher."""
+"""Gateway pieces without the stack: tokens, request schemas, cpu names, publisher (the
+options document: test_gateway_options.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import pytest
 from workers.common.settings import Settings, SettingsError
 from workers.gateway.assemble import cpu_name
 from workers.gateway.multipart import ReceivedChunk
-from workers.gateway.options import UploadLimits, chunk_upload_options
 from workers.gateway.publisher import ChunkPublisher, PublishError
 from workers.gateway.schema import BadRequest, parse_bundle_request, parse_dif_request
 from workers.gateway.tokens import (
@@ -27,17 +27,6 @@ from workers.gateway.tokens import (
 )
 
 SHA = "a" * 40
-
-
-def test_options_have_every_key_sentry_cli_needs_and_a_power_of_two_chunk_size() -> None:
-    relative = chunk_upload_options("acme", None, UploadLimits())
-    for key in ("url", "chunkSize", "chunksPerRequest", "maxRequestSize", "hashAlgorithm"):
-        assert key in relative
-    assert relative["concurrency"] == 8
-    assert relative["url"] == "organizations/acme/chunk-upload/"
-    assert relative["chunkSize"] & (relative["chunkSize"] - 1) == 0
-    absolute = chunk_upload_options("acme", "https://up.example.com", UploadLimits())
-    assert absolute["url"] == "https://up.example.com/api/0/organizations/acme/chunk-upload/"
 
 
 def test_public_url_setting_is_validated_and_trimmed() -> None:

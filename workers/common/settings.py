@@ -29,6 +29,8 @@ DEFAULT_REDIS_PORT = 36379
 DEFAULT_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
 DEFAULT_DATABASE_URL = f"postgresql://workers@127.0.0.1:{DEFAULT_POSTGRES_PORT}/workers"
 DEFAULT_REDIS_URL = f"redis://127.0.0.1:{DEFAULT_REDIS_PORT}/0"
+# The chunk codecs the gateway decodes, in Sentry's order (workers/gateway/options.py).
+GATEWAY_UPLOAD_CODECS: tuple[str, ...] = ("gzip", "zstd")
 
 KAFKA_CONFIG_PREFIX = "KAFKA_CONFIG_"
 # These two are read by the settings themselves; they are not librdkafka properties.
@@ -73,6 +75,10 @@ class Settings:
     s3_addressing_style: str = "auto"
     # Chunk-upload gateway: absolute base URL clients reach it by; None = relative upload urls.
     gateway_public_url: str | None = None
+    # Base URL every client is told to upload to instead (Sentry's upload-url prefix); None = off.
+    gateway_upload_url_prefix: str | None = None
+    # Codecs the gateway advertises in its upload options (docs/reference.md, Upload options).
+    gateway_upload_compression: tuple[str, ...] = GATEWAY_UPLOAD_CODECS
     # Which services were configured explicitly: the local stack leaves those alone.
     external_services: frozenset[str] = frozenset()
 
@@ -109,6 +115,12 @@ class Settings:
                 environ, "S3_ADDRESSING_STYLE", ("auto", "path", "virtual"), "auto"
             ),
             gateway_public_url=_public_url(environ.get("GATEWAY_PUBLIC_URL") or None),
+            gateway_upload_url_prefix=_public_url(
+                environ.get("GATEWAY_UPLOAD_URL_PREFIX") or None, "GATEWAY_UPLOAD_URL_PREFIX"
+            ),
+            gateway_upload_compression=_upload_compression(
+                environ.get("GATEWAY_UPLOAD_COMPRESSION") or None
+            ),
             external_services=external,
         )
 
@@ -139,6 +151,8 @@ class Settings:
                 shown[f.name] = redact_url(value)
             elif f.name == "external_services":
                 shown[f.name] = ",".join(sorted(value)) or "-"
+            elif f.name == "gateway_upload_compression":
+                shown[f.name] = ",".join(value) or "none"
             elif any(marker in f.name for marker in _SECRET_MARKERS):
                 shown[f.name] = "-" if value is None else "***"
             else:
@@ -228,16 +242,30 @@ def _choice(environ: Mapping[str, str], name: str, allowed: tuple[str, ...], def
     return value
 
 
-def _public_url(raw: str | None) -> str | None:
+def _public_url(raw: str | None, name: str = "GATEWAY_PUBLIC_URL") -> str | None:
     if raw is None:
         return None
     scheme, separator, rest = raw.partition("://")
     if scheme not in ("http", "https") or not separator or not rest.strip("/"):
         raise SettingsError(
-            f"GATEWAY_PUBLIC_URL must be an absolute http(s) URL, e.g. https://uploads.example.com,"
-            f" got {raw!r}"
+            f"{name} must be an absolute http(s) URL, e.g. https://uploads.example.com, got {raw!r}"
         )
     return raw.rstrip("/")
+
+
+def _upload_compression(raw: str | None) -> tuple[str, ...]:
+    """`gzip,zstd` (the default), a subset of it, or `none`; kept in Sentry's order."""
+    if raw is None:
+        return GATEWAY_UPLOAD_CODECS
+    if raw.strip().lower() == "none":
+        return ()
+    codecs = {codec.strip().lower() for codec in raw.split(",")}
+    if not codecs <= set(GATEWAY_UPLOAD_CODECS):
+        raise SettingsError(
+            "GATEWAY_UPLOAD_COMPRESSION must be `none` or a comma-separated subset of"
+            f" {','.join(GATEWAY_UPLOAD_CODECS)}, got {raw!r}"
+        )
+    return tuple(codec for codec in GATEWAY_UPLOAD_CODECS if codec in codecs)
 
 
 MAX_SNOWFLAKE_REGION = 4095
@@ -342,6 +370,19 @@ ENVIRONMENT_VARIABLES: tuple[EnvironmentVariable, ...] = (
         "GATEWAY_PUBLIC_URL",
         "-",
         "Base URL clients reach the chunk-upload gateway by, e.g. `https://uploads.example.com`: "
-        "the upload `url` it announces is then absolute; unset = relative to `/api/0/`.",
+        "the absolute upload `url` of every client but sentry-cli 1.70.1 to 2.29.x; unset = "
+        "relative to `/api/0/` for all.",
+    ),
+    EnvironmentVariable(
+        "GATEWAY_UPLOAD_URL_PREFIX",
+        "-",
+        "Base URL the chunk-upload gateway tells every client to upload to, whatever its "
+        "User-Agent (Sentry's upload-url prefix); unset = the public URL or a relative `url`.",
+    ),
+    EnvironmentVariable(
+        "GATEWAY_UPLOAD_COMPRESSION",
+        "gzip,zstd",
+        "Codecs the chunk-upload gateway advertises in `compression`: `gzip,zstd`, `gzip` "
+        "(zstd off), `zstd`, or `none`.",
     ),
 )

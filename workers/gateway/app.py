@@ -131,7 +131,13 @@ async def chunk_upload(request: Request, services: GatewayServices) -> Response:
     if request.method == "GET":
         await _authorize(request, services, organization_slug, READ_SCOPES)
         return JSONResponse(
-            chunk_upload_options(organization_slug, services.config.public_url, limits)
+            chunk_upload_options(
+                organization_slug,
+                limits,
+                urls=services.config.upload_urls,
+                user_agent=request.headers.get("user-agent"),
+                compression=services.config.upload_compression,
+            )
         )
     owner = await _authorize(request, services, organization_slug, WRITE_SCOPES)
     # At most `max_concurrent_uploads` requests buffer chunks at once, a fair share per

@@ -118,6 +118,15 @@ def serve() -> None:
     "--public-url", help="Base URL clients reach the gateway by (default: GATEWAY_PUBLIC_URL)."
 )
 @click.option(
+    "--upload-url-prefix",
+    help="Base URL every client is told to upload to (default: GATEWAY_UPLOAD_URL_PREFIX).",
+)
+@click.option(
+    "--upload-compression",
+    help="Codecs advertised to clients: gzip,zstd, gzip, zstd or none "
+    "(default: GATEWAY_UPLOAD_COMPRESSION, else gzip,zstd).",
+)
+@click.option(
     "--produce-timeout-ms",
     type=click.IntRange(min=1000),
     default=int(DEFAULT_PRODUCE_TIMEOUT_SECONDS * 1000),
@@ -185,6 +194,8 @@ def serve_gateway(
     metrics_port: int | None,
     topic: str,
     public_url: str | None,
+    upload_url_prefix: str | None,
+    upload_compression: str | None,
     produce_timeout_ms: int,
     pending_ttl: int,
     max_concurrent_uploads: int,
@@ -199,10 +210,16 @@ def serve_gateway(
     environ = dict(os.environ)
     if public_url is not None:
         environ["GATEWAY_PUBLIC_URL"] = public_url
+    if upload_url_prefix is not None:
+        environ["GATEWAY_UPLOAD_URL_PREFIX"] = upload_url_prefix
+    if upload_compression is not None:
+        environ["GATEWAY_UPLOAD_COMPRESSION"] = upload_compression
     settings = Settings.from_env(environ).with_overrides(log_level=log_level)
     configure_logging(settings.log_level, settings.log_format)
     config = GatewayConfig(
         public_url=settings.gateway_public_url,
+        upload_url_prefix=settings.gateway_upload_url_prefix,
+        upload_compression=settings.gateway_upload_compression,
         topic=topic,
         produce_timeout_seconds=produce_timeout_ms / 1000,
         pending_ttl_seconds=pending_ttl,

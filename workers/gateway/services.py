@@ -17,7 +17,7 @@ from workers.common.settings import Settings
 from workers.common.storage import BlobStorage, open_blob_storage
 from workers.gateway.assemble import Assembler
 from workers.gateway.metrics import GatewayMetrics
-from workers.gateway.options import UploadLimits
+from workers.gateway.options import COMPRESSION, UploadLimits, UploadUrls
 from workers.gateway.pacing import BodyPace
 from workers.gateway.pending import DEFAULT_TTL_SECONDS, PendingChunks
 from workers.gateway.publisher import ChunkPublisher
@@ -31,6 +31,10 @@ DEFAULT_MAX_CONCURRENT_UPLOADS: Final = 8
 @dataclass(frozen=True)
 class GatewayConfig:
     public_url: str | None = None
+    #: Sentry's upload-url prefix: the upload `url` of every client when set.
+    upload_url_prefix: str | None = None
+    #: Codecs advertised in the upload options (a subset of `COMPRESSION`).
+    upload_compression: tuple[str, ...] = COMPRESSION
     topic: str = CHUNK_UPLOADS_TOPIC
     limits: UploadLimits = field(default_factory=UploadLimits)
     produce_timeout_seconds: float = DEFAULT_PRODUCE_TIMEOUT_SECONDS
@@ -42,6 +46,10 @@ class GatewayConfig:
     #: How long a request waits for an upload slot before a 503 with `Retry-After`.
     upload_slot_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
     body_pace: BodyPace = field(default_factory=BodyPace)
+
+    @property
+    def upload_urls(self) -> UploadUrls:
+        return UploadUrls(self.public_url, self.upload_url_prefix)
 
 
 @dataclass(frozen=True)
