@@ -9,6 +9,7 @@ Errors are JSON: 400 `{"error": ...}` for bad uploads (the exact messages of
 docs/reference.md, Upload errors), 401/403
 `{"detail": ...}` for authentication and permission, 503 when Kafka, PostgreSQL, Redis or
 the storage fail (a server fault is never reported as bad input, nor as success).
+Every 401/403 is counted by reason and logged with the token's id (docs/gateway.md, Tokens).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from starlette.routing import Route
 
 from workers.common.storage import StorageError
 from workers.gateway.assemble import AssembleResult, Target, dif_object
+from workers.gateway.auth import AuthRefused, authorize, log_refusal
 from workers.gateway.multipart import (
     REQUEST_TOO_LARGE,
     ChunkReader,
@@ -45,13 +47,7 @@ from workers.gateway.schema import (
     parse_dif_request,
 )
 from workers.gateway.services import GatewayServices
-from workers.gateway.tokens import (
-    READ_SCOPES,
-    WRITE_SCOPES,
-    TokenOwner,
-    bearer_token,
-    find_token_owner,
-)
+from workers.gateway.tokens import READ_SCOPES, WRITE_SCOPES, TokenOwner
 from workers.gateway.upload_slots import NoUploadSlot
 
 logger = logging.getLogger(__name__)
@@ -89,27 +85,9 @@ def _unavailable(reason: str) -> ApiError:
 async def _authorize(
     request: Request, services: GatewayServices, organization_slug: str, scopes: frozenset[str]
 ) -> TokenOwner:
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise ApiError(
-            401, {"detail": "Authentication credentials were not provided."}, "unauthenticated"
-        )
-    owner = await find_token_owner(services.pool, token)
-    if owner is None:
-        raise ApiError(401, {"detail": "Invalid token"}, "invalid_token")
-    if owner.organization_slug.lower() != organization_slug.lower():
-        raise ApiError(
-            403,
-            {"detail": "This token does not belong to this organization."},
-            "wrong_organization",
-        )
-    if not owner.allows(scopes):
-        raise ApiError(
-            403,
-            {"detail": "You do not have permission to perform this action."},
-            "missing_scope",
-        )
-    return owner
+    return await authorize(
+        services.pool, request.headers.get("authorization"), organization_slug, scopes
+    )
 
 
 async def _drain(request: Request, budget: int, pace: BodyPace) -> None:
@@ -302,6 +280,10 @@ def _instrumented(template: str, handler: Handler) -> Callable[[Request], Awaita
         except UploadRejected as error:
             services.metrics.rejected(error.reason)
             response = JSONResponse({"error": error.message}, status_code=400)
+        except AuthRefused as refusal:
+            services.metrics.refused(refusal)
+            log_refusal(refusal, template, request)
+            response = JSONResponse(refusal.body, status_code=refusal.status)
         except ApiError as error:
             services.metrics.rejected(error.reason)
             response = JSONResponse(error.body, status_code=error.status, headers=error.headers)

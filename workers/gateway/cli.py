@@ -1,4 +1,4 @@
-"""`workers serve gateway` and `workers tokens create`."""
+"""`workers serve gateway` and `workers tokens create / list / revoke` (docs/gateway.md, Tokens)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import click
 import psycopg
@@ -15,6 +16,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
+from workers.common.durations import parse_duration
 from workers.common.logs import configure_logging
 from workers.common.metrics import start_metrics_server
 from workers.common.projects import ProjectStoreError
@@ -31,7 +33,16 @@ from workers.gateway.services import (
     GatewayConfig,
     open_services,
 )
-from workers.gateway.tokens import KNOWN_SCOPES, TokenError, create_token
+from workers.gateway.tokens import (
+    KNOWN_SCOPES,
+    MAX_LIFETIME,
+    TokenError,
+    TokenInfo,
+    check_lifetime,
+    create_token,
+    list_tokens,
+    revoke_token,
+)
 from workers.gateway.upload_slots import DEFAULT_MAX_WAIT_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -241,6 +252,38 @@ def tokens() -> None:
     pass
 
 
+def _lifetime(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return check_lifetime(parse_duration(value))
+    except (ValueError, TokenError) as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+LIST_HEADER = "ID\tNAME\tPREFIX\tSCOPES\tCREATED\tEXPIRES\tLAST_USED\tREVOKED"
+
+
+def token_row(token: TokenInfo) -> str:
+    """One tab-separated line of `workers tokens list`: no secret, no hash."""
+    return "\t".join(
+        (
+            str(token.token_id),
+            token.name or "-",
+            token.shown_prefix,
+            ",".join(token.scopes),
+            _when(token.created_at),
+            _when(token.expires_at),
+            _when(token.last_used_at),
+            _when(token.revoked_at),
+        )
+    )
+
+
 @tokens.command("create", help="Create a token for an organization; prints it once.")
 @click.option("--org", "organization", required=True, help="Organization slug.")
 @click.option(
@@ -250,16 +293,61 @@ def tokens() -> None:
     help=f"Scopes, comma or space separated ({', '.join(sorted(KNOWN_SCOPES))}).",
 )
 @click.option("--name", help="A note to tell tokens apart.")
-def tokens_create(organization: str, scopes: tuple[str, ...], name: str | None) -> None:
+@click.option(
+    "--expires-in",
+    "expires_in",
+    callback=_lifetime,
+    metavar="DURATION",
+    help=f"Refuse the token after this long: 90m, 12h, 30d (at most {MAX_LIFETIME.days}d). "
+    "Default: it never expires.",
+)
+def tokens_create(
+    organization: str, scopes: tuple[str, ...], name: str | None, expires_in: timedelta | None
+) -> None:
     settings = Settings.from_env()
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
         try:
-            created = create_token(connection, organization, scopes, name)
+            created = create_token(connection, organization, scopes, name, expires_in)
         except (ProjectStoreError, TokenError) as error:
             raise click.ClickException(str(error)) from None
     click.echo(created.token)
+    expiry = (
+        "never expires" if created.expires_at is None else f"expires {_when(created.expires_at)}"
+    )
     click.echo(
         f"token {created.token_id} for {created.organization_slug} with scopes "
-        f"{' '.join(created.scopes)}; it is shown only now, store it safely.",
+        f"{' '.join(created.scopes)}; it {expiry}; it is shown only now, store it safely.",
         err=True,
     )
+
+
+@tokens.command("list", help="The tokens of an organization (never their secrets).")
+@click.option("--org", "organization", required=True, help="Organization slug.")
+def tokens_list(organization: str) -> None:
+    settings = Settings.from_env()
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        try:
+            found = list_tokens(connection, organization)
+        except ProjectStoreError as error:
+            raise click.ClickException(str(error)) from None
+    click.echo(LIST_HEADER)
+    for token in found:
+        click.echo(token_row(token))
+
+
+@tokens.command("revoke", help="Refuse a token from its next request on (idempotent).")
+@click.argument("token_id", metavar="ID", type=click.IntRange(min=1))
+def tokens_revoke(token_id: int) -> None:
+    settings = Settings.from_env()
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        try:
+            revocation = revoke_token(connection, token_id)
+        except TokenError as error:
+            raise click.ClickException(str(error)) from None
+    what = (
+        f"token {revocation.token_id} ({revocation.shown_prefix}) of {revocation.organization_slug}"
+    )
+    if revocation.already_revoked:
+        click.echo(f"{what} was already revoked at {_when(revocation.revoked_at)}")
+    else:
+        click.echo(f"{what} revoked at {_when(revocation.revoked_at)}")

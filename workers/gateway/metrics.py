@@ -6,7 +6,9 @@
 - `workers_gateway_chunks_accepted_total`, `workers_gateway_chunk_bytes_accepted_total`
   (decompressed bytes of chunks Kafka acknowledged);
 - `workers_gateway_rejections_total{reason}`: short fixed codes (`too_many_chunks`,
-  `chunk_too_large`, `corrupt_gzip`, `unauthenticated`, `forbidden`, `kafka_unavailable`...);
+  `chunk_too_large`, `corrupt_gzip`, `invalid_token`, `missing_scope`, `kafka_unavailable`...);
+- `workers_gateway_auth_refusals_total{status,reason}`: every 401 and 403, by one of the
+  fixed codes of `workers.gateway.auth.AUTH_REFUSALS` (all present from the start, at 0);
 - `workers_gateway_produce_latency_seconds`: from the first produce of a request to the
   acknowledgement of its last chunk;
 - `workers_gateway_assemble_total{kind,state}`.
@@ -20,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from workers.common.metrics import sanitize_reason
 from workers.common.metrics._common import DURATION_BUCKETS
+from workers.gateway.auth import AUTH_REFUSALS, AuthRefused
 
 
 class GatewayMetrics:
@@ -53,6 +56,14 @@ class GatewayMetrics:
             ("reason",),
             registry=registry,
         )
+        self.__auth_refusals = Counter(
+            "workers_gateway_auth_refusals_total",
+            "Requests answered 401 or 403, by status and reason code.",
+            ("status", "reason"),
+            registry=registry,
+        )
+        for reason in AUTH_REFUSALS:
+            self.__auth_refusals.labels(str(AuthRefused(reason).status), reason)
         self.produce_latency = Histogram(
             "workers_gateway_produce_latency_seconds",
             "From producing a request's chunks to Kafka's acknowledgement of all of them.",
@@ -83,6 +94,11 @@ class GatewayMetrics:
 
     def rejected(self, reason: str) -> None:
         self.__rejections.labels(sanitize_reason(reason)).inc()
+
+    def refused(self, refusal: AuthRefused) -> None:
+        """Counts a 401/403 here and among all rejections."""
+        self.__auth_refusals.labels(str(refusal.status), refusal.reason).inc()
+        self.rejected(refusal.reason)
 
     def assembled(self, kind: str, state: str) -> None:
         self.__assemble.labels(kind, state).inc()
