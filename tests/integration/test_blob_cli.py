@@ -144,5 +144,5 @@ def test_durations_parse() -> None:
     assert parse_duration("2d").total_seconds() == 172800
     import click
 
-    with pytest.raises(click.BadParameter, match="use a number and s, m, h or d"):
+    with pytest.raises(click.BadParameter, match="use a whole number and s, m, h or d"):
         parse_duration("1 week")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,21 +13,20 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from workers.blob_ingest.definition import INPUT_TOPIC
 from workers.blob_ingest.sweep import delete_garbage, find_garbage, write_sweep_metrics
 from workers.blob_ingest.upload import ChunkProducer, iter_chunks
+from workers.common import durations as common_durations
 from workers.common.database import create_pool
 from workers.common.kafka_config import producer_configuration
 from workers.common.projects import ProjectStoreError, find_organization
 from workers.common.settings import Settings
 from workers.common.storage import open_blob_storage
 
-_DURATION = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
 
 def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise click.BadParameter(f"{text!r}: use a number and s, m, h or d, e.g. 24h")
-    return timedelta(**{_UNITS[match["unit"]]: int(match["amount"])})
+    """A `--older-than` duration (`workers.common.durations`), as a click usage error."""
+    try:
+        return common_durations.parse_duration(text)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @click.group(help="Chunk-upload events.")
