@@ -26,6 +26,7 @@ from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
 from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
+from workers.common.kafka_offsets import high_watermarks
 from workers.common.net import free_port
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
@@ -276,6 +277,24 @@ def test_multi_member_gzip_and_zstd_chunks_are_stored_as_accepted(stack: Stack) 
     garbage = os.urandom(2000)
     refused = _post(stack, [("file_gzip", sha1(garbage), gzip.compress(garbage) + b"junk")])
     assert (refused.status_code, refused.json()) == (400, {"error": "Invalid gzip payload"})
+
+
+def test_a_rejected_request_produces_none_of_its_chunks(stack: Stack) -> None:
+    """The whole request is decoded and checked before any chunk is produced: valid chunks
+    ahead of a corrupt one never reach Kafka, so nothing of a 400 is ever stored."""
+    valid = [os.urandom(50_000) for _ in range(3)]
+    before = high_watermarks(stack.settings, stack.topic)
+    response = _post(
+        stack,
+        [
+            *(("file", sha1(data), data) for data in valid),
+            ("file_gzip", sha1(b"last"), gzip.compress(b"last")[:-4]),
+        ],
+    )
+    assert (response.status_code, response.json()) == (400, {"error": "Invalid gzip payload"})
+    # The answer comes after every produce is acknowledged: nothing can arrive later.
+    assert high_watermarks(stack.settings, stack.topic) == before
+    assert stack.owned(stack.org.id, [sha1(data) for data in valid]) == {}
 
 
 def test_options_document(stack: Stack) -> None:
