@@ -27,6 +27,7 @@ from harness.kafka import unique_name
 from workers.billing.definition import build_outcomes_producer, flag_store_factory
 from workers.billing.factory import BillingStrategyFactory
 from workers.billing.transactions import ExactlyOnce
+from workers.common.heap import freeze_startup_heap
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     ConsumerOptions,
@@ -182,6 +183,7 @@ def run_arroyo(
         join_timeout=30.0,
     )
     watch.on_done = processor.signal_shutdown
+    freeze_startup_heap()  # as `workers run` does before its processor runs
     if profile is not None:
         profile.enable()
     try:

@@ -29,6 +29,7 @@ from arroyo.utils.metrics import configure_metrics
 from prometheus_client import CollectorRegistry
 
 from workers.common.dlq import build_dlq_policy
+from workers.common.heap import freeze_startup_heap
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     DEFAULT_MAX_POLL_INTERVAL_MS,
@@ -153,6 +154,7 @@ def run_until_shutdown(processor: StreamProcessor[Any]) -> None:
         exit_on_next_shutdown_signal()
         processor.signal_shutdown()
 
+    freeze_startup_heap()
     with handling_shutdown_signals(request_shutdown):
         processor.run()
 
