@@ -20,12 +20,12 @@ from workers.common.projects import ProjectStoreError, find_organization
 from workers.common.settings import Settings
 from workers.common.storage import open_blob_storage
 
-_DURATION = re.compile(r"^(?P<amount>\d+)(?P<unit>[smhd])$")
+_DURATION = re.compile(r"(?P<amount>\d+)(?P<unit>[smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise click.BadParameter(f"{text!r}: use a number and s, m, h or d, e.g. 24h")
     return timedelta(**{_UNITS[match["unit"]]: int(match["amount"])})
