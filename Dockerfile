@@ -3,6 +3,8 @@
 #
 # - multi-stage: the build stage installs the package into a virtualenv; the final stage only
 #   copies that virtualenv (no pip run, no compilers: every dependency ships binary wheels);
+# - every package, the build backend and pip itself at its version in constraints.txt (the
+#   lock, refreshed by `./dev.sh lock`), as dev.sh installs the development virtualenv;
 # - runs as the numeric non-root user 10001 (Kubernetes' runAsNonRoot can verify it);
 # - works with a read-only root filesystem: nothing writes outside /tmp (mount an emptyDir
 #   there): the healthcheck file, WORKERS_STATE_DIR and, with `--processes N`, the
@@ -16,10 +18,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY workers ./workers
-# Byte-compile at build time: the root filesystem is read-only at run time.
-RUN pip install --no-compile . \
+# The locked pip (it knows --build-constraint: pip >= 25.3) and setuptools (the venv's own is
+# old) first. Byte-compile at build time: the root filesystem is read-only at run time.
+RUN pip install --no-compile -c constraints.txt pip setuptools \
+    && pip install --no-compile -c constraints.txt --build-constraint constraints.txt . \
     && python -m compileall -q /opt/venv/lib
 
 FROM ${PYTHON_IMAGE} AS runtime

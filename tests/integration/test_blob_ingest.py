@@ -201,6 +201,7 @@ def test_bad_input_goes_to_the_dlq_with_reasons_and_the_rest_is_persisted(
     setup.send(b"", value=bomb, encoding="gzip", checksum=claimed)
     setup.send(b"payload", checksum=sha1(b"something else"))
     setup.send(b"payload", checksum=sha1(b"payload").upper())
+    setup.send(b"payload", checksum=sha1(b"payload") + "\n")  # `$` allowed it: a full match
     setup.send(
         b"payload",
         headers=[
@@ -217,7 +218,7 @@ def test_bad_input_goes_to_the_dlq_with_reasons_and_the_rest_is_persisted(
     worker = setup.worker()
     try:
         setup.wait_for_rows([sha1(before), sha1(after)])
-        dead = setup.dead_letters(8)
+        dead = setup.dead_letters(9)
         assert worker.process.poll() is None
     finally:
         assert worker.stop() == 0
@@ -227,6 +228,7 @@ def test_bad_input_goes_to_the_dlq_with_reasons_and_the_rest_is_persisted(
             "corrupt_gzip",
             "chunk_too_large",
             "checksum_mismatch",
+            "invalid_checksum",
             "invalid_checksum",
             "missing_header",
             "chunk_too_large",

@@ -36,7 +36,7 @@ ENCODING_HEADER: Final = "content-encoding"
 UPLOADED_AT_HEADER: Final = "uploaded-at"
 
 Encoding = Literal["identity", "gzip", "zstd"]
-_CHECKSUM = re.compile(rb"^[0-9a-f]{40}$")
+_CHECKSUM = re.compile(rb"[0-9a-f]{40}")
 _MAX_ORGANIZATION_ID = 2**63 - 1
 
 
@@ -97,7 +97,7 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]]) -> ChunkHeaders:
     if organization_id == 0:
         raise ChunkEventError("invalid_header", f"header {ORGANIZATION_HEADER!r} must be > 0")
     checksum = _single(headers, CHECKSUM_HEADER)
-    if _CHECKSUM.match(checksum) is None:
+    if _CHECKSUM.fullmatch(checksum) is None:
         raise ChunkEventError(
             "invalid_checksum", "claimed sha1 must be 40 lowercase hexadecimal characters"
         )

@@ -23,7 +23,7 @@ from workers.common.settings import Settings
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_PACKAGE = "workers.common.migrations"
-_MIGRATION_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
+_MIGRATION_FILE = re.compile(r"(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql")
 # An arbitrary constant that identifies "the fleet's migrations" among advisory locks.
 _MIGRATION_LOCK_KEY = 7_305_117_001
 
@@ -60,7 +60,7 @@ def create_pool(settings: Settings, name: str = "workers") -> ConnectionPool:
 def load_migrations() -> list[Migration]:
     migrations: list[Migration] = []
     for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
+        match = _MIGRATION_FILE.fullmatch(entry.name)
         if match is None:
             continue
         migrations.append(

@@ -11,7 +11,7 @@ import orjson
 from workers.gateway.assemble import FileRequest
 from workers.gateway.options import CHUNK_SIZE, MAX_FILE_SIZE
 
-_CHECKSUM = re.compile(r"^[0-9a-f]{40}$")
+_CHECKSUM = re.compile(r"[0-9a-f]{40}")
 MAX_NAME_LENGTH: Final = 1024
 MAX_FILES_PER_REQUEST: Final = 1000
 #: The most chunks a file can have: the largest file cut into chunk-size slices.
@@ -43,7 +43,7 @@ def _object(raw: bytes) -> dict[str, Any]:
 
 
 def _checksum(value: object, what: str) -> str:
-    if not isinstance(value, str) or _CHECKSUM.match(value) is None:
+    if not isinstance(value, str) or _CHECKSUM.fullmatch(value) is None:
         raise BadRequest(f"{what} must be a sha1: 40 lowercase hexadecimal characters")
     return value
 

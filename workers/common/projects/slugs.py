@@ -45,7 +45,7 @@ RESERVED_PROJECT_SLUGS = frozenset(
 
 _NOT_SLUG_CHARACTERS = re.compile(r"[^\w\s-]")
 _SEPARATORS = re.compile(r"[-\s]+")
-_VALID_SLUG = re.compile(r"^[a-z0-9_-]+$")
+_VALID_SLUG = re.compile(r"[a-z0-9_-]+")
 
 RandomText = Callable[[str, int], str]
 
@@ -69,7 +69,7 @@ def is_valid_slug(value: str) -> bool:
     """A slug as stored: slug characters only, not all digits, at most 50 characters."""
     return (
         0 < len(value) <= MAX_SLUG_LENGTH
-        and _VALID_SLUG.match(value) is not None
+        and _VALID_SLUG.fullmatch(value) is not None
         and not value.isdecimal()
         and value == value.strip("-")
     )
