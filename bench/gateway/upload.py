@@ -1,0 +1,130 @@
+"""The gateway variant: 8 uploaders → a fresh `workers serve gateway` → Kafka."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+import httpx
+import psycopg
+from confluent_kafka.admin import AdminClient
+
+from bench.gateway.shapes import Shape, Workload
+from harness.gateway import GatewayProcess
+from harness.kafka import make_topics, unique_name
+from workers.common.kafka_config import admin_configuration
+from workers.common.kafka_offsets import high_watermarks, total
+from workers.common.projects import create_organization
+from workers.common.settings import Settings
+from workers.gateway.tokens import create_token
+
+PARTITIONS: Final = 4
+#: Given the gateway's pid, a context that profiles it while the uploads run.
+Profiler = Callable[[int], contextlib.AbstractContextManager[None]]
+
+
+@dataclass(frozen=True)
+class Result:
+    shape: Shape
+    seconds: float
+    latencies: list[float]
+    accepted_metric: int
+    watermark_growth: int
+    start_rss_bytes: int
+    peak_rss_bytes: int
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.shape.chunks / self.seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.shape.chunks * self.shape.chunk_size / self.seconds / 1e6
+
+    @property
+    def p50_seconds(self) -> float:
+        return statistics.median(self.latencies)
+
+    @property
+    def p99_seconds(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def run(
+    settings: Settings, work: Workload, uploaders: int, profiler: Profiler | None = None
+) -> Result:
+    shape, bodies = work.shape, work.bodies
+    topic = unique_name("bench-gateway")
+    make_topics(settings, topic, partitions=PARTITIONS)
+    slug = f"bench-gw-{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        create_organization(connection, slug, None)
+        token = create_token(connection, slug, ["project:releases"], name="bench").token
+    before = total(high_watermarks(settings, topic))
+    gateway = GatewayProcess("--topic", topic, log_name=topic)
+    try:
+        start_rss = gateway.rss_bytes()
+        url = f"/api/0/organizations/{slug}/chunk-upload/"
+        headers = {"Authorization": f"Bearer {token}"}
+        queue = list(range(len(bodies)))
+        lock = threading.Lock()
+        latencies: list[float] = []
+        failures: list[str] = []
+        go = threading.Event()
+
+        def uploader() -> None:
+            with httpx.Client(base_url=gateway.url, headers=headers, timeout=120) as client:
+                go.wait()
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        index = queue.pop()
+                    body, content_type = bodies[index]
+                    sent = time.perf_counter()
+                    response = client.post(
+                        url, content=body, headers={"Content-Type": content_type}
+                    )
+                    elapsed = time.perf_counter() - sent
+                    with lock:
+                        latencies.append(elapsed)
+                        if response.status_code != 200:
+                            failures.append(f"{response.status_code} {response.text[:200]}")
+
+        profiling = profiler(gateway.process.pid) if profiler else contextlib.nullcontext()
+        with profiling, ThreadPoolExecutor(uploaders) as pool:
+            futures = [pool.submit(uploader) for _ in range(uploaders)]
+            started = time.perf_counter()
+            go.set()
+            for future in futures:
+                future.result()
+            seconds = time.perf_counter() - started
+        if failures:
+            raise RuntimeError(f"{len(failures)} requests failed, first: {failures[0]}")
+        accepted = int(gateway.metric("workers_gateway_chunks_accepted_total"))
+        peak = gateway.peak_rss_bytes()
+    finally:
+        gateway.stop()
+    growth = total(high_watermarks(settings, topic)) - before
+    if accepted != shape.chunks or growth != shape.chunks:
+        raise RuntimeError(
+            f"sent {shape.chunks} chunks, gateway accepted {accepted}, topic grew by {growth}"
+        )
+    delete_topic(settings, topic)
+    with psycopg.connect(settings.database_url, autocommit=True) as connection:
+        connection.execute("DELETE FROM organizations WHERE slug = %s", (slug,))
+    return Result(shape, seconds, latencies, accepted, growth, start_rss, peak)
+
+
+def delete_topic(settings: Settings, topic: str) -> None:
+    admin = AdminClient(admin_configuration(settings))
+    for future in admin.delete_topics([topic]).values():
+        future.result()
