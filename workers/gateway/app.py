@@ -14,6 +14,7 @@ Every 401/403 is counted by reason and logged with the token's id (docs/gateway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +57,8 @@ CHUNK_UPLOAD_ROUTE: Final = "/api/0/organizations/{org}/chunk-upload/"
 DIF_ASSEMBLE_ROUTE: Final = "/api/0/projects/{org}/{project}/files/difs/assemble/"
 BUNDLE_ASSEMBLE_ROUTE: Final = "/api/0/organizations/{org}/artifactbundle/assemble/"
 HEALTH_ROUTE: Final = "/health"
+#: Body bytes handed to the multipart reader's worker thread at once.
+FEED_BATCH_BYTES: Final = 1024 * 1024
 
 
 class ApiError(Exception):
@@ -160,8 +163,19 @@ async def _receive_chunks(
         reader = ChunkReader(
             boundary_of(content_type), limits, request.headers.get("content-encoding")
         )
+        # Parsing, decoding and hashing run in a worker thread, a batch of pieces at a time:
+        # sha1 and zlib release the GIL, so they use the second core while the event loop
+        # receives the other uploads.
+        batch: list[bytes] = []
+        batched = 0
         async for piece in paced(request.stream(), pace):
-            reader.feed(piece)
+            batch.append(piece)
+            batched += len(piece)
+            if batched >= FEED_BATCH_BYTES:
+                await asyncio.to_thread(reader.feed_all, batch)
+                batch, batched = [], 0
+        if batch:
+            await asyncio.to_thread(reader.feed_all, batch)
         chunks = reader.finish()
     except UploadRejected:
         await _drain(request, limits.max_body_bytes, pace)

@@ -124,7 +124,8 @@ class _Part:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     header_bytes: int = 0
     field_name: bytes = b""
-    value: bytearray = field(default_factory=bytearray)
+    #: The part as sent, piece by piece (joined once at its end: no buffer regrowth).
+    pieces: list[bytes] = field(default_factory=list)
     checksum: str = ""
     encoding: Encoding = "identity"
     decoder: ChunkDecoder | None = None
@@ -165,6 +166,11 @@ class ChunkReader:
             },
             max_header_count=4,
         )
+
+    def feed_all(self, pieces: list[bytes]) -> None:
+        """`feed` each piece in turn (what the gateway hands a worker thread at once)."""
+        for piece in pieces:
+            self.feed(piece)
 
     def feed(self, data: bytes) -> None:
         self.__body_bytes += len(data)
@@ -251,7 +257,7 @@ class ChunkReader:
     def __on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.__current()
         piece = data[start:end]
-        part.value.extend(piece)
+        part.pieces.append(piece)
         try:
             self.__total += self.__decoder(part).feed(
                 piece, room=self.__limits.max_request_size - self.__total
@@ -270,7 +276,7 @@ class ChunkReader:
         except ChunkEventError as error:
             raise decoder_rejection(error) from error
         self.__chunks.append(
-            ReceivedChunk(part.checksum, bytes(part.value), part.encoding, decoded.size)
+            ReceivedChunk(part.checksum, b"".join(part.pieces), part.encoding, decoded.size)
         )
         self.__part = None
 
