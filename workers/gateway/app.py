@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
+import msgspec
 import psycopg
 import redis.exceptions
 from starlette.applications import Starlette
@@ -208,13 +209,31 @@ async def _receive_chunks(
     return Response(status_code=200)
 
 
-async def _json_body(request: Request) -> bytes:
+async def _json_body(request: Request, pace: BodyPace) -> bytearray:
+    """The body, at most `MAX_BODY_BYTES`, read at `pace` (a stalled body answers 408)."""
+    content_length = request.headers.get("content-length")
+    if (
+        content_length is not None
+        and content_length.isdigit()
+        and int(content_length) > MAX_BODY_BYTES
+    ):
+        raise await _assemble_body_too_large(request, pace)
     body = bytearray()
-    async for piece in request.stream():
-        body.extend(piece)
+    async for piece in paced(request.stream(), pace):
+        body += piece
         if len(body) > MAX_BODY_BYTES:
-            raise ApiError(400, {"error": "Request too large"}, "assemble_body_too_large")
-    return bytes(body)
+            del body
+            raise await _assemble_body_too_large(request, pace)
+    return body
+
+
+async def _assemble_body_too_large(request: Request, pace: BodyPace) -> ApiError:
+    # What the client is still sending is read and dropped (up to the limit again), so that
+    # it reads the answer; the connection is closed after it.
+    await _drain(request, MAX_BODY_BYTES, pace)
+    return ApiError(
+        400, {"error": "Request too large"}, "assemble_body_too_large", {"Connection": "close"}
+    )
 
 
 def _assemble_entry(result: AssembleResult) -> dict[str, Any]:
@@ -223,6 +242,11 @@ def _assemble_entry(result: AssembleResult) -> dict[str, Any]:
         "missingChunks": list(result.missing_chunks),
         "detail": result.detail,
     }
+
+
+def _json(answer: Any) -> Response:
+    # msgspec: an answer listing every chunk of a maximal request is one buffer, built fast.
+    return Response(msgspec.json.encode(answer), media_type="application/json")
 
 
 async def _project_ids(
@@ -238,47 +262,87 @@ async def _project_ids(
     return {str(slug): int(project_id) for slug, project_id in rows}
 
 
+async def _in_assemble_slot(
+    services: GatewayServices, owner: TokenOwner, answer: Callable[[], Awaitable[Response]]
+) -> Response:
+    """`answer()` while holding one of the organization's assemble slots: at most
+    `max_concurrent_assembles` requests (a fair share per organization) read their body and
+    verify chunks at once; the others wait unread, then get 503 with `Retry-After`
+    (docs/gateway.md, Bounded assemble)."""
+    try:
+        async with services.assemble_slots.slot(owner.organization_id):
+            return await answer()
+    except NoUploadSlot as error:
+        raise ApiError(
+            503,
+            {"error": "Too many assembles in progress, try again"},
+            "no_assemble_slot",
+            {"Retry-After": str(error.retry_after_seconds), "Connection": "close"},
+        ) from None
+    except SlowUpload as error:
+        raise ApiError(
+            408, {"error": "Request body timed out"}, error.reason, {"Connection": "close"}
+        ) from None
+
+
+def _bad_assemble_request(error: BadRequest) -> ApiError:
+    return ApiError(400, {"error": str(error)}, "bad_assemble_request")
+
+
 async def dif_assemble(request: Request, services: GatewayServices) -> Response:
     owner = await _authorize(request, services, request.path_params["org"], WRITE_SCOPES)
     project_slug = request.path_params["project"]
     projects = await _project_ids(services, owner.organization_id, (project_slug,))
     if project_slug.lower() not in projects:
         raise ApiError(404, {"detail": "The requested resource does not exist"}, "unknown_project")
-    try:
-        files = parse_dif_request(await _json_body(request))
-    except BadRequest as error:
-        raise ApiError(400, {"error": str(error)}, "bad_assemble_request") from None
     target = Target(owner.organization_id, "dif", project_id=projects[project_slug.lower()])
-    answer: dict[str, Any] = {}
-    for file in files:
-        result = await services.assembler.assemble(target, file)
-        services.metrics.assembled("dif", result.state)
-        entry = _assemble_entry(result)
-        if result.file is not None:
-            entry["dif"] = dif_object(result.file)
-        answer[file.checksum] = entry
-    return JSONResponse(answer)
+
+    async def answer() -> Response:
+        body = await _json_body(request, services.config.body_pace)
+        try:
+            # In a thread: the event loop keeps serving while a 16 MiB body is decoded.
+            files = await asyncio.to_thread(parse_dif_request, body)
+        except BadRequest as error:
+            raise _bad_assemble_request(error) from None
+        del body
+        results = await services.assembler.assemble_many(target, files)
+        answers: dict[str, Any] = {}
+        for file, result in zip(files, results, strict=True):
+            services.metrics.assembled("dif", result.state)
+            entry = _assemble_entry(result)
+            if result.file is not None:
+                entry["dif"] = dif_object(result.file)
+            answers[file.checksum] = entry
+        return _json(answers)
+
+    return await _in_assemble_slot(services, owner, answer)
 
 
 async def bundle_assemble(request: Request, services: GatewayServices) -> Response:
     owner = await _authorize(request, services, request.path_params["org"], WRITE_SCOPES)
-    try:
-        bundle = parse_bundle_request(await _json_body(request))
-    except BadRequest as error:
-        raise ApiError(400, {"error": str(error)}, "bad_assemble_request") from None
-    found = await _project_ids(services, owner.organization_id, bundle.projects)
-    if len(found) != len({slug.lower() for slug in bundle.projects}):
-        raise ApiError(400, {"error": "One or more projects are invalid"}, "unknown_project")
-    target = Target(
-        owner.organization_id,
-        "artifact_bundle",
-        projects=bundle.projects,
-        release=bundle.version,
-        dist=bundle.dist,
-    )
-    result = await services.assembler.assemble(target, bundle.file)
-    services.metrics.assembled("artifact_bundle", result.state)
-    return JSONResponse(_assemble_entry(result))
+
+    async def answer() -> Response:
+        body = await _json_body(request, services.config.body_pace)
+        try:
+            bundle = await asyncio.to_thread(parse_bundle_request, body)
+        except BadRequest as error:
+            raise _bad_assemble_request(error) from None
+        del body
+        found = await _project_ids(services, owner.organization_id, bundle.projects)
+        if len(found) != len({slug.lower() for slug in bundle.projects}):
+            raise ApiError(400, {"error": "One or more projects are invalid"}, "unknown_project")
+        target = Target(
+            owner.organization_id,
+            "artifact_bundle",
+            projects=bundle.projects,
+            release=bundle.version,
+            dist=bundle.dist,
+        )
+        result = await services.assembler.assemble(target, bundle.file)
+        services.metrics.assembled("artifact_bundle", result.state)
+        return _json(_assemble_entry(result))
+
+    return await _in_assemble_slot(services, owner, answer)
 
 
 async def health(request: Request, services: GatewayServices) -> Response:

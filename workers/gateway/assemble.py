@@ -1,36 +1,71 @@
 """Assembling files from chunks: what sentry-cli's assemble calls get answered
-(docs/reference.md, Assemble).
+(docs/reference.md, Assemble; the bounds in docs/gateway.md, Bounded assemble).
 
-For one file (sha1 of the whole file + the ordered sha1s of its chunks), in this order:
+The files of one request are answered together. For each file (sha1 of the whole file +
+the ordered sha1s of its chunks), in this order:
 1. already assembled (a row in `assembled_files` for the organization, kind, project and
    checksum) → `ok`;
 2. chunks whose blob the organization owns (`blob_owners` join `blobs` by checksum) are
    present; chunks accepted by the gateway but not yet persisted by blob-ingest (`pending`)
    are on their way; anything else is missing → `not_found` with `missingChunks`;
 3. some chunks still on their way → `created` (sentry-cli `--wait` polls again);
-4. every chunk is a blob → the chunks are read back from storage in order and hashed; a
-   whole-file sha1 that differs from the claimed one → `error` with a detail; otherwise the
-   file is recorded (name, checksum, ordered chunks, size, organization, project) → `ok`.
+4. every chunk is a blob → the file is verified: its chunks are read back from storage in
+   order and hashed (workers/gateway/verify.py: each distinct chunk list once, each chunk
+   read once when it can be, all within the request's budget). A file that does not fit the
+   budget → `error` with a detail, unread; a whole-file sha1 that differs from the claimed
+   one → `error` with a detail; otherwise the file is recorded (name, checksum, ordered
+   chunks, size, organization, project) → `ok`.
+
+Lookups are made for the request's distinct checksums at once, in batches
+(`LOOKUP_BATCH`, `PENDING_BATCH`): a handful of round trips, however many files list the
+same chunks. Blob sizes are looked up for every chunk (the budget needs them), storage
+paths only for the chunks to read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
-from workers.common.storage import BlobStorage
-from workers.gateway.pending import PendingChunks
+from workers.common.storage import BlobStorage, StorageError
+from workers.gateway.verify import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_MAX_VERIFY_BYTES,
+    Verification,
+    Verified,
+    VerifyPlan,
+    chunk_list_cost,
+    cpu_name,
+    verify_chunk_lists,
+)
+
+__all__ = [
+    "AssembleLimits",
+    "AssembleResult",
+    "AssembledFile",
+    "Assembler",
+    "FileRequest",
+    "PostgresAssembleStore",
+    "Target",
+    "cpu_name",
+    "dif_object",
+]
 
 State = Literal["not_found", "created", "assembling", "ok", "error"]
 Kind = Literal["dif", "artifact_bundle"]
 
-# ELF e_machine → the cpu names sentry-cli prints.
-_ELF_MACHINES: Final = {3: "x86", 40: "arm", 62: "x86_64", 183: "arm64", 243: "riscv64"}
+logger = logging.getLogger(__name__)
+
+#: Checksums per lookup query.
+LOOKUP_BATCH: Final = 10_000
+#: Checksums per Redis MGET: redis-py packs and parses in Python, on the event loop, so a
+#: batch stays short (about 20 ms) and other requests are served in between.
+PENDING_BATCH: Final = 2_000
 
 
 @dataclass(frozen=True)
@@ -72,95 +107,220 @@ class AssembleResult:
 
 
 @dataclass(frozen=True)
-class _Verified:
-    checksum: str
-    size: int
-    cpu_name: str | None
+class AssembleLimits:
+    """What one assemble request may cost (docs/gateway.md, Bounded assemble)."""
+
+    #: Bytes of chunks hashed for one request (each chunk counts at least 1 MiB).
+    max_verify_bytes: int = DEFAULT_MAX_VERIFY_BYTES
+    #: Chunk bytes kept between two uses of a chunk within one request.
+    cache_bytes: int = DEFAULT_CACHE_BYTES
 
 
-def cpu_name(head: bytes) -> str | None:
-    """The cpu of an ELF file from its first 20 bytes; None for anything else."""
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        return None
-    order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
-    machine = int.from_bytes(head[18:20], order)
-    return _ELF_MACHINES.get(machine, "unknown")
+class AssembleStore(Protocol):
+    """The rows assemble reads and writes (PostgreSQL in production)."""
+
+    async def assembled(
+        self, target: Target, checksums: Sequence[str]
+    ) -> dict[str, AssembledFile]: ...
+
+    async def owned_sizes(self, organization_id: int, checksums: Sequence[str]) -> dict[str, int]:
+        """The size of each blob of `checksums` the organization owns, keyed by the very
+        strings of `checksums` (a request's checksums are not copied)."""
+        ...
+
+    async def paths(self, organization_id: int, checksums: Sequence[str]) -> dict[str, str]:
+        """Where the owned blobs of `checksums` are stored (only for the chunks to read)."""
+        ...
+
+    async def record(
+        self, target: Target, request: FileRequest, verified: Verified
+    ) -> AssembledFile: ...
 
 
-def read_and_hash(storage: BlobStorage, paths: Sequence[str]) -> _Verified:
-    """sha1 and size of the concatenation of the objects at `paths` (one chunk in memory)."""
-    hasher = hashlib.sha1(usedforsecurity=False)
-    size = 0
-    head = b""
-    for path in paths:
-        data = storage.get(path)
-        if not head:
-            head = data[:20]
-        hasher.update(data)
-        size += len(data)
-    return _Verified(hasher.hexdigest(), size, cpu_name(head))
+class PendingLookup(Protocol):
+    async def which(self, organization_id: int, checksums: Sequence[str]) -> set[str]: ...
+
+
+def _batches(items: Sequence[str], size: int = LOOKUP_BATCH) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _too_large(limit: int) -> str:
+    return (
+        f"file too large to verify: its chunks add up to more than the {limit} bytes "
+        "the gateway verifies per assemble request"
+    )
+
+
+def _over_budget(limit: int) -> str:
+    return (
+        f"not verified: the files of this request need more than the {limit} bytes of chunks "
+        "the gateway verifies per assemble request; send it again for the files left "
+        "(assembled files are not verified again)"
+    )
+
+
+def _mismatch(made: str, claimed: str) -> str:
+    return f"checksum mismatch: the chunks make a file with sha1 {made}, not {claimed}"
 
 
 class Assembler:
     def __init__(
-        self, pool: AsyncConnectionPool, pending: PendingChunks, storage: BlobStorage
+        self,
+        store: AssembleStore,
+        pending: PendingLookup,
+        storage: BlobStorage,
+        limits: AssembleLimits | None = None,
     ) -> None:
-        self.__pool = pool
+        self.__store = store
         self.__pending = pending
         self.__storage = storage
+        self.limits = limits or AssembleLimits()
 
     async def assemble(self, target: Target, request: FileRequest) -> AssembleResult:
-        existing = await self.__find(target, request.checksum)
-        if existing is not None:
-            return AssembleResult("ok", file=existing)
-        if not request.chunks:
-            return AssembleResult("not_found")
-        owned = await self.__owned_paths(target.organization_id, request.chunks)
-        absent = [checksum for checksum in dict.fromkeys(request.chunks) if checksum not in owned]
-        if absent:
-            on_the_way = await self.__pending.which(target.organization_id, absent)
-            missing = tuple(checksum for checksum in absent if checksum not in on_the_way)
-            if missing:
-                return AssembleResult("not_found", missing_chunks=missing)
-            return AssembleResult("created")
-        verified = await asyncio.to_thread(
-            read_and_hash, self.__storage, [owned[checksum] for checksum in request.chunks]
+        (result,) = await self.assemble_many(target, [request])
+        return result
+
+    async def assemble_many(
+        self, target: Target, requests: Sequence[FileRequest]
+    ) -> list[AssembleResult]:
+        """The answer for each file of one request, in the request's order."""
+        results: list[AssembleResult | None] = [None] * len(requests)
+        existing = await self.__store.assembled(
+            target, list(dict.fromkeys(request.checksum for request in requests))
         )
-        if verified.checksum != request.checksum:
-            return AssembleResult(
-                "error",
-                detail=(
-                    f"checksum mismatch: the chunks make a file with sha1 {verified.checksum}, "
-                    f"not {request.checksum}"
-                ),
+        waiting: list[int] = []
+        for index, request in enumerate(requests):
+            found = existing.get(request.checksum)
+            if found is not None:
+                results[index] = AssembleResult("ok", file=found)
+            elif not request.chunks:
+                results[index] = AssembleResult("not_found")
+            else:
+                waiting.append(index)
+        distinct = list(dict.fromkeys(c for index in waiting for c in requests[index].chunks))
+        sizes = await self.__store.owned_sizes(target.organization_id, distinct)
+        absent = [checksum for checksum in distinct if checksum not in sizes]
+        del distinct
+        on_the_way: set[str] = set()
+        for batch in _batches(absent, PENDING_BATCH):
+            on_the_way |= await self.__pending.which(target.organization_id, batch)
+        plan = VerifyPlan(self.limits.max_verify_bytes)
+        ready: list[int] = []
+        refused = 0
+        for index in waiting:
+            chunks = requests[index].chunks
+            missing = [c for c in dict.fromkeys(chunks) if c not in sizes]
+            if missing:
+                lost = tuple(c for c in missing if c not in on_the_way)
+                results[index] = (
+                    AssembleResult("not_found", missing_chunks=lost)
+                    if lost
+                    else AssembleResult("created")
+                )
+                continue
+            cost = chunk_list_cost(chunks, sizes)
+            if plan.admit(chunks, cost):
+                ready.append(index)
+                continue
+            refused += 1
+            detail = _too_large if cost > plan.max_bytes else _over_budget
+            results[index] = AssembleResult("error", detail=detail(plan.max_bytes))
+        del sizes
+        if ready:
+            wanted = plan.chunks()
+            paths = await self.__store.paths(target.organization_id, wanted)
+            if len(paths) != len(wanted):
+                # Owned a moment ago: only a blob deleted since (never within 24 h) gets here.
+                raise StorageError("get", None, "a blob of the request vanished while it ran")
+            verification = await asyncio.to_thread(
+                verify_chunk_lists, self.__storage, paths, plan.lists, self.limits.cache_bytes
             )
-        recorded = await self.__record(target, request, verified)
+            self.__log(target, verification, refused)
+            for index in ready:
+                results[index] = await self.__finish(
+                    target, requests[index], verification.results[requests[index].chunks]
+                )
+        elif refused:
+            self.__log(target, None, refused)
+        return [result for result in results if result is not None]
+
+    def __log(self, target: Target, verification: Verification | None, refused: int) -> None:
+        logger.info(
+            "assemble verified",
+            extra={
+                "organization_id": target.organization_id,
+                "kind": target.kind,
+                "chunk_lists": len(verification.results) if verification else 0,
+                "reads": verification.reads if verification else 0,
+                "read_bytes": verification.read_bytes if verification else 0,
+                "hashed_bytes": verification.hashed_bytes if verification else 0,
+                "files_over_budget": refused,
+            },
+        )
+
+    async def __finish(
+        self, target: Target, request: FileRequest, verified: Verified
+    ) -> AssembleResult:
+        if verified.checksum != request.checksum:
+            return AssembleResult("error", detail=_mismatch(verified.checksum, request.checksum))
+        recorded = await self.__store.record(target, request, verified)
         return AssembleResult("ok", file=recorded)
 
-    async def __owned_paths(self, organization_id: int, chunks: Sequence[str]) -> dict[str, str]:
-        async with self.__pool.connection() as connection:
-            cursor = await connection.execute(
-                "SELECT b.checksum, b.path FROM blobs b "
-                "JOIN blob_owners o ON o.blob_id = b.id "
-                "WHERE o.organization_id = %s AND b.checksum = ANY(%s)",
-                (organization_id, sorted(set(chunks))),
-            )
-            rows = await cursor.fetchall()
-        return {str(checksum).strip(): str(path) for checksum, path in rows}
 
-    async def __find(self, target: Target, checksum: str) -> AssembledFile | None:
-        async with self.__pool.connection() as connection:
-            cursor = await connection.execute(
-                "SELECT id, name, checksum, size, debug_id, cpu_name FROM assembled_files "
-                "WHERE organization_id = %s AND kind = %s AND coalesce(project_id, 0) = %s "
-                "AND checksum = %s",
-                (target.organization_id, target.kind, target.project_id or 0, checksum),
-            )
-            row = await cursor.fetchone()
-        return None if row is None else _file(row)
+class PostgresAssembleStore:
+    """`assembled_files`, `blobs` and `blob_owners` (docs/reference.md, Blob store)."""
 
-    async def __record(
-        self, target: Target, request: FileRequest, verified: _Verified
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.__pool = pool
+
+    async def assembled(self, target: Target, checksums: Sequence[str]) -> dict[str, AssembledFile]:
+        found: dict[str, AssembledFile] = {}
+        async with self.__pool.connection() as connection:
+            for batch in _batches(checksums):
+                cursor = await connection.execute(
+                    "SELECT id, name, checksum, size, debug_id, cpu_name FROM assembled_files "
+                    "WHERE organization_id = %s AND kind = %s AND coalesce(project_id, 0) = %s "
+                    "AND checksum = ANY(%s)",
+                    (target.organization_id, target.kind, target.project_id or 0, list(batch)),
+                )
+                for row in await cursor.fetchall():
+                    assembled = _file(row)
+                    found[assembled.checksum] = assembled
+        return found
+
+    async def owned_sizes(self, organization_id: int, checksums: Sequence[str]) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        async with self.__pool.connection() as connection:
+            for batch in _batches(checksums):
+                ours = {checksum: checksum for checksum in batch}
+                cursor = await connection.execute(
+                    "SELECT b.checksum, b.size FROM blobs b "
+                    "JOIN blob_owners o ON o.blob_id = b.id "
+                    "WHERE o.organization_id = %s AND b.checksum = ANY(%s)",
+                    (organization_id, list(batch)),
+                )
+                for checksum, size in await cursor.fetchall():
+                    sizes[ours[str(checksum).strip()]] = int(size)
+        return sizes
+
+    async def paths(self, organization_id: int, checksums: Sequence[str]) -> dict[str, str]:
+        paths: dict[str, str] = {}
+        async with self.__pool.connection() as connection:
+            for batch in _batches(checksums):
+                cursor = await connection.execute(
+                    "SELECT b.checksum, b.path FROM blobs b "
+                    "JOIN blob_owners o ON o.blob_id = b.id "
+                    "WHERE o.organization_id = %s AND b.checksum = ANY(%s)",
+                    (organization_id, list(batch)),
+                )
+                for checksum, path in await cursor.fetchall():
+                    paths[str(checksum).strip()] = str(path)
+        return paths
+
+    async def record(
+        self, target: Target, request: FileRequest, verified: Verified
     ) -> AssembledFile:
         async with self.__pool.connection() as connection:
             cursor = await connection.execute(
@@ -188,9 +348,8 @@ class Assembler:
         if row is not None:
             return _file(row)
         # A concurrent assemble of the same file recorded it first.
-        existing = await self.__find(target, request.checksum)
-        assert existing is not None
-        return existing
+        existing = await self.assembled(target, [request.checksum])
+        return existing[request.checksum]
 
 
 def _file(row: Sequence[Any]) -> AssembledFile:

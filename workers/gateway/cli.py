@@ -23,11 +23,13 @@ from workers.common.projects import ProjectStoreError
 from workers.common.settings import Settings
 from workers.common.signals import handling_shutdown_signals
 from workers.gateway.app import create_app
+from workers.gateway.assemble import AssembleLimits
 from workers.gateway.http_protocol import header_timeout_protocol
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.pacing import BodyPace
 from workers.gateway.pending import DEFAULT_TTL_SECONDS
 from workers.gateway.services import (
+    DEFAULT_MAX_CONCURRENT_ASSEMBLES,
     DEFAULT_MAX_CONCURRENT_UPLOADS,
     DEFAULT_PRODUCE_TIMEOUT_SECONDS,
     GatewayConfig,
@@ -198,6 +200,33 @@ def serve() -> None:
     show_default=True,
     help="Open connections beyond this are answered 503 at once.",
 )
+@click.option(
+    "--max-concurrent-assembles",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_CONCURRENT_ASSEMBLES,
+    show_default=True,
+    help="Assemble requests answered at once; others wait.",
+)
+@click.option(
+    "--max-assembles-per-org",
+    type=click.IntRange(min=1),
+    help="Assemble requests one organization may have answered at once (default: half).",
+)
+@click.option(
+    "--assemble-slot-wait-ms",
+    type=click.IntRange(min=1),
+    default=int(DEFAULT_MAX_WAIT_SECONDS * 1000),
+    show_default=True,
+    help="How long an assemble request waits for its turn before a 503 with Retry-After.",
+)
+@click.option(
+    "--max-assemble-bytes",
+    type=click.IntRange(min=1),
+    default=AssembleLimits().max_verify_bytes,
+    show_default=True,
+    help="Bytes of chunks one assemble request may read back and hash (each chunk counts "
+    "at least 1 MiB); files beyond it are answered `error`.",
+)
 @click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
 def serve_gateway(
     host: str,
@@ -216,6 +245,10 @@ def serve_gateway(
     body_idle_timeout_ms: int,
     min_upload_rate: int,
     max_connections: int,
+    max_concurrent_assembles: int,
+    max_assembles_per_org: int | None,
+    assemble_slot_wait_ms: int,
+    max_assemble_bytes: int,
     log_level: str | None,
 ) -> None:
     environ = dict(os.environ)
@@ -240,6 +273,10 @@ def serve_gateway(
         body_pace=BodyPace(
             idle_seconds=body_idle_timeout_ms / 1000, min_bytes_per_second=min_upload_rate
         ),
+        max_concurrent_assembles=max_concurrent_assembles,
+        max_assembles_per_organization=max_assembles_per_org,
+        assemble_slot_wait_seconds=assemble_slot_wait_ms / 1000,
+        assemble_limits=AssembleLimits(max_verify_bytes=max_assemble_bytes),
     )
     connections = ConnectionLimits(
         header_timeout_seconds=header_timeout_ms / 1000, max_connections=max_connections

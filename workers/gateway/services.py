@@ -15,7 +15,7 @@ from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.kafka_config import producer_configuration
 from workers.common.settings import Settings
 from workers.common.storage import BlobStorage, open_blob_storage
-from workers.gateway.assemble import Assembler
+from workers.gateway.assemble import AssembleLimits, Assembler, PostgresAssembleStore
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.options import COMPRESSION, UploadLimits, UploadUrls
 from workers.gateway.pacing import BodyPace
@@ -26,6 +26,8 @@ from workers.gateway.upload_slots import DEFAULT_MAX_WAIT_SECONDS, UploadSlots
 DEFAULT_PRODUCE_TIMEOUT_SECONDS: Final = 30.0
 POOL_OPEN_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_MAX_CONCURRENT_UPLOADS: Final = 8
+#: Assemble requests answered at once (each holds at most about 100 MiB at its peak).
+DEFAULT_MAX_CONCURRENT_ASSEMBLES: Final = 4
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,15 @@ class GatewayConfig:
     #: How long a request waits for an upload slot before a 503 with `Retry-After`.
     upload_slot_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
     body_pace: BodyPace = field(default_factory=BodyPace)
+    #: Assemble requests answered at once, shared between organizations like upload slots
+    #: (docs/gateway.md, Bounded assemble).
+    max_concurrent_assembles: int = DEFAULT_MAX_CONCURRENT_ASSEMBLES
+    #: Of those, what one organization may hold (None: half, at least one).
+    max_assembles_per_organization: int | None = None
+    #: How long an assemble request waits for its turn before a 503 with `Retry-After`.
+    assemble_slot_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
+    #: What one assemble request may read and hash.
+    assemble_limits: AssembleLimits = field(default_factory=AssembleLimits)
 
     @property
     def upload_urls(self) -> UploadUrls:
@@ -63,6 +74,8 @@ class GatewayServices:
     assembler: Assembler
     metrics: GatewayMetrics
     upload_slots: UploadSlots
+    #: Assemble requests in progress (the same fair, bounded slots as uploads).
+    assemble_slots: UploadSlots
 
 
 def gateway_producer(settings: Settings, config: GatewayConfig) -> Producer:
@@ -120,7 +133,14 @@ async def open_services(
             storage=storage,
             publisher=publisher,
             pending=pending,
-            assembler=Assembler(pool, pending, storage),
+            assembler=Assembler(
+                PostgresAssembleStore(pool), pending, storage, config.assemble_limits
+            ),
             metrics=metrics,
             upload_slots=upload_slots,
+            assemble_slots=UploadSlots(
+                config.max_concurrent_assembles,
+                config.max_assembles_per_organization,
+                config.assemble_slot_wait_seconds,
+            ),
         )
