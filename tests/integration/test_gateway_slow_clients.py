@@ -118,8 +118,8 @@ def test_stalled_uploads_of_one_organization_do_not_starve_another(gateway: Gate
     stalled = [_stalled_upload(gateway, gateway.greedy) for _ in range(6)]
     wait_for(
         lambda: (
-            gateway.process.metric("workers_gateway_upload_slots_in_use") == 1
-            and gateway.process.metric("workers_gateway_upload_slots_waiting") == 5
+            gateway.process.metric("workers_gateway_slots_in_use", kind="upload") == 1
+            and gateway.process.metric("workers_gateway_slots_waiting", kind="upload") == 5
         ),
         30,
         "the greedy organization to hold its share (one of two slots), the rest waiting",

@@ -134,3 +134,31 @@ def test_a_body_below_the_minimum_rate_after_the_grace_is_refused() -> None:
     with pytest.raises(SlowUpload) as slow:
         asyncio.run(_read(_pieces(b"abc"), pace))
     assert slow.value.reason == BODY_TOO_SLOW
+
+
+def test_both_kinds_of_slots_are_reported_at_every_scrape() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from workers.gateway.metrics import GatewayMetrics
+
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    uploads, assembles = UploadSlots(4), UploadSlots(2, max_wait_seconds=5)
+    metrics.watch_slots("upload", uploads)
+    metrics.watch_slots("assemble", assembles)
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        holders = [asyncio.create_task(_hold(assembles, 1, release)) for _ in range(3)]
+        await _until(lambda: assembles.in_use == 1 and assembles.waiting == 2, "held")
+
+        def sample(name: str, kind: str) -> float | None:
+            return registry.get_sample_value(name, {"kind": kind})
+
+        assert sample("workers_gateway_slots_in_use", "assemble") == 1
+        assert sample("workers_gateway_slots_waiting", "assemble") == 2
+        assert sample("workers_gateway_slots_in_use", "upload") == 0
+        release.set()
+        await asyncio.gather(*holders)
+
+    asyncio.run(scenario())

@@ -16,13 +16,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from workers.common.metrics import sanitize_reason
 from workers.common.metrics._common import DURATION_BUCKETS
 from workers.gateway.auth import AUTH_REFUSALS, AuthRefused
+from workers.gateway.upload_slots import UploadSlots
 
 
 class GatewayMetrics:
@@ -71,13 +72,15 @@ class GatewayMetrics:
             registry=registry,
         )
         self.__slots_in_use = Gauge(
-            "workers_gateway_upload_slots_in_use",
-            "Upload requests holding a slot (buffering their chunks).",
+            "workers_gateway_slots_in_use",
+            "Requests holding a slot, by kind (upload: buffering chunks; assemble: verifying).",
+            ("kind",),
             registry=registry,
         )
         self.__slots_waiting = Gauge(
-            "workers_gateway_upload_slots_waiting",
-            "Upload requests waiting for a slot.",
+            "workers_gateway_slots_waiting",
+            "Requests waiting for a slot, by kind (upload, assemble).",
+            ("kind",),
             registry=registry,
         )
         self.__assemble = Counter(
@@ -87,10 +90,10 @@ class GatewayMetrics:
             registry=registry,
         )
 
-    def watch_upload_slots(self, in_use: Callable[[], float], waiting: Callable[[], float]) -> None:
-        """Report the upload slots' state at every scrape."""
-        self.__slots_in_use.set_function(in_use)
-        self.__slots_waiting.set_function(waiting)
+    def watch_slots(self, kind: Literal["upload", "assemble"], slots: UploadSlots) -> None:
+        """Report the state of these slots at every scrape."""
+        self.__slots_in_use.labels(kind).set_function(lambda: slots.in_use)
+        self.__slots_waiting.labels(kind).set_function(lambda: slots.waiting)
 
     def rejected(self, reason: str) -> None:
         self.__rejections.labels(sanitize_reason(reason)).inc()

@@ -125,7 +125,13 @@ async def open_services(
             config.max_uploads_per_organization,
             config.upload_slot_wait_seconds,
         )
-        metrics.watch_upload_slots(lambda: upload_slots.in_use, lambda: upload_slots.waiting)
+        assemble_slots = UploadSlots(
+            config.max_concurrent_assembles,
+            config.max_assembles_per_organization,
+            config.assemble_slot_wait_seconds,
+        )
+        metrics.watch_slots("upload", upload_slots)
+        metrics.watch_slots("assemble", assemble_slots)
         yield GatewayServices(
             config=config,
             pool=pool,
@@ -138,9 +144,5 @@ async def open_services(
             ),
             metrics=metrics,
             upload_slots=upload_slots,
-            assemble_slots=UploadSlots(
-                config.max_concurrent_assembles,
-                config.max_assembles_per_organization,
-                config.assemble_slot_wait_seconds,
-            ),
+            assemble_slots=assemble_slots,
         )
