@@ -39,8 +39,9 @@ from workers.billing.custom_metrics import CustomMetricDetector
 from workers.billing.factory import BillingStrategyFactory
 from workers.billing.flags import FlagCheck, FlagStore, ProjectKey
 from workers.billing.message import BucketError, parse_bucket
-from workers.billing.metrics import BillingMetrics, BillingTally
+from workers.billing.metrics import BillingMetrics
 from workers.billing.outcome import ClockNs, OutcomeEncoder
+from workers.billing.tally import BillingTally
 from workers.billing.translate import TranslateOutcomes
 from workers.common.message_runs import Headers, MessageRun
 from workers.common.metrics import FleetMetrics

@@ -25,7 +25,7 @@ from tests.support.billing_fakes import (
     settle,
 )
 from workers.billing.counting import SPANS_USAGE_METRIC_ID
-from workers.billing.metrics import LATENCY_SAMPLE_EVERY
+from workers.billing.tally import LATENCY_SAMPLE_EVERY
 from workers.billing.traffic import sample_traffic
 
 

@@ -39,8 +39,8 @@ from workers.billing.metrics import (
     ABORT_PRODUCE_ERROR,
     ABORT_REVOKED,
     BillingMetrics,
-    BillingTally,
 )
+from workers.billing.tally import BillingTally
 from workers.billing.transactions import (
     DEFAULT_TRANSACTION_INTERVAL_SECONDS,
     GroupConsumer,

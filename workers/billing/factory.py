@@ -68,14 +68,11 @@ from workers.billing.deliver import (
 )
 from workers.billing.deliver_in_transactions import DeliverInTransactions
 from workers.billing.flags import FlagStore, FlagWriter
-from workers.billing.metrics import (
-    BillingMetrics,
-    BillingTally,
-    MetricsSource,
-)
+from workers.billing.metrics import BillingMetrics
 from workers.billing.outcome import ClockNs, OutcomeEncoder
 from workers.billing.outcome_producer import OutcomeProducer
 from workers.billing.rewind import RewindOnAbort
+from workers.billing.tally import BillingTally, MetricsSource
 from workers.billing.transactions import ExactlyOnce, TransactionalProducer
 from workers.billing.translate import (
     DEFAULT_MAX_AGGREGATE_KEYS,

@@ -59,8 +59,8 @@ from workers.billing.metrics import (
     STORE_POSTGRES,
     STORE_REDIS,
     BillingMetrics,
-    StepRecorder,
 )
+from workers.billing.tally import StepRecorder
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG
 
 logger = logging.getLogger(__name__)

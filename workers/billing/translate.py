@@ -24,8 +24,8 @@ from workers.billing.counting import BillingCounter, billable_quantity
 from workers.billing.custom_metrics import CustomMetricDetector
 from workers.billing.flags import ProjectKey
 from workers.billing.message import METRIC_TYPES, BucketError, parse_bucket
-from workers.billing.metrics import LATENCY_SAMPLE_EVERY, BillingTally
 from workers.billing.outcome import OutcomeEncoder
+from workers.billing.tally import LATENCY_SAMPLE_EVERY, BillingTally
 from workers.common.message_runs import MessageRun, RawMessage
 
 logger = logging.getLogger(__name__)
