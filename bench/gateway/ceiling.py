@@ -20,7 +20,7 @@ from typing import Final
 
 from confluent_kafka import KafkaError, Message
 
-from bench.gateway.shapes import Shape, Workload
+from bench.gateway.shapes import TimedRun, Workload
 from bench.gateway.upload import PARTITIONS, delete_topic
 from harness.kafka import make_topics, unique_name
 from workers.common.chunk_uploads import encode_headers
@@ -35,21 +35,10 @@ FLUSH_SECONDS: Final = 120.0
 
 
 @dataclass(frozen=True)
-class CeilingResult:
-    shape: Shape
-    seconds: float
+class CeilingResult(TimedRun):
     #: Bytes of values produced (the chunks as sent: about half of the chunks' for gzip).
     value_bytes: int
     watermark_growth: int
-
-    @property
-    def chunks_per_second(self) -> float:
-        return self.shape.chunks / self.seconds
-
-    @property
-    def mb_per_second(self) -> float:
-        """Decompressed chunk bytes per second, as the gateway's figure is counted."""
-        return self.shape.chunks * self.shape.chunk_size / self.seconds / 1e6
 
     @property
     def kafka_mb_per_second(self) -> float:

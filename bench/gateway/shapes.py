@@ -30,6 +30,23 @@ class Shape:
 
 
 @dataclass(frozen=True)
+class TimedRun:
+    """One variant's run of a shape: how long it took, and the rates that gives."""
+
+    shape: Shape
+    seconds: float
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.shape.chunks / self.seconds
+
+    @property
+    def mb_per_second(self) -> float:
+        """Decompressed chunk bytes per second (both variants count the same bytes)."""
+        return self.shape.chunks * self.shape.chunk_size / self.seconds / 1e6
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One chunk as the gateway puts it on Kafka: its value as sent, sha1 and encoding."""
 

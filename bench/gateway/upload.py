@@ -16,7 +16,7 @@ import httpx
 import psycopg
 from confluent_kafka.admin import AdminClient
 
-from bench.gateway.shapes import Shape, Workload
+from bench.gateway.shapes import TimedRun, Workload
 from harness.gateway import GatewayProcess
 from harness.kafka import make_topics, unique_name
 from workers.common.kafka_config import admin_configuration
@@ -31,22 +31,12 @@ Profiler = Callable[[int], contextlib.AbstractContextManager[None]]
 
 
 @dataclass(frozen=True)
-class Result:
-    shape: Shape
-    seconds: float
+class Result(TimedRun):
     latencies: list[float]
     accepted_metric: int
     watermark_growth: int
     start_rss_bytes: int
     peak_rss_bytes: int
-
-    @property
-    def chunks_per_second(self) -> float:
-        return self.shape.chunks / self.seconds
-
-    @property
-    def mb_per_second(self) -> float:
-        return self.shape.chunks * self.shape.chunk_size / self.seconds / 1e6
 
     @property
     def p50_seconds(self) -> float:
