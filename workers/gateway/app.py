@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeVar
 
 import msgspec
 import psycopg
@@ -45,14 +45,17 @@ from workers.gateway.publisher import PublishError
 from workers.gateway.schema import (
     MAX_BODY_BYTES,
     BadRequest,
+    Body,
     parse_bundle_request,
     parse_dif_request,
 )
 from workers.gateway.services import GatewayServices
 from workers.gateway.tokens import READ_SCOPES, WRITE_SCOPES, TokenOwner
-from workers.gateway.upload_slots import NoUploadSlot
+from workers.gateway.upload_slots import NoUploadSlot, UploadSlots
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHUNK_UPLOAD_ROUTE: Final = "/api/0/organizations/{org}/chunk-upload/"
 DIF_ASSEMBLE_ROUTE: Final = "/api/0/projects/{org}/{project}/files/difs/assemble/"
@@ -125,14 +128,31 @@ async def chunk_upload(request: Request, services: GatewayServices) -> Response:
     # At most `max_concurrent_uploads` requests buffer chunks at once, a fair share per
     # organization; the others wait (a bounded time) without reading their bodies (TCP
     # backpressure), which bounds the process's memory.
+    return await _in_slot(
+        services.upload_slots,
+        "upload",
+        owner,
+        lambda: _receive_chunks(request, services, owner),
+    )
+
+
+async def _in_slot(
+    slots: UploadSlots,
+    kind: Literal["upload", "assemble"],
+    owner: TokenOwner,
+    answer: Callable[[], Awaitable[Response]],
+) -> Response:
+    """`answer()` while holding one of the organization's `slots`; no slot within the wait is
+    a 503 with `Retry-After`, a stalled body a 408 (docs/gateway.md, Slow and greedy
+    clients, and Bounded assemble)."""
     try:
-        async with services.upload_slots.slot(owner.organization_id):
-            return await _receive_chunks(request, services, owner)
+        async with slots.slot(owner.organization_id):
+            return await answer()
     except NoUploadSlot as error:
         raise ApiError(
             503,
-            {"error": "Too many uploads in progress, try again"},
-            "no_upload_slot",
+            {"error": f"Too many {kind}s in progress, try again"},
+            f"no_{kind}_slot",
             {"Retry-After": str(error.retry_after_seconds), "Connection": "close"},
         ) from None
     except SlowUpload as error:
@@ -262,31 +282,16 @@ async def _project_ids(
     return {str(slug): int(project_id) for slug, project_id in rows}
 
 
-async def _in_assemble_slot(
-    services: GatewayServices, owner: TokenOwner, answer: Callable[[], Awaitable[Response]]
-) -> Response:
-    """`answer()` while holding one of the organization's assemble slots: at most
-    `max_concurrent_assembles` requests (a fair share per organization) read their body and
-    verify chunks at once; the others wait unread, then get 503 with `Retry-After`
-    (docs/gateway.md, Bounded assemble)."""
+async def _parsed_body(
+    request: Request, services: GatewayServices, parse: Callable[[Body], T]
+) -> T:
+    """An assemble body read at the upload pace and decoded by `parse` in a thread (the event
+    loop keeps serving while a 16 MiB body is decoded); bad input is a 400."""
+    body = await _json_body(request, services.config.body_pace)
     try:
-        async with services.assemble_slots.slot(owner.organization_id):
-            return await answer()
-    except NoUploadSlot as error:
-        raise ApiError(
-            503,
-            {"error": "Too many assembles in progress, try again"},
-            "no_assemble_slot",
-            {"Retry-After": str(error.retry_after_seconds), "Connection": "close"},
-        ) from None
-    except SlowUpload as error:
-        raise ApiError(
-            408, {"error": "Request body timed out"}, error.reason, {"Connection": "close"}
-        ) from None
-
-
-def _bad_assemble_request(error: BadRequest) -> ApiError:
-    return ApiError(400, {"error": str(error)}, "bad_assemble_request")
+        return await asyncio.to_thread(parse, body)
+    except BadRequest as error:
+        raise ApiError(400, {"error": str(error)}, "bad_assemble_request") from None
 
 
 async def dif_assemble(request: Request, services: GatewayServices) -> Response:
@@ -298,13 +303,7 @@ async def dif_assemble(request: Request, services: GatewayServices) -> Response:
     target = Target(owner.organization_id, "dif", project_id=projects[project_slug.lower()])
 
     async def answer() -> Response:
-        body = await _json_body(request, services.config.body_pace)
-        try:
-            # In a thread: the event loop keeps serving while a 16 MiB body is decoded.
-            files = await asyncio.to_thread(parse_dif_request, body)
-        except BadRequest as error:
-            raise _bad_assemble_request(error) from None
-        del body
+        files = await _parsed_body(request, services, parse_dif_request)
         results = await services.assembler.assemble_many(target, files)
         answers: dict[str, Any] = {}
         for file, result in zip(files, results, strict=True):
@@ -315,19 +314,14 @@ async def dif_assemble(request: Request, services: GatewayServices) -> Response:
             answers[file.checksum] = entry
         return _json(answers)
 
-    return await _in_assemble_slot(services, owner, answer)
+    return await _in_slot(services.assemble_slots, "assemble", owner, answer)
 
 
 async def bundle_assemble(request: Request, services: GatewayServices) -> Response:
     owner = await _authorize(request, services, request.path_params["org"], WRITE_SCOPES)
 
     async def answer() -> Response:
-        body = await _json_body(request, services.config.body_pace)
-        try:
-            bundle = await asyncio.to_thread(parse_bundle_request, body)
-        except BadRequest as error:
-            raise _bad_assemble_request(error) from None
-        del body
+        bundle = await _parsed_body(request, services, parse_bundle_request)
         found = await _project_ids(services, owner.organization_id, bundle.projects)
         if len(found) != len({slug.lower() for slug in bundle.projects}):
             raise ApiError(400, {"error": "One or more projects are invalid"}, "unknown_project")
@@ -342,7 +336,7 @@ async def bundle_assemble(request: Request, services: GatewayServices) -> Respon
         services.metrics.assembled("artifact_bundle", result.state)
         return _json(_assemble_entry(result))
 
-    return await _in_assemble_slot(services, owner, answer)
+    return await _in_slot(services.assemble_slots, "assemble", owner, answer)
 
 
 async def health(request: Request, services: GatewayServices) -> Response:

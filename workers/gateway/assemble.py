@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, LiteralString, Protocol
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -269,6 +269,14 @@ class Assembler:
         return AssembleResult("ok", file=recorded)
 
 
+_OWNED_BLOBS: Final = (
+    "FROM blobs b JOIN blob_owners o ON o.blob_id = b.id "
+    "WHERE o.organization_id = %s AND b.checksum = ANY(%s)"
+)
+_SIZE_QUERY: Final = "SELECT b.checksum, b.size " + _OWNED_BLOBS
+_PATH_QUERY: Final = "SELECT b.checksum, b.path " + _OWNED_BLOBS
+
+
 class PostgresAssembleStore:
     """`assembled_files`, `blobs` and `blob_owners` (docs/reference.md, Blob store)."""
 
@@ -291,33 +299,28 @@ class PostgresAssembleStore:
         return found
 
     async def owned_sizes(self, organization_id: int, checksums: Sequence[str]) -> dict[str, int]:
-        sizes: dict[str, int] = {}
+        rows = await self.__owned_blobs(organization_id, checksums, _SIZE_QUERY)
+        return {checksum: int(size) for checksum, size in rows}
+
+    async def paths(self, organization_id: int, checksums: Sequence[str]) -> dict[str, str]:
+        rows = await self.__owned_blobs(organization_id, checksums, _PATH_QUERY)
+        return {checksum: str(path) for checksum, path in rows}
+
+    async def __owned_blobs(
+        self, organization_id: int, checksums: Sequence[str], query: LiteralString
+    ) -> list[tuple[str, Any]]:
+        """(checksum, column) of the blobs of `checksums` the organization owns, the
+        checksums being the caller's own string objects (no copy per row)."""
+        found: list[tuple[str, Any]] = []
         async with self.__pool.connection() as connection:
             for batch in _batches(checksums):
                 ours = {checksum: checksum for checksum in batch}
-                cursor = await connection.execute(
-                    "SELECT b.checksum, b.size FROM blobs b "
-                    "JOIN blob_owners o ON o.blob_id = b.id "
-                    "WHERE o.organization_id = %s AND b.checksum = ANY(%s)",
-                    (organization_id, list(batch)),
+                cursor = await connection.execute(query, (organization_id, list(batch)))
+                found.extend(
+                    (ours[str(checksum).strip()], value)
+                    for checksum, value in await cursor.fetchall()
                 )
-                for checksum, size in await cursor.fetchall():
-                    sizes[ours[str(checksum).strip()]] = int(size)
-        return sizes
-
-    async def paths(self, organization_id: int, checksums: Sequence[str]) -> dict[str, str]:
-        paths: dict[str, str] = {}
-        async with self.__pool.connection() as connection:
-            for batch in _batches(checksums):
-                cursor = await connection.execute(
-                    "SELECT b.checksum, b.path FROM blobs b "
-                    "JOIN blob_owners o ON o.blob_id = b.id "
-                    "WHERE o.organization_id = %s AND b.checksum = ANY(%s)",
-                    (organization_id, list(batch)),
-                )
-                for checksum, path in await cursor.fetchall():
-                    paths[str(checksum).strip()] = str(path)
-        return paths
+        return found
 
     async def record(
         self, target: Target, request: FileRequest, verified: Verified
