@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeAlias
 
 import zstandard
 
@@ -35,6 +35,9 @@ from workers.common.chunk_uploads import (
     ChunkEventError,
     Encoding,
 )
+
+#: What the decoder reads and the identity stage returns: a body piece, or a view of one.
+Buffer: TypeAlias = bytes | memoryview
 
 CHUNK_TOO_LARGE: Final = "chunk_too_large"
 VALUE_TOO_LARGE: Final = "value_too_large"
@@ -58,7 +61,7 @@ class DecodedChunk:
 
 
 class _Stage(Protocol):
-    def decompress(self, data: bytes, room: int) -> bytes:
+    def decompress(self, data: Buffer, room: int) -> Buffer:
         """At most `room + 1` bytes; fewer means all of `data` was consumed."""
         ...
 
@@ -66,7 +69,7 @@ class _Stage(Protocol):
 
 
 class _Identity:
-    def decompress(self, data: bytes, room: int) -> bytes:
+    def decompress(self, data: Buffer, room: int) -> Buffer:
         return data[: room + 1]
 
     def finish(self) -> None:
@@ -80,13 +83,13 @@ class _Gzip:
         self.__member: zlib._Decompress | None = None  # None: between members
         self.__seen_member = False
 
-    def decompress(self, data: bytes, room: int) -> bytes:
+    def decompress(self, data: Buffer, room: int) -> Buffer:
         output = bytearray()
         pending = data
         while pending and len(output) <= room:
             member = self.__member
             if member is None:
-                pending = pending.lstrip(b"\x00") if self.__seen_member else pending
+                pending = bytes(pending).lstrip(b"\x00") if self.__seen_member else pending
                 if not pending:
                     break
                 member = self.__member = zlib.decompressobj(_GZIP_WBITS)
@@ -118,7 +121,7 @@ class _Zstd:
         self.__frame: zstandard.ZstdDecompressionObj | None = None
         self.__seen_frame = False
 
-    def decompress(self, data: bytes, room: int) -> bytes:
+    def decompress(self, data: Buffer, room: int) -> Buffer:
         output = bytearray()
         position = 0
         while position < len(data):
@@ -177,14 +180,14 @@ class ChunkDecoder:
         self.__wire = 0
         self.__size = 0
         self.__hasher = hashlib.sha1(usedforsecurity=False)
-        self.__kept: list[bytes] | None = [] if keep else None
+        self.__kept: list[Buffer] | None = [] if keep else None
 
     @property
     def size(self) -> int:
         """Decoded bytes so far."""
         return self.__size
 
-    def feed(self, data: bytes, room: int | None = None) -> int:
+    def feed(self, data: Buffer, room: int | None = None) -> int:
         """Decode `data`; returns how many decoded bytes it added.
 
         `room`: the caller's own budget for this call (the gateway's request total); going

@@ -125,7 +125,7 @@ class _Part:
     header_bytes: int = 0
     field_name: bytes = b""
     #: The part as sent, piece by piece (joined once at its end: no buffer regrowth).
-    pieces: list[bytes] = field(default_factory=list)
+    pieces: list[memoryview] = field(default_factory=list)
     checksum: str = ""
     encoding: Encoding = "identity"
     decoder: ChunkDecoder | None = None
@@ -256,7 +256,9 @@ class ChunkReader:
 
     def __on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.__current()
-        piece = data[start:end]
+        # A view, not a copy: `data` is a body piece as received (bytes, never reused), and the
+        # part's pieces are copied once, when they are joined into the chunk's value.
+        piece = memoryview(data)[start:end]
         part.pieces.append(piece)
         try:
             self.__total += self.__decoder(part).feed(
