@@ -9,11 +9,16 @@ from dataclasses import dataclass
 
 
 class BadFile(Exception):
-    """The file cannot be accepted; `detail` is the answer's `detail` (upstream's words)."""
+    """The file cannot be accepted; `detail` is the answer's `detail` (upstream's words).
 
-    def __init__(self, detail: str) -> None:
+    `reason` is the specific cause, for logs and dead letters: upstream answers several
+    causes with one detail ("the bundle is invalid"); it is `detail` when that says it all.
+    """
+
+    def __init__(self, detail: str, reason: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.reason = detail if reason is None else reason
 
 
 class BadDebugFile(BadFile):
