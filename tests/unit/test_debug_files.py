@@ -24,7 +24,6 @@ from tests.support.debug_file_builders import (
     fat_macho,
     thin_macho,
 )
-from workers.assemble import debug_files
 from workers.assemble.contents import BadDebugFile
 from workers.assemble.debug_files import architectures_detail, detect_debug_files
 
@@ -102,7 +101,7 @@ def test_an_unsupported_object_gets_upstreams_other_detail(
     def unsupported(path: str | bytes) -> Archive:
         raise ObjectErrorUnsupportedObject("unsupported object file format")
 
-    monkeypatch.setattr(debug_files.Archive, "open", unsupported)
+    monkeypatch.setattr(Archive, "open", unsupported)
     with pytest.raises(BadDebugFile) as refused:
         detect_debug_files(_write(tmp_path / "x", b"x"), "x")
     assert (
