@@ -6,12 +6,15 @@ here). docs/debug-files-and-bundles.md, Debug information files, says what each 
 from __future__ import annotations
 
 import platform
+import shutil
 import struct
 import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from workers.stack.apt import apt_install
 
 #: A build id gcc writes as given; symbolic's debug id is its first 16 bytes as a GUID
 #: (the first three fields little-endian) and its code id is the whole id in hex.
@@ -51,7 +54,18 @@ class ElfFiles:
     without_debug: Path
 
 
+#: Debian packages of the toolchain the ELF files are built with.
+TOOLCHAIN_PACKAGES: Final = ("gcc", "binutils")
+
+
+def ensure_toolchain() -> None:
+    """gcc, strip and objcopy on the PATH, apt-installing them when one is missing."""
+    if not all(shutil.which(tool) for tool in ("gcc", "strip", "objcopy")):
+        apt_install(list(TOOLCHAIN_PACKAGES), needed_for="building test ELF files", echo=print)
+
+
 def build_elf_files(directory: Path) -> ElfFiles:
+    ensure_toolchain()
     source = directory / "program.c"
     source.write_text(_PROGRAM)
     with_debug = directory / "program"
