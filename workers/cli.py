@@ -16,6 +16,7 @@ from workers.common.settings import Settings, SettingsError
 from workers.common.snowflake.cli import ids
 from workers.common.topics import create_topics, fleet_topics
 from workers.demo import make_demo_command
+from workers.files.cli import files
 from workers.fleet import FLEET_REGISTRY_LOADER
 from workers.gateway.cli import serve, tokens
 from workers.stack.cli import stack
@@ -70,6 +71,7 @@ def make_cli(registry_loader: str) -> click.Group:
     cli.add_command(projects)
     cli.add_command(chunks)
     cli.add_command(blobs)
+    cli.add_command(files)
     cli.add_command(serve)
     cli.add_command(tokens)
     return cli

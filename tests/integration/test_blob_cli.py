@@ -71,15 +71,15 @@ def test_produce_refuses_an_unknown_organization(tmp_path: Path) -> None:
     assert "no organization with slug 'no-such-org-xyz'" in result.output
 
 
-def test_sweep_finds_then_deletes_orphans_and_unreferenced_blobs(
+def test_sweep_finds_then_deletes_orphans_and_ownerless_blobs(
     settings: Settings, tmp_path: Path
 ) -> None:
     root = tmp_path / "blobs"
     storage = FilesystemBlobStorage(root)
-    orphan, unreferenced, referenced, fresh = (random_blob_path() for _ in range(4))
-    storage.put_many([(orphan, b"o"), (unreferenced, b"u"), (referenced, b"r"), (fresh, b"f")])
+    orphan, ownerless, owned, fresh = (random_blob_path() for _ in range(4))
+    storage.put_many([(orphan, b"o"), (ownerless, b"u"), (owned, b"r"), (fresh, b"f")])
     two_days_ago = time.time() - 48 * 3600
-    for path in (orphan, unreferenced, referenced):
+    for path in (orphan, ownerless, owned):
         os.utime(root / path, (two_days_ago, two_days_ago))
     blob_ids = [int(uuid.uuid4().int % 2**62), int(uuid.uuid4().int % 2**62)]
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
@@ -89,8 +89,8 @@ def test_sweep_finds_then_deletes_orphans_and_unreferenced_blobs(
             "(%s, %s, 1, %s, now() - interval '25 hours'), "
             "(%s, %s, 1, %s, now() - interval '25 hours')",
             (
-                blob_ids[0], unreferenced, uuid.uuid4().hex + "00000000",
-                blob_ids[1], referenced, uuid.uuid4().hex + "00000000",
+                blob_ids[0], ownerless, uuid.uuid4().hex + "00000000",
+                blob_ids[1], owned, uuid.uuid4().hex + "00000000",
             ),
         )  # fmt: skip
         connection.execute(
@@ -98,43 +98,34 @@ def test_sweep_finds_then_deletes_orphans_and_unreferenced_blobs(
             (blob_ids[1], org.id),
         )
     url = f"file://{root}"
+    # The owned blob, unassembled for 25 h, is within a 30-day retention: this test is about
+    # crash leftovers (tests/integration/test_blob_lifecycle.py is about the retention).
+    sweep = ["sweep", "--older-than", "24h", "--retention", "30d", "--storage-url", url]
     runner = CliRunner()
-    dry = runner.invoke(blobs, ["sweep", "--older-than", "24h", "--storage-url", url])
+    dry = runner.invoke(blobs, sweep)
     assert dry.exit_code == 0, dry.output
-    assert f"orphan object   {orphan}" in dry.output
-    assert f"unreferenced blob {blob_ids[0]}  {unreferenced}" in dry.output
-    assert referenced not in dry.output
+    assert f"orphan object     {orphan}" in dry.output
+    assert f"ownerless blob    {blob_ids[0]}  {ownerless}" in dry.output
+    assert owned not in dry.output
     assert fresh not in dry.output
     assert storage.exists(orphan)
 
     metrics_file = tmp_path / "sweep.prom"
-    applied = runner.invoke(
-        blobs,
-        [
-            "sweep",
-            "--older-than",
-            "24h",
-            "--storage-url",
-            url,
-            "--apply",
-            "--metrics-file",
-            str(metrics_file),
-        ],
-    )
+    applied = runner.invoke(blobs, [*sweep, "--apply", "--metrics-file", str(metrics_file)])
     assert applied.exit_code == 0, applied.output
-    assert "deleted objects=1 blobs=1" in applied.output
+    assert "deleted objects=1 ownerless=1 unassembled=0" in applied.output
     exported = metrics_file.read_text()
     assert 'workers_blob_sweep_deleted{kind="orphan_object"} 1.0' in exported
-    assert 'workers_blob_sweep_deleted{kind="unreferenced_blob"} 1.0' in exported
+    assert 'workers_blob_sweep_deleted{kind="ownerless_blob"} 1.0' in exported
     assert not storage.exists(orphan)
-    assert not storage.exists(unreferenced)
-    assert storage.exists(referenced)
+    assert not storage.exists(ownerless)
+    assert storage.exists(owned)
     assert storage.exists(fresh)
     with psycopg.connect(settings.database_url) as connection:
         left = connection.execute("SELECT id FROM blobs WHERE id = ANY(%s)", (blob_ids,)).fetchall()
     assert left == [(blob_ids[1],)]
-    again = runner.invoke(blobs, ["sweep", "--older-than", "24h", "--storage-url", url])
-    assert "would delete objects=0 blobs=0" in again.output
+    again = runner.invoke(blobs, sweep)
+    assert "would delete objects=0 ownerless=0" in again.output
     storage.close()
 
 

@@ -294,10 +294,11 @@ def _sweep(setup: Setup, apply: bool) -> tuple[int, int]:
     storage = FilesystemBlobStorage(setup.storage_root)
     try:
         report = find_garbage(pool, storage, timedelta(0))
-        # Only this test's storage is swept; unreferenced rows elsewhere are not ours to count.
+        # Only this test's storage is swept; garbage rows elsewhere are not ours to count.
         found = (len(report.orphan_objects), 0)
         if apply:
-            report.unreferenced_blobs = []
+            report.ownerless_blobs = []
+            report.unassembled_blobs = []
             delete_garbage(pool, storage, report, timedelta(0))
         return found
     finally:

@@ -1,13 +1,17 @@
-"""`workers blobs sweep`: what crashes and abandoned uploads leave behind.
+"""`workers blobs sweep`: what crashes, abandoned uploads and unassembled chunks leave behind
+(docs/blob-lifecycle.md).
 
-Two kinds of garbage, both only when older than the window (default 24 h, twice the 12 h
-after which a reused blob's timestamp is refreshed, so a chunk just confirmed present is safe):
+Three kinds of garbage:
 - orphan objects: storage objects that no `blobs` row references (a crash between the
-  storage write and the row commit). The age guard also protects objects of a batch being
-  written right now, whose rows are not committed yet.
-- unreferenced blobs: rows without any owner; the row is deleted first (re-checked in the
-  same statement), then its object.
-Dry-run by default; `--apply` deletes.
+  storage write and the row commit), older than the window (`older_than`, default 24 h).
+  The age guard also protects objects of a batch being written right now.
+- ownerless blobs: rows without any owner, older than the window.
+- unassembled blobs: owned rows older than the retention (default 24 h, upstream's one day)
+  that no assembled file and no unfinished assemble task references: chunks uploaded and
+  never assembled.
+No blob that a file references is deleted, whatever its age. A row is deleted first, with
+every condition re-checked in the same statement, then its object. Dry-run by default;
+`--apply` deletes.
 """
 
 from __future__ import annotations
@@ -17,21 +21,69 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Final, LiteralString
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from psycopg_pool import ConnectionPool
 
+from workers.common.blob_lifecycle import DEFAULT_RETENTION, NOT_REFERENCED_BY_ANY_FILE
 from workers.common.storage import BlobStorage, FilesystemBlobStorage, StoredObject
 
 LOOKUP_BATCH = 1000
+
+_HAS_OWNER: Final = "EXISTS (SELECT 1 FROM blob_owners o WHERE o.blob_id = b.id)"
+_FIND_OWNERLESS: Final[LiteralString] = (
+    f"SELECT id, path, timestamp FROM blobs b WHERE b.timestamp < %s AND NOT {_HAS_OWNER} "
+    f"AND {NOT_REFERENCED_BY_ANY_FILE} ORDER BY id"
+)
+_DELETE_OWNERLESS: Final[LiteralString] = (
+    f"DELETE FROM blobs b WHERE b.id = ANY(%s) AND b.timestamp < %s AND NOT {_HAS_OWNER} "
+    f"AND {NOT_REFERENCED_BY_ANY_FILE} RETURNING path"
+)
+_FIND_UNASSEMBLED: Final[LiteralString] = (
+    f"SELECT id, path, timestamp FROM blobs b WHERE b.timestamp < %s AND {_HAS_OWNER} "
+    f"AND {NOT_REFERENCED_BY_ANY_FILE} ORDER BY id"
+)
+_DELETE_UNASSEMBLED: Final[LiteralString] = (
+    "DELETE FROM blobs b WHERE b.id = ANY(%s) AND b.timestamp < %s "
+    f"AND {NOT_REFERENCED_BY_ANY_FILE} RETURNING path"
+)
+
+
+@dataclass(frozen=True)
+class SweptBlob:
+    id: int
+    path: str
+    timestamp: datetime
 
 
 @dataclass
 class SweepReport:
     orphan_objects: list[StoredObject] = field(default_factory=list)
-    unreferenced_blobs: list[tuple[int, str]] = field(default_factory=list)
+    ownerless_blobs: list[SweptBlob] = field(default_factory=list)
+    unassembled_blobs: list[SweptBlob] = field(default_factory=list)
     deleted_objects: int = 0
-    deleted_blobs: int = 0
+    deleted_ownerless_blobs: int = 0
+    deleted_unassembled_blobs: int = 0
+
+
+@dataclass(frozen=True)
+class SweepCutoffs:
+    """Garbage is older than these: `window` for crash leftovers (orphan objects, ownerless
+    blobs), `retention` for blobs no file references."""
+
+    window: datetime
+    retention: datetime
+
+    @classmethod
+    def at(
+        cls,
+        older_than: timedelta,
+        retention: timedelta = DEFAULT_RETENTION,
+        now: datetime | None = None,
+    ) -> SweepCutoffs:
+        moment = now or datetime.now(UTC)
+        return cls(window=moment - older_than, retention=moment - retention)
 
 
 def _batched(items: Iterator[StoredObject], size: int) -> Iterator[list[StoredObject]]:
@@ -48,22 +100,46 @@ def _unreferenced(pool: ConnectionPool, objects: Sequence[StoredObject]) -> list
     return [o for o in objects if o.path not in referenced]
 
 
+def _find_blobs(pool: ConnectionPool, query: LiteralString, cutoff: datetime) -> list[SweptBlob]:
+    with pool.connection() as connection:
+        rows = connection.execute(query, (cutoff,)).fetchall()
+    return [SweptBlob(blob_id, path, timestamp) for blob_id, path, timestamp in rows]
+
+
 def find_garbage(
-    pool: ConnectionPool, storage: BlobStorage, older_than: timedelta, now: datetime | None = None
+    pool: ConnectionPool,
+    storage: BlobStorage,
+    older_than: timedelta,
+    now: datetime | None = None,
+    retention: timedelta = DEFAULT_RETENTION,
 ) -> SweepReport:
-    cutoff = (now or datetime.now(UTC)) - older_than
+    cutoffs = SweepCutoffs.at(older_than, retention, now)
     report = SweepReport()
-    old_objects = (o for o in storage.iter_objects() if o.modified < cutoff)
+    old_objects = (o for o in storage.iter_objects() if o.modified < cutoffs.window)
     for batch in _batched(old_objects, LOOKUP_BATCH):
         report.orphan_objects.extend(_unreferenced(pool, batch))
-    with pool.connection() as connection:
-        rows = connection.execute(
-            "SELECT id, path FROM blobs b WHERE b.timestamp < %s AND NOT EXISTS "
-            "(SELECT 1 FROM blob_owners o WHERE o.blob_id = b.id) ORDER BY id",
-            (cutoff,),
-        ).fetchall()
-    report.unreferenced_blobs = [(blob_id, path) for blob_id, path in rows]
+    report.ownerless_blobs = _find_blobs(pool, _FIND_OWNERLESS, cutoffs.window)
+    report.unassembled_blobs = _find_blobs(pool, _FIND_UNASSEMBLED, cutoffs.retention)
     return report
+
+
+def _delete_blobs(
+    pool: ConnectionPool,
+    storage: BlobStorage,
+    blobs: Sequence[SweptBlob],
+    query: LiteralString,
+    cutoff: datetime,
+) -> int:
+    """Rows first (the statement re-checks every condition), then their objects."""
+    deleted = 0
+    for start in range(0, len(blobs), LOOKUP_BATCH):
+        ids = [blob.id for blob in blobs[start : start + LOOKUP_BATCH]]
+        with pool.connection() as connection, connection.transaction():
+            rows = connection.execute(query, (ids, cutoff)).fetchall()
+        paths = [row[0] for row in rows]
+        storage.delete_many(paths)
+        deleted += len(paths)
+    return deleted
 
 
 def delete_garbage(
@@ -72,20 +148,16 @@ def delete_garbage(
     report: SweepReport,
     older_than: timedelta,
     now: datetime | None = None,
+    retention: timedelta = DEFAULT_RETENTION,
 ) -> SweepReport:
     """Delete what `find_garbage` found, re-checking each condition at deletion time."""
-    cutoff = (now or datetime.now(UTC)) - older_than
-    for start in range(0, len(report.unreferenced_blobs), LOOKUP_BATCH):
-        ids = [blob_id for blob_id, _ in report.unreferenced_blobs[start : start + LOOKUP_BATCH]]
-        with pool.connection() as connection, connection.transaction():
-            deleted = connection.execute(
-                "DELETE FROM blobs b WHERE b.id = ANY(%s) AND b.timestamp < %s AND NOT EXISTS "
-                "(SELECT 1 FROM blob_owners o WHERE o.blob_id = b.id) RETURNING path",
-                (ids, cutoff),
-            ).fetchall()
-        paths = [row[0] for row in deleted]
-        storage.delete_many(paths)
-        report.deleted_blobs += len(paths)
+    cutoffs = SweepCutoffs.at(older_than, retention, now)
+    report.deleted_ownerless_blobs += _delete_blobs(
+        pool, storage, report.ownerless_blobs, _DELETE_OWNERLESS, cutoffs.window
+    )
+    report.deleted_unassembled_blobs += _delete_blobs(
+        pool, storage, report.unassembled_blobs, _DELETE_UNASSEMBLED, cutoffs.retention
+    )
     for start in range(0, len(report.orphan_objects), LOOKUP_BATCH):
         still_orphans = _unreferenced(pool, report.orphan_objects[start : start + LOOKUP_BATCH])
         storage.delete_many([o.path for o in still_orphans])
@@ -113,9 +185,11 @@ def write_sweep_metrics(path: Path, report: SweepReport) -> None:
         registry=registry,
     )
     found.labels("orphan_object").set(len(report.orphan_objects))
-    found.labels("unreferenced_blob").set(len(report.unreferenced_blobs))
+    found.labels("ownerless_blob").set(len(report.ownerless_blobs))
+    found.labels("unassembled_blob").set(len(report.unassembled_blobs))
     deleted.labels("orphan_object").set(report.deleted_objects)
-    deleted.labels("unreferenced_blob").set(report.deleted_blobs)
+    deleted.labels("ownerless_blob").set(report.deleted_ownerless_blobs)
+    deleted.labels("unassembled_blob").set(report.deleted_unassembled_blobs)
     Gauge(
         "workers_blob_sweep_last_run_timestamp_seconds",
         "When the last blob sweep finished.",
