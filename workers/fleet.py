@@ -12,6 +12,7 @@ FLEET_REGISTRY_LOADER = "workers.fleet:build_registry"
 
 
 def build_registry() -> ConsumerRegistry:
+    from workers.assemble.definition import ASSEMBLE_CONSUMER
     from workers.billing.definition import BILLING_CONSUMER
     from workers.blob_ingest.definition import BLOB_INGEST_CONSUMER
     from workers.demo.billing import BILLING_DEMO
@@ -19,6 +20,7 @@ def build_registry() -> ConsumerRegistry:
 
     return ConsumerRegistry(
         [
+            ASSEMBLE_CONSUMER,
             replace(BILLING_CONSUMER, demo=BILLING_DEMO),
             replace(BLOB_INGEST_CONSUMER, demo=BLOB_INGEST_DEMO),
         ]
