@@ -15,16 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from time import perf_counter
+from typing import Protocol
 
 from arroyo.dlq import InvalidMessage
 from arroyo.types import BrokerValue, Message
 
-from workers.assemble.chunks import ChunkAssembler
-from workers.assemble.inspect_file import FileInspector
 from workers.assemble.metrics import AssembleMetrics
 from workers.assemble.outcomes import INTERNAL_ERROR, AssembledBytes, FileContents, Refused
-from workers.assemble.record import TaskRecorder
-from workers.assemble.status_cache import StatusCache
 from workers.assemble.tasks import AssembleTask, FinishedTask
 from workers.common.assemble_requests import AssembleRequest, AssembleState
 from workers.common.metrics import FleetMetrics
@@ -39,16 +36,38 @@ RECORD_STEP = "record"
 DEFAULT_MAX_ATTEMPTS = 5
 
 
+class Recorder(Protocol):
+    """`record.TaskRecorder`: the final state, durable on return."""
+
+    def ok(self, task: AssembleTask, assembled: AssembledBytes, contents: FileContents) -> int: ...
+
+    def error(self, task: AssembleTask, detail: str) -> None: ...
+
+
+class StatusWriter(Protocol):
+    """`status_cache.StatusCache`."""
+
+    def set(
+        self,
+        organization_id: int,
+        kind: str,
+        project_id: int | None,
+        checksum: str,
+        state: AssembleState,
+        detail: str | None = None,
+    ) -> None: ...
+
+
 class FileAssembly:
     """`Message[AssembleRequest]` → the state the task is in once its request is done."""
 
     def __init__(
         self,
         claim: Callable[[AssembleRequest], AssembleTask | FinishedTask | None],
-        read: ChunkAssembler,
-        inspect: FileInspector,
-        recorder: TaskRecorder,
-        status: StatusCache,
+        read: Callable[[AssembleTask], AssembledBytes | Refused],
+        inspect: Callable[[AssembleTask, AssembledBytes], FileContents | Refused],
+        recorder: Recorder,
+        status: StatusWriter,
         metrics: FleetMetrics,
         assemble_metrics: AssembleMetrics,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
