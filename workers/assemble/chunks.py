@@ -12,7 +12,9 @@ task, still `assembling`, is done again by the next one.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -33,6 +35,9 @@ from workers.common.storage import BlobNotFoundError, BlobStorage
 GIB: Final = 1024**3
 #: The largest file assembled (the gateway's per-request verify bound).
 DEFAULT_MAX_ASSEMBLE_BYTES: Final = 8 * GIB
+#: Chunks handed to the writing thread and not yet written: at most this many plus the one
+#: being read are in memory (8 MiB each).
+WRITES_IN_FLIGHT: Final = 2
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,14 @@ class ChunkAssembler:
     ) -> AssembledBytes | Refused:
         hasher = hashlib.sha1(usedforsecurity=False)
         size = 0
-        with path.open("wb") as out:
+        # The file is written in a thread of its own while the next chunks are read and
+        # hashed (both release the GIL): writing then costs almost nothing next to reading.
+        # The executor is left (every write done) before the file is closed.
+        with (
+            path.open("wb") as out,
+            ThreadPoolExecutor(1, thread_name_prefix="assemble-write") as writer,
+        ):
+            writes: deque[Future[int]] = deque()
             for checksum in task.chunks:
                 try:
                     data = self.__storage.get(stored[checksum].path)
@@ -107,9 +119,13 @@ class ChunkAssembler:
                 size += len(data)
                 if size > self.__max_bytes:
                     return Refused(TOO_LARGE)
+                writes.append(writer.submit(out.write, data))
                 hasher.update(data)
-                out.write(data)
                 self.__on_read(len(data))
+                while len(writes) > WRITES_IN_FLIGHT:
+                    writes.popleft().result()
+            for write in writes:
+                write.result()
         if hasher.hexdigest() != task.checksum:
             return Refused(CHECKSUM_MISMATCH)
         return AssembledBytes(path, size)
