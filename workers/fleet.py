@@ -12,13 +12,16 @@ FLEET_REGISTRY_LOADER = "workers.fleet:build_registry"
 
 
 def build_registry() -> ConsumerRegistry:
+    from workers.assemble.definition import ASSEMBLE_CONSUMER
     from workers.billing.definition import BILLING_CONSUMER
     from workers.blob_ingest.definition import BLOB_INGEST_CONSUMER
+    from workers.demo.assemble import ASSEMBLE_DEMO
     from workers.demo.billing import BILLING_DEMO
     from workers.demo.blob_ingest import BLOB_INGEST_DEMO
 
     return ConsumerRegistry(
         [
+            replace(ASSEMBLE_CONSUMER, demo=ASSEMBLE_DEMO),
             replace(BILLING_CONSUMER, demo=BILLING_DEMO),
             replace(BLOB_INGEST_CONSUMER, demo=BLOB_INGEST_DEMO),
         ]
