@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from workers.gateway.assemble import AssembleResult, FileRequest, Target
+from workers.gateway.assemble_types import AssembleResult, FileRequest, Target
 from workers.gateway.auth import AuthRefused, authorize, log_refusal
 from workers.gateway.dif_answer import dif_object
 from workers.gateway.multipart import (

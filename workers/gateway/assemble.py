@@ -80,10 +80,6 @@ class Assembler:
         self.__requests = requests
         self.max_bytes = max_bytes
 
-    async def answer(self, target: Target, request: FileRequest) -> AssembleResult:
-        (result,) = await self.answer_many(target, [request])
-        return result
-
     async def answer_many(
         self, target: Target, requests: Sequence[FileRequest]
     ) -> list[AssembleResult]:
@@ -212,6 +208,3 @@ class Assembler:
                 "could not release the tasks of an assemble request Kafka did not take",
                 extra={"organization_id": target.organization_id, "tasks": len(claimed)},
             )
-
-
-__all__ = ["AssembleResult", "Assembler", "FileRequest", "Target"]
