@@ -1,5 +1,5 @@
-"""Gateway pieces without the stack: tokens, request schemas, cpu names, publisher (the
-options document: test_gateway_options.py)."""
+"""Gateway pieces without the stack: tokens, request schemas, publishers, the `dif` answer
+(the options document: test_gateway_options.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,23 @@ import asyncio
 import hashlib
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from workers.common.assemble_requests import AssembleRequest, decode_assemble_request
 from workers.common.settings import Settings, SettingsError
-from workers.gateway.assemble import cpu_name
+from workers.gateway.assemble_types import StoredDebugObject, StoredFile
+from workers.gateway.dif_answer import dif_object
 from workers.gateway.multipart import ReceivedChunk
-from workers.gateway.publisher import ChunkPublisher, PublishError
+from workers.gateway.publisher import (
+    AcknowledgedProducer,
+    AssembleRequestPublisher,
+    ChunkPublisher,
+    EnqueuedFile,
+    PublishError,
+)
 from workers.gateway.schema import BadRequest, parse_bundle_request, parse_dif_request
 from workers.gateway.tokens import (
     READ_SCOPES,
@@ -89,14 +98,49 @@ def test_assemble_bodies_are_validated() -> None:
         parse_bundle_request(b'{"checksum": "%s", "chunks": [], "projects": [1]}' % SHA.encode())
 
 
-def test_cpu_name_of_elf_headers() -> None:
-    header = bytearray(b"\x7fELF\x02\x01\x01" + b"\0" * 13)
-    header[18:20] = (62).to_bytes(2, "little")
-    assert cpu_name(bytes(header)) == "x86_64"
-    header[18:20] = (183).to_bytes(2, "little")
-    assert cpu_name(bytes(header)) == "arm64"
-    assert cpu_name(b"MZ" + b"\0" * 30) is None
-    assert cpu_name(b"\x7fELF") is None
+def _stored_file(debug_object: StoredDebugObject | None) -> StoredFile:
+    return StoredFile(
+        id=7,
+        name="hello",
+        checksum=SHA,
+        size=123,
+        date_added=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        debug_id="c0bcc3f1-9827-fe65-3058-404b2831d9e6",
+        cpu_name=None,
+        debug_object=debug_object,
+    )
+
+
+def test_the_dif_answer_is_upstreams_serialized_debug_file() -> None:
+    found = StoredDebugObject(
+        id=42,
+        debug_id="c0bcc3f1-9827-fe65-3058-404b2831d9e6-1",
+        code_id="f1c3bcc0279865fe3058404b2831d9e64135386c",
+        cpu_name="x86_64",
+        object_name="hello",
+        file_format="elf",
+        object_kind="dbg",
+        features=("debug", "symtab", "unwind"),
+    )
+    assert dif_object(_stored_file(found)) == {
+        "id": "42",
+        "uuid": "c0bcc3f1-9827-fe65-3058-404b2831d9e6",
+        "debugId": "c0bcc3f1-9827-fe65-3058-404b2831d9e6-1",
+        "codeId": "f1c3bcc0279865fe3058404b2831d9e64135386c",
+        "cpuName": "x86_64",
+        "objectName": "hello",
+        "symbolType": "elf",
+        "headers": {"Content-Type": "application/x-elf-binary"},
+        "size": 123,
+        "sha1": SHA,
+        "dateCreated": "2026-01-02T03:04:05.000006Z",
+        "data": {"type": "dbg", "features": ["debug", "symtab", "unwind"]},
+    }
+    # A file assembled before the assemble worker has no debug object: what it recorded.
+    legacy = dif_object(_stored_file(None))
+    assert (legacy["id"], legacy["objectName"], legacy["cpuName"]) == ("7", "hello", "unknown")
+    assert legacy["debugId"] == "c0bcc3f1-9827-fe65-3058-404b2831d9e6"
+    assert legacy["data"] == {"features": []}
 
 
 class KafkaErrorLike:
@@ -136,14 +180,37 @@ def _chunks(*names: str) -> list[ReceivedChunk]:
 
 
 def test_publisher_fails_the_whole_request_when_one_chunk_is_not_acknowledged() -> None:
-    producer = FakeProducer(failing={"b" * 40})
-    publisher = ChunkPublisher(producer, "chunk-uploads", timeout_seconds=10)  # type: ignore[arg-type]
+    producer = AcknowledgedProducer(FakeProducer(failing={"b" * 40}), timeout_seconds=10)  # type: ignore[arg-type]
+    publisher = ChunkPublisher(producer, "chunk-uploads")
     try:
         asyncio.run(publisher.publish(1, _chunks("a" * 40)))
-        with pytest.raises(PublishError, match="1 of 3 chunks not acknowledged"):
+        with pytest.raises(PublishError, match="1 of 3 messages not acknowledged"):
             asyncio.run(publisher.publish(1, _chunks("a" * 40, "b" * 40, "c" * 40)))
     finally:
-        publisher.close()
+        producer.close()
+
+
+def test_assemble_requests_are_keyed_by_the_file_and_decode_as_the_contract_says() -> None:
+    fake = FakeProducer(failing=set())
+    sent: list[tuple[str, bytes, bytes]] = []
+    produce = fake.produce
+
+    def recording(topic: str, value: bytes, key: bytes, headers: Any, on_delivery: Any) -> None:
+        sent.append((topic, key, value))
+        produce(topic, value, key, headers, on_delivery)
+
+    fake.produce = recording  # type: ignore[method-assign]
+    producer = AcknowledgedProducer(fake, timeout_seconds=10)  # type: ignore[arg-type]
+    try:
+        files = [EnqueuedFile(5, 9, "a" * 40), EnqueuedFile(6, 9, "b" * 40)]
+        asyncio.run(AssembleRequestPublisher(producer, "assemble-requests").publish(files))
+    finally:
+        producer.close()
+    assert [(topic, key) for topic, key, _ in sent] == [
+        ("assemble-requests", b"a" * 40),
+        ("assemble-requests", b"b" * 40),
+    ]
+    assert decode_assemble_request(sent[1][2]) == AssembleRequest(6, 9, "b" * 40)
 
 
 def test_publisher_gives_up_when_nothing_is_acknowledged_in_time() -> None:
@@ -152,9 +219,9 @@ def test_publisher_gives_up_when_nothing_is_acknowledged_in_time() -> None:
             threading.Event().wait(0.01)
             return 0
 
-    publisher = ChunkPublisher(Silent(set()), "chunk-uploads", timeout_seconds=0.2)  # type: ignore[arg-type]
+    producer = AcknowledgedProducer(Silent(set()), timeout_seconds=0.2)  # type: ignore[arg-type]
     try:
         with pytest.raises(PublishError, match="in time"):
-            asyncio.run(publisher.publish(1, _chunks("a" * 40)))
+            asyncio.run(ChunkPublisher(producer, "chunk-uploads").publish(1, _chunks("a" * 40)))
     finally:
-        publisher.close()
+        producer.close()

@@ -5,10 +5,12 @@ Routes (all under `/api/0/`, bearer-token authenticated):
 - `POST organizations/{org}/chunk-upload/`: multipart chunks → Kafka (write or release scope);
 - `POST projects/{org}/{project}/files/difs/assemble/`: debug information files;
 - `POST organizations/{org}/artifactbundle/assemble/`: source-map artifact bundles.
+The assemble endpoints answer at once from the cached or stored state, and enqueue the files
+whose chunks are all stored for the assemble worker (workers/gateway/assemble.py).
 Errors are JSON: 400 `{"error": ...}` for bad uploads (the exact messages of
 docs/reference.md, Upload errors), 401/403
-`{"detail": ...}` for authentication and permission, 503 when Kafka, PostgreSQL, Redis or
-the storage fail (a server fault is never reported as bad input, nor as success).
+`{"detail": ...}` for authentication and permission, 503 when Kafka, PostgreSQL or Redis
+fail (a server fault is never reported as bad input, nor as success).
 Every 401/403 is counted by reason and logged with the token's id (docs/gateway.md, Tokens).
 """
 
@@ -29,9 +31,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from workers.common.storage import StorageError
-from workers.gateway.assemble import AssembleResult, Target, dif_object
+from workers.gateway.assemble_types import AssembleResult, FileRequest, Target
 from workers.gateway.auth import AuthRefused, authorize, log_refusal
+from workers.gateway.dif_answer import dif_object
 from workers.gateway.multipart import (
     REQUEST_TOO_LARGE,
     ChunkReader,
@@ -294,6 +296,23 @@ async def _parsed_body(
         raise ApiError(400, {"error": str(error)}, "bad_assemble_request") from None
 
 
+async def _answers(
+    services: GatewayServices, target: Target, files: list[FileRequest]
+) -> list[AssembleResult]:
+    """The answer for each file; Kafka not taking the files to enqueue is a 503."""
+    try:
+        results = await services.assembler.answer_many(target, files)
+    except PublishError as error:
+        logger.warning(
+            "assemble requests not acknowledged by Kafka",
+            extra={"organization_id": target.organization_id, "error": str(error)},
+        )
+        raise _unavailable("kafka_unavailable") from None
+    for result in results:
+        services.metrics.assembled(target.kind, result.state, enqueued=result.enqueued)
+    return results
+
+
 async def dif_assemble(request: Request, services: GatewayServices) -> Response:
     owner = await _authorize(request, services, request.path_params["org"], WRITE_SCOPES)
     project_slug = request.path_params["project"]
@@ -304,10 +323,9 @@ async def dif_assemble(request: Request, services: GatewayServices) -> Response:
 
     async def answer() -> Response:
         files = await _parsed_body(request, services, parse_dif_request)
-        results = await services.assembler.assemble_many(target, files)
+        results = await _answers(services, target, files)
         answers: dict[str, Any] = {}
         for file, result in zip(files, results, strict=True):
-            services.metrics.assembled("dif", result.state)
             entry = _assemble_entry(result)
             if result.file is not None:
                 entry["dif"] = dif_object(result.file)
@@ -332,8 +350,7 @@ async def bundle_assemble(request: Request, services: GatewayServices) -> Respon
             release=bundle.version,
             dist=bundle.dist,
         )
-        result = await services.assembler.assemble(target, bundle.file)
-        services.metrics.assembled("artifact_bundle", result.state)
+        (result,) = await _answers(services, target, [bundle.file])
         return _json(_assemble_entry(result))
 
     return await _in_slot(services.assemble_slots, "assemble", owner, answer)
@@ -363,7 +380,7 @@ def _instrumented(template: str, handler: Handler) -> Callable[[Request], Awaita
             # The client went away mid-body: nothing was produced, nobody reads the answer.
             services.metrics.rejected("client_disconnected")
             response = JSONResponse({"error": "Client disconnected"}, status_code=400)
-        except (psycopg.Error, redis.exceptions.RedisError, StorageError) as error:
+        except (psycopg.Error, redis.exceptions.RedisError) as error:
             services.metrics.rejected("dependency_unavailable")
             logger.warning(
                 "a dependency failed",

@@ -15,6 +15,7 @@ import psycopg
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from workers.common.assemble_requests import ASSEMBLE_REQUESTS_TOPIC
 from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.durations import parse_duration
 from workers.common.logs import configure_logging
@@ -23,7 +24,7 @@ from workers.common.projects import ProjectStoreError
 from workers.common.settings import Settings
 from workers.common.signals import handling_shutdown_signals
 from workers.gateway.app import create_app
-from workers.gateway.assemble import AssembleLimits
+from workers.gateway.assemble import DEFAULT_MAX_ASSEMBLE_BYTES
 from workers.gateway.http_protocol import header_timeout_protocol
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.pacing import BodyPace
@@ -105,7 +106,13 @@ def run_gateway(
     )
     logger.info(
         "gateway starting",
-        extra={"host": host, "port": port, "metrics_port": metrics_port, "topic": config.topic},
+        extra={
+            "host": host,
+            "port": port,
+            "metrics_port": metrics_port,
+            "topic": config.topic,
+            "assemble_topic": config.assemble_topic,
+        },
     )
     try:
         server.run()
@@ -129,6 +136,12 @@ def serve() -> None:
 )
 @click.option("--topic", default=CHUNK_UPLOADS_TOPIC, show_default=True, help="Where chunks go.")
 @click.option(
+    "--assemble-topic",
+    default=ASSEMBLE_REQUESTS_TOPIC,
+    show_default=True,
+    help="Where the files to assemble go (the assemble worker's input).",
+)
+@click.option(
     "--public-url", help="Base URL clients reach the gateway by (default: GATEWAY_PUBLIC_URL)."
 )
 @click.option(
@@ -145,7 +158,8 @@ def serve() -> None:
     type=click.IntRange(min=1000),
     default=int(DEFAULT_PRODUCE_TIMEOUT_SECONDS * 1000),
     show_default=True,
-    help="How long a request waits for Kafka to acknowledge its chunks before answering 503.",
+    help="How long a request waits for Kafka to acknowledge its chunks (or its files to "
+    "assemble) before answering 503.",
 )
 @click.option(
     "--pending-ttl",
@@ -223,10 +237,10 @@ def serve() -> None:
 @click.option(
     "--max-assemble-bytes",
     type=click.IntRange(min=1),
-    default=AssembleLimits().max_verify_bytes,
+    default=DEFAULT_MAX_ASSEMBLE_BYTES,
     show_default=True,
-    help="Bytes of chunks one assemble request may read back and hash (each chunk counts "
-    "at least 1 MiB); files beyond it are answered `error`.",
+    help="Bytes of chunks one assemble request may enqueue for the assemble worker (each "
+    "chunk counts at least 1 MiB); files beyond it are answered `error`.",
 )
 @click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
 def serve_gateway(
@@ -234,6 +248,7 @@ def serve_gateway(
     port: int,
     metrics_port: int | None,
     topic: str,
+    assemble_topic: str,
     public_url: str | None,
     upload_url_prefix: str | None,
     upload_compression: str | None,
@@ -266,6 +281,7 @@ def serve_gateway(
         upload_url_prefix=settings.gateway_upload_url_prefix,
         upload_compression=settings.gateway_upload_compression,
         topic=topic,
+        assemble_topic=assemble_topic,
         produce_timeout_seconds=produce_timeout_ms / 1000,
         pending_ttl_seconds=pending_ttl,
         max_concurrent_uploads=max_concurrent_uploads,
@@ -277,7 +293,7 @@ def serve_gateway(
         max_concurrent_assembles=max_concurrent_assembles,
         max_assembles_per_organization=max_assembles_per_org,
         assemble_slot_wait_seconds=assemble_slot_wait_ms / 1000,
-        assemble_limits=AssembleLimits(max_verify_bytes=max_assemble_bytes),
+        max_assemble_bytes=max_assemble_bytes,
     )
     connections = ConnectionLimits(
         header_timeout_seconds=header_timeout_ms / 1000, max_connections=max_connections

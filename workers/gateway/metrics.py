@@ -11,7 +11,9 @@
   fixed codes of `workers.gateway.auth.AUTH_REFUSALS` (all present from the start, at 0);
 - `workers_gateway_produce_latency_seconds`: from the first produce of a request to the
   acknowledgement of its last chunk;
-- `workers_gateway_assemble_total{kind,state}`.
+- `workers_gateway_assemble_total{kind,state}`: files answered by the assemble endpoints;
+- `workers_gateway_assemble_enqueued_total{kind}`: files enqueued for the assemble worker
+  (one per task row inserted or taken back, acknowledged by Kafka).
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class GatewayMetrics:
         )
         self.__slots_in_use = Gauge(
             "workers_gateway_slots_in_use",
-            "Requests holding a slot, by kind (upload: buffering chunks; assemble: verifying).",
+            "Requests holding a slot, by kind (upload: buffering chunks; assemble: answering).",
             ("kind",),
             registry=registry,
         )
@@ -89,6 +91,14 @@ class GatewayMetrics:
             ("kind", "state"),
             registry=registry,
         )
+        self.__enqueued = Counter(
+            "workers_gateway_assemble_enqueued_total",
+            "Files enqueued for the assemble worker, by kind.",
+            ("kind",),
+            registry=registry,
+        )
+        for kind in ("dif", "artifact_bundle"):
+            self.__enqueued.labels(kind)
 
     def watch_slots(self, kind: Literal["upload", "assemble"], slots: UploadSlots) -> None:
         """Report the state of these slots at every scrape."""
@@ -103,5 +113,7 @@ class GatewayMetrics:
         self.__auth_refusals.labels(str(refusal.status), refusal.reason).inc()
         self.rejected(refusal.reason)
 
-    def assembled(self, kind: str, state: str) -> None:
+    def assembled(self, kind: str, state: str, *, enqueued: bool = False) -> None:
         self.__assemble.labels(kind, state).inc()
+        if enqueued:
+            self.__enqueued.labels(kind).inc()

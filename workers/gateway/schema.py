@@ -29,7 +29,7 @@ from typing import Annotated, Final, TypeVar
 
 import msgspec
 
-from workers.gateway.assemble import FileRequest
+from workers.gateway.assemble_types import FileRequest
 from workers.gateway.options import CHUNK_SIZE, MAX_FILE_SIZE
 
 MAX_NAME_LENGTH: Final = 1024

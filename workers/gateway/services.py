@@ -11,22 +11,25 @@ from confluent_kafka import Producer
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
+from workers.common.assemble_requests import ASSEMBLE_REQUESTS_TOPIC
 from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.kafka_config import producer_configuration
 from workers.common.settings import Settings
-from workers.common.storage import BlobStorage, open_blob_storage
-from workers.gateway.assemble import AssembleLimits, Assembler, PostgresAssembleStore
+from workers.gateway.assemble import DEFAULT_MAX_ASSEMBLE_BYTES, Assembler
+from workers.gateway.assemble_status import AssembleStatusCache
+from workers.gateway.assemble_store import PostgresAssembleStore
 from workers.gateway.metrics import GatewayMetrics
 from workers.gateway.options import COMPRESSION, UploadLimits, UploadUrls
 from workers.gateway.pacing import BodyPace
 from workers.gateway.pending import DEFAULT_TTL_SECONDS, PendingChunks
-from workers.gateway.publisher import ChunkPublisher
+from workers.gateway.publisher import AcknowledgedProducer, AssembleRequestPublisher, ChunkPublisher
 from workers.gateway.upload_slots import DEFAULT_MAX_WAIT_SECONDS, UploadSlots
 
 DEFAULT_PRODUCE_TIMEOUT_SECONDS: Final = 30.0
 POOL_OPEN_TIMEOUT_SECONDS: Final = 30.0
 DEFAULT_MAX_CONCURRENT_UPLOADS: Final = 8
-#: Assemble requests answered at once (each holds at most about 100 MiB at its peak).
+#: Assemble requests answered at once (each holds at most about 100 MiB at its peak: a
+#: maximal body with its checksums, never file bytes).
 DEFAULT_MAX_CONCURRENT_ASSEMBLES: Final = 4
 
 
@@ -38,6 +41,8 @@ class GatewayConfig:
     #: Codecs advertised in the upload options (a subset of `COMPRESSION`).
     upload_compression: tuple[str, ...] = COMPRESSION
     topic: str = CHUNK_UPLOADS_TOPIC
+    #: Where the files to assemble go (the assemble worker's input).
+    assemble_topic: str = ASSEMBLE_REQUESTS_TOPIC
     limits: UploadLimits = field(default_factory=UploadLimits)
     produce_timeout_seconds: float = DEFAULT_PRODUCE_TIMEOUT_SECONDS
     pending_ttl_seconds: int = DEFAULT_TTL_SECONDS
@@ -55,8 +60,8 @@ class GatewayConfig:
     max_assembles_per_organization: int | None = None
     #: How long an assemble request waits for its turn before a 503 with `Retry-After`.
     assemble_slot_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS
-    #: What one assemble request may read and hash.
-    assemble_limits: AssembleLimits = field(default_factory=AssembleLimits)
+    #: Bytes of chunks one assemble request may enqueue (docs/gateway.md, Bounded assemble).
+    max_assemble_bytes: int = DEFAULT_MAX_ASSEMBLE_BYTES
 
     @property
     def upload_urls(self) -> UploadUrls:
@@ -68,7 +73,7 @@ class GatewayServices:
     config: GatewayConfig
     pool: AsyncConnectionPool
     redis: Redis
-    storage: BlobStorage
+    #: Chunks → `chunk-uploads` (the assembler has the `assemble-requests` side).
     publisher: ChunkPublisher
     pending: PendingChunks
     assembler: Assembler
@@ -113,12 +118,10 @@ async def open_services(
         stack.push_async_callback(pool.close)
         redis: Redis = Redis.from_url(settings.redis_url)
         stack.push_async_callback(redis.aclose)
-        storage = open_blob_storage(settings)
-        stack.callback(storage.close)
-        publisher = ChunkPublisher(
-            gateway_producer(settings, config), config.topic, config.produce_timeout_seconds
+        producer = AcknowledgedProducer(
+            gateway_producer(settings, config), config.produce_timeout_seconds
         )
-        stack.callback(publisher.close)
+        stack.callback(producer.close)
         pending = PendingChunks(redis, config.pending_ttl_seconds)
         upload_slots = UploadSlots(
             config.max_concurrent_uploads,
@@ -136,11 +139,14 @@ async def open_services(
             config=config,
             pool=pool,
             redis=redis,
-            storage=storage,
-            publisher=publisher,
+            publisher=ChunkPublisher(producer, config.topic),
             pending=pending,
             assembler=Assembler(
-                PostgresAssembleStore(pool), pending, storage, config.assemble_limits
+                PostgresAssembleStore(pool),
+                AssembleStatusCache(redis),
+                pending,
+                AssembleRequestPublisher(producer, config.assemble_topic),
+                config.max_assemble_bytes,
             ),
             metrics=metrics,
             upload_slots=upload_slots,
