@@ -10,10 +10,7 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,217 +21,23 @@ import zstandard
 from harness.gateway import GatewayProcess, multipart_body, sha1
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
-from tests.support.worker_process import WorkerProcess
-from workers.blob_ingest.definition import DLQ_TOPIC
+from tests.support.gateway_stack import (
+    Stack,
+    running_stack,
+)
 from workers.common.kafka_offsets import high_watermarks
 from workers.common.net import free_port
-from workers.common.projects import create_organization
-from workers.common.settings import Settings
 from workers.common.storage import FilesystemBlobStorage
-from workers.demo.gateway import sentry_cli_path
-from workers.gateway.options import CHUNK_SIZE
-from workers.gateway.tokens import create_token
 
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
-# The venv's sentry-cli (the pinned 3.8.2), before any other on PATH.
-SENTRY_CLI = sentry_cli_path()
-
-
-@dataclass
-class Org:
-    slug: str
-    id: int
-    project: str
-    write_token: str
-    read_token: str
-
-
-@dataclass
-class Stack:
-    settings: Settings
-    org: Org
-    other: Org
-    topic: str
-    #: The gateway's `--assemble-topic` (what the assemble worker reads).
-    assemble_topic: str
-    storage_root: Path
-    gateway: GatewayProcess
-    worker: WorkerProcess
-
-    def client(self, token: str | None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.gateway.url, headers=headers, timeout=120)
-
-    def upload_url(self, org: Org | None = None) -> str:
-        return f"/api/0/organizations/{(org or self.org).slug}/chunk-upload/"
-
-    def owned(self, organization_id: int, checksums: list[str]) -> dict[str, str]:
-        with psycopg.connect(self.settings.database_url) as connection:
-            rows = connection.execute(
-                "SELECT b.checksum, b.path FROM blobs b JOIN blob_owners o ON o.blob_id = b.id "
-                "WHERE o.organization_id = %s AND b.checksum = ANY(%s)",
-                (organization_id, checksums),
-            ).fetchall()
-        return {checksum.strip(): path for checksum, path in rows}
-
-
-def _make_org(connection: psycopg.Connection, settings: Settings) -> Org:
-    slug = f"gw-{uuid.uuid4().hex[:10]}"
-    organization = create_organization(connection, slug, None)
-    project = "native"
-    subprocess.run(
-        [sys.executable, "-m", "workers", "projects", "create", "--org", slug, "--name", project],
-        check=True,
-        capture_output=True,
-    )
-    write = create_token(connection, slug, ["project:releases"]).token
-    read = create_token(connection, slug, ["project:read"]).token
-    return Org(slug, organization.id, project, write, read)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    settings = Settings.from_env()
-    topic = unique_name("gateway-chunks")
-    assemble_topic = unique_name("gateway-assemble-requests")
-    make_topics(settings, topic, assemble_topic, DLQ_TOPIC, partitions=2)
-    storage_root = tmp_path_factory.mktemp("gateway") / "blobs"
-    storage_root.mkdir()
-    with psycopg.connect(settings.database_url, autocommit=True) as connection:
-        org = _make_org(connection, settings)
-        other = _make_org(connection, settings)
-    worker = WorkerProcess(
-        "blob-ingest",
-        "--topic", topic, "--consumer-group", topic, "--storage-url", f"file://{storage_root}",
-        "--max-batch-time-ms", "50",
-        log_name=f"{topic}-worker",
-    )  # fmt: skip
-    gateway = GatewayProcess("--topic", topic, "--assemble-topic", assemble_topic, log_name=topic)
-    try:
-        yield Stack(settings, org, other, topic, assemble_topic, storage_root, gateway, worker)
-    finally:
-        assert gateway.stop() == 0
-        assert worker.stop() == 0
-
-
-def _elf_with_build_id(directory: Path) -> Path:
-    """A small program with a build id and debug info, over 8 MiB so it has two chunks."""
-    source = directory / "main.c"
-    source.write_text(
-        "static const char pad[9 * 1024 * 1024] = {1};\n"
-        "int main(int argc, char **argv) { (void)argv; return pad[argc]; }\n"
-    )
-    binary = directory / "hello"
-    subprocess.run(
-        ["gcc", "-g", "-O0", "-Wl,--build-id", "-o", str(binary), str(source)], check=True
-    )
-    return binary
-
-
-def _sentry_cli(stack: Stack, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "SENTRY_URL": stack.gateway.url,
-        "SENTRY_AUTH_TOKEN": stack.org.write_token,
-        "SENTRY_ORG": stack.org.slug,
-        "SENTRY_PROJECT": stack.org.project,
-        "SENTRY_DISABLE_UPDATE_CHECK": "true",
-    }
-    return subprocess.run(
-        [SENTRY_CLI, "--log-level=debug", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-
-
-def _chunk_checksums(data: bytes) -> list[str]:
-    return [sha1(data[i : i + CHUNK_SIZE]) for i in range(0, len(data), CHUNK_SIZE)]
-
-
-def _assert_blobs_match(stack: Stack, data: bytes) -> None:
-    checksums = _chunk_checksums(data)
-    owned = stack.owned(stack.org.id, checksums)
-    assert sorted(owned) == sorted(set(checksums))
-    storage = FilesystemBlobStorage(stack.storage_root)
-    try:
-        for index, checksum in enumerate(checksums):
-            expected = data[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
-            assert storage.get(owned[checksum]) == expected
-    finally:
-        storage.close()
-
-
-def _chunk_posts(output: str, stack: Stack) -> int:
-    return output.count(f"> POST {stack.upload_url()}")
-
-
-def test_sentry_cli_uploads_a_debug_file_then_sends_no_chunk_the_second_time(
-    stack: Stack, tmp_path: Path
-) -> None:
-    binary = _elf_with_build_id(tmp_path)
-    data = binary.read_bytes()
-    assert len(data) > CHUNK_SIZE
-    first = _sentry_cli(stack, "debug-files", "upload", "--wait", str(binary), home=tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert _chunk_posts(first.stderr, stack) >= 1
-    assert "OK " in first.stdout, first.stdout
-    assert "(hello; x86_64)" in first.stdout, first.stdout
-    _assert_blobs_match(stack, data)
-    with psycopg.connect(stack.settings.database_url) as connection:
-        row = connection.execute(
-            "SELECT f.name, f.size, f.chunks, f.debug_id, p.slug FROM assembled_files f "
-            "JOIN projects p ON p.id = f.project_id "
-            "WHERE f.organization_id = %s AND f.kind = 'dif' AND f.checksum = %s",
-            (stack.org.id, sha1(data)),
-        ).fetchone()
-    assert row is not None
-    name, size, chunks, debug_id, project = row
-    assert (name, size, project) == ("hello", len(data), stack.org.project)
-    assert [c.strip() for c in chunks] == _chunk_checksums(data)
-    assert debug_id
-
-    accepted = stack.gateway.metric("workers_gateway_chunks_accepted_total")
-    second = _sentry_cli(stack, "debug-files", "upload", "--wait", str(binary), home=tmp_path)
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert _chunk_posts(second.stderr, stack) == 0
-    assert stack.gateway.metric("workers_gateway_chunks_accepted_total") == accepted
-
-
-def test_sentry_cli_uploads_a_source_map_bundle(stack: Stack, tmp_path: Path) -> None:
-    assets = tmp_path / "dist"
-    assets.mkdir()
-    (assets / "app.min.js").write_text(
-        'function hello(){console.log("hi")}hello();\n//# sourceMappingURL=app.min.js.map\n'
-    )
-    (assets / "app.min.js.map").write_text(
-        '{"version":3,"file":"app.min.js","sources":["app.js"],'
-        '"sourcesContent":["function hello() {}\\n"],"names":[],"mappings":"AAAA"}'
-    )
-    injected = _sentry_cli(stack, "sourcemaps", "inject", str(assets), home=tmp_path)
-    assert injected.returncode == 0, injected.stderr
-    upload = _sentry_cli(stack, "sourcemaps", "upload", "--wait", str(assets), home=tmp_path)
-    assert upload.returncode == 0, upload.stdout + upload.stderr
-    assert f"> POST /api/0/organizations/{stack.org.slug}/artifactbundle/assemble/" in upload.stderr
-    with psycopg.connect(stack.settings.database_url) as connection:
-        rows = connection.execute(
-            "SELECT chunks, projects FROM assembled_files "
-            "WHERE organization_id = %s AND kind = 'artifact_bundle'",
-            (stack.org.id,),
-        ).fetchall()
-    assert len(rows) == 1
-    chunks, projects = rows[0]
-    assert projects == [stack.org.project]
-    checksums = [c.strip() for c in chunks]
-    assert sorted(stack.owned(stack.org.id, checksums)) == sorted(set(checksums))
-    again = _sentry_cli(stack, "sourcemaps", "upload", "--wait", str(assets), home=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert _chunk_posts(again.stderr, stack) == 0
+    with running_stack(tmp_path_factory.mktemp("gateway")) as running:
+        yield running
 
 
 def _post(
@@ -398,15 +201,19 @@ def test_assemble_reports_missing_then_created_then_the_workers_state(stack: Sta
         _post(stack, [("file_gzip", sha1(p), gzip.compress(p)) for p in pieces]).status_code == 200
     )
     # Accepted chunks are never reported missing, persisted or not; once stored, the file is
-    # enqueued for the assemble worker, and it stays `created` until the worker moves it on.
+    # enqueued for the assemble worker, which moves it on: random bytes are no debug file.
     after = _assemble_dif(stack, sha1(whole), checksums)
     assert (after["state"], after["missingChunks"]) == ("created", [])
     wait_for(lambda: len(stack.owned(stack.org.id, checksums)) == 2, 60, "the chunks stored")
-    assert _assemble_dif(stack, sha1(whole), checksums)["state"] == "created"
-    assert _task_state(stack, sha1(whole)) == "created"
+    refused = _finished_dif(stack, sha1(whole), checksums)
+    assert refused["state"] == "error"
+    assert str(refused["detail"]).startswith("Invalid debug information file")
+    assert _task_state(stack, sha1(whole)) == "error"
     # A file whose chunks make another sha1 is the worker's to refuse: enqueued all the same.
     wrong = sha1(b"not this file")
     assert _assemble_dif(stack, wrong, checksums)["state"] == "created"
+    mismatch = _finished_dif(stack, wrong, checksums)
+    assert (mismatch["state"], mismatch["detail"]) == ("error", "Reported checksum mismatch")
     # Another organization does not own these blobs.
     with stack.client(stack.other.write_token) as client:
         response = client.post(
@@ -414,6 +221,16 @@ def test_assemble_reports_missing_then_created_then_the_workers_state(stack: Sta
             json={sha1(whole): {"name": "blob.bin", "chunks": checksums}},
         )
     assert response.json()[sha1(whole)]["missingChunks"] == checksums
+
+
+def _finished_dif(stack: Stack, checksum: str, chunks: list[str]) -> dict[str, Any]:
+    """The file's answer once the assemble worker has finished it (`ok` or `error`)."""
+
+    def finished() -> dict[str, Any] | None:
+        answer = _assemble_dif(stack, checksum, chunks)
+        return answer if answer["state"] in ("ok", "error") else None
+
+    return wait_for(finished, 60, "the assemble worker to finish the file")
 
 
 def _task_state(stack: Stack, checksum: str) -> str | None:
