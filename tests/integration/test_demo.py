@@ -76,7 +76,17 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
     assert result.returncode == 0, result.stdout + result.stderr
     rows, sections = _summary(result.stdout)
     # In 80 columns, no cell of the table wraps onto a second line.
-    assert set(rows) == {"billing", "blob-ingest"}, result.stdout
+    assert set(rows) == {"assemble", "billing", "blob-ingest"}, result.stdout
+    # The assemble worker's own feed: 3 requests, 2 of them dead-lettered; on a fresh stack
+    # it also assembles the debug file sentry-cli uploads through the gateway.
+    _, produced, processed, dlq, output = rows["assemble"]
+    assert (produced, dlq, output) == ("3", "2", "-")
+    assert processed in ("3", "4")
+    assembles = [line.strip() for line in sections["assemble"]]
+    assert re.fullmatch(r"files ok=[01] error=[01] skipped=[0-2] bytes read=\d+", assembles[0])
+    assert any(
+        re.fullmatch(r"\d+ demo-debug \(debug\): ok, 1 object\(s\)", line) for line in assembles
+    ), assembles
     _, produced, processed, dlq, output = rows["billing"]
     assert (produced, processed) == ("3000", "3000")
     # Exactly the malformed sample messages reach the DLQ (same seed as the demo).
@@ -113,6 +123,12 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
         blob_lines[3],
     )
     assert gateway_match is not None, blob_lines
+    # What sentry-cli was answered: on a fresh stack not_found, then created until the
+    # worker's ok; on a rerun ok at once.
+    assert re.fullmatch(
+        r"gateway: assemble answers (not_found=1 → created=\d+ → (assembling=\d+ → )?)?ok=1",
+        blob_lines[4],
+    ), blob_lines
     uploaded, uploaded_bytes = map(int, gateway_match.groups())
 
     # The sample files' chunks; the copy's chunks are dedup hits.

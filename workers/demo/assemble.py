@@ -17,8 +17,12 @@ from arroyo.backends.kafka import KafkaPayload
 
 from workers.common.assemble_requests import assemble_request_key, encode_assemble_request
 from workers.common.demo_hooks import DemoContext, DemoFeed, DemoHooks
-from workers.demo.organization import demo_organization
+from workers.demo.organization import DEMO_ORGANIZATION, demo_organization
 from workers.demo.scrape import metric_total
+from workers.files.queries import list_files
+
+#: Files listed in the summary (newest first).
+MAX_FILES_SHOWN: Final = 5
 
 
 def _sha1(text: str) -> str:
@@ -63,7 +67,25 @@ def _summarise(demo: DemoContext, metrics_text: str) -> list[str]:
     error = metric_total(metrics_text, files, result="error")
     skipped = metric_total(metrics_text, "workers_assemble_skipped_total")
     read = metric_total(metrics_text, "workers_assemble_read_bytes_total")
-    return [f"files ok={ok:.0f} error={error:.0f} skipped={skipped:.0f} bytes read={read:.0f}"]
+    return [
+        f"files ok={ok:.0f} error={error:.0f} skipped={skipped:.0f} bytes read={read:.0f}",
+        f"files of {DEMO_ORGANIZATION} (workers files list --org {DEMO_ORGANIZATION}):",
+        *_file_lines(demo),
+    ]
+
+
+def _file_lines(demo: DemoContext) -> list[str]:
+    """Each file of the demo organization with its state (and an error's detail)."""
+    organization = demo_organization(demo.settings)
+    with psycopg.connect(demo.settings.database_url) as connection:
+        files = list_files(connection, organization.id)
+    lines = []
+    for file in files[:MAX_FILES_SHOWN]:
+        objects = "" if file.objects is None else f", {file.objects} object(s)"
+        lines.append(f"  {file.id} {file.name} ({file.kind}): {file.state}{objects}")
+        if file.detail:
+            lines.append(f"    {file.detail}")
+    return lines
 
 
 ASSEMBLE_DEMO: Final = DemoHooks(feed=_feed, summarise=_summarise)

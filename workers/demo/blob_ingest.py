@@ -82,6 +82,8 @@ def _upload_through_gateway(demo: DemoContext) -> DemoFeed:
         f"  {upload.result_line}",
         f"gateway: chunks={upload.chunks_accepted} to {demo.topic}, "
         f"bytes accepted={upload.bytes_accepted}, files ok={upload.assembled_ok}",
+        "gateway: assemble answers "
+        + (" → ".join(f"{state}={n}" for state, n in upload.assemble_answers.items()) or "-"),
     )
     failure = None if upload.ok else "the sentry-cli upload through the gateway failed"
     return DemoFeed(upload.chunks_accepted, notes, failure)

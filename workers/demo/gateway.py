@@ -26,6 +26,8 @@ STOP_TIMEOUT_SECONDS: Final = 30.0
 _POLL_SECONDS: Final = 0.1
 _DEBUG_SOURCE: Final = "int main(void) { return 0; }\n"
 _ALREADY_THERE: Final = "Nothing to upload"
+#: The states of an assemble answer, in the order a file goes through them.
+ASSEMBLE_STATES: Final = ("not_found", "created", "assembling", "ok", "error")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class GatewayUpload:
     chunks_accepted: int
     bytes_accepted: int
     assembled_ok: int
+    #: How many assemble answers the gateway gave in each state, in the order of the states
+    #: (`not_found`, `created`, `assembling`, `ok`, `error`): what sentry-cli saw.
+    assemble_answers: dict[str, int]
     log_path: Path
 
     @property
@@ -144,5 +149,10 @@ def upload_with_sentry_cli(
         chunks_accepted=int(metric_total(metrics, "workers_gateway_chunks_accepted_total")),
         bytes_accepted=int(metric_total(metrics, "workers_gateway_chunk_bytes_accepted_total")),
         assembled_ok=int(metric_total(metrics, "workers_gateway_assemble_total", state="ok")),
+        assemble_answers={
+            state: count
+            for state in ASSEMBLE_STATES
+            if (count := int(metric_total(metrics, "workers_gateway_assemble_total", state=state)))
+        },
         log_path=log_path,
     )
