@@ -196,7 +196,10 @@ def test_an_artifact_bundle_is_assembled_and_indexed(setup: AssembleSetup) -> No
 def test_a_debug_file_is_detected_and_a_file_that_is_not_one_is_refused(
     setup: AssembleSetup,
 ) -> None:
-    elf = Path("/bin/ls").read_bytes()
+    # Bytes of its own after the ELF (which symbolic ignores): blobs are deduplicated by
+    # checksum across the database, and /bin/ls stored by an earlier run lives in another
+    # storage directory.
+    elf = Path("/bin/ls").read_bytes() + os.urandom(64)
     stored = setup.store(elf)
     good = setup.task("dif", stored.checksum, stored.chunks, name="ls")
     junk = setup.store(os.urandom(4096))
