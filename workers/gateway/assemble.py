@@ -10,11 +10,13 @@ The files of one request are answered together. For each file, the first of:
 1. its status in the Redis cache (`assemble_status`) → that state and detail (an `ok`
    debug file carries the `dif` object of its stored file);
 2. its `assemble_tasks` row → that state and detail, except an `error` older than the cache
-   (upstream has forgotten it by then: the file may be tried again, from step 3);
+   (upstream has forgotten it by then: the file may be tried again, from step 3) and a
+   `created` enqueued as long ago (its request was lost: it is enqueued again, from step 3);
    no row but an `assembled_files` row (assembled before the assemble worker) → `ok`;
-3. no chunks listed → `not_found` (a poll); chunks the organization owns no blob of and that
-   are not on their way (`pending`) → `not_found` with `missingChunks`; chunks still on
-   their way → `created`, without a task;
+3. no chunks listed → `not_found` (a poll); the organization's blobs of the chunks are
+   looked up (those 12 h old get a fresh timestamp, as in upstream's `find_missing_chunks`);
+   chunks it owns no blob of and that are not on their way (`pending`) → `not_found` with
+   `missingChunks`; chunks still on their way → `created`, without a task;
 4. every chunk a blob: the files to enqueue are admitted in request order within
    `max_bytes` of chunks (each chunk counts at least `MIN_CHUNK_COST`); a file that does
    not fit → `error` with a detail. The others get their task row (`created`; concurrent

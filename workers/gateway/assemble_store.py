@@ -4,6 +4,11 @@ Blob store; the tables: migrations 0004 and 0006).
 
 Every lookup covers a request's distinct checksums at once, in batches of `LOOKUP_BATCH`;
 `claim` inserts (or takes back) the task rows of a request's files in one pipeline.
+
+A task is taken back when upstream would have forgotten its status (it forgets after the
+status cache's 10 minutes, and the client's next assemble starts the work again): an `error`
+that old, and a `created` that old, whose request was lost between the row's insert and
+Kafka (docs/gateway.md, Assemble).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, Final, LiteralString
 from psycopg_pool import AsyncConnectionPool
 
 from workers.common.assemble_requests import STATUS_TTL_SECONDS
+from workers.common.blob_lifecycle import send_aged_blob_refresh
 from workers.gateway.assemble_types import (
     FileRequest,
     StoredDebugObject,
@@ -24,12 +30,17 @@ from workers.gateway.assemble_types import (
 
 #: Checksums per lookup query.
 LOOKUP_BATCH: Final = 10_000
+#: A task still `created` this long after its last request was enqueued is enqueued again.
+#: The worker moves a task out of `created` as soon as it reads the request, so by then the
+#: request was lost (or the worker is that far behind: the duplicate is then skipped).
+REQUEUE_CREATED_AFTER_SECONDS: Final = STATUS_TTL_SECONDS
 
 _SCOPE: Final = "organization_id = %s AND kind = %s AND coalesce(project_id, 0) = %s"
 
 _TASKS: Final = (
     "SELECT checksum, id, state, detail, "
-    "state = 'error' AND date_updated < now() - %s * interval '1 second' "
+    "(state = 'error' AND date_updated < now() - %s * interval '1 second') "
+    "OR (state = 'created' AND date_updated < now() - %s * interval '1 second') "
     "FROM assemble_tasks WHERE " + _SCOPE + " AND checksum = ANY(%s)"
 )
 
@@ -49,8 +60,10 @@ _OWNED_SIZES: Final = (
 )
 
 # A file asked for again after its `error` was forgotten (upstream forgets a status after
-# 10 minutes) is taken back by the request that resets the row; concurrent requests for a
-# new file race on the unique index, and one of them inserts.
+# 10 minutes), or still `created` long after it was enqueued, is taken back by the request
+# whose conditional UPDATE resets the row and bumps `date_updated` (the others, waiting on its
+# lock, find the row recent and take nothing); concurrent requests for a new file race on the
+# unique index, and one of them inserts.
 _CLAIM: Final = (
     "WITH inserted AS ("
     "INSERT INTO assemble_tasks (organization_id, project_id, kind, checksum, name, chunks, "
@@ -64,8 +77,10 @@ _CLAIM: Final = (
     "release = %(release)s, dist = %(dist)s, date_updated = now() "
     "WHERE NOT EXISTS (SELECT 1 FROM inserted) AND organization_id = %(organization_id)s "
     "AND kind = %(kind)s AND coalesce(project_id, 0) = coalesce(%(project_id)s, 0) "
-    "AND checksum = %(checksum)s AND state = 'error' "
-    "AND date_updated < now() - %(retry_after)s * interval '1 second' RETURNING id"
+    "AND checksum = %(checksum)s AND ("
+    "(state = 'error' AND date_updated < now() - %(retry_after)s * interval '1 second') "
+    "OR (state = 'created' AND date_updated < now() - %(requeue_after)s * interval '1 second')"
+    ") RETURNING id"
     ") SELECT id FROM inserted UNION ALL SELECT id FROM retried"
 )
 
@@ -81,13 +96,18 @@ def _scope(target: Target) -> tuple[int, str, int]:
 
 class PostgresAssembleStore:
     def __init__(
-        self, pool: AsyncConnectionPool, retry_errors_after_seconds: int = STATUS_TTL_SECONDS
+        self,
+        pool: AsyncConnectionPool,
+        retry_errors_after_seconds: int = STATUS_TTL_SECONDS,
+        requeue_created_after_seconds: int = REQUEUE_CREATED_AFTER_SECONDS,
     ) -> None:
         self.__pool = pool
         self.__retry_after = retry_errors_after_seconds
+        self.__requeue_after = requeue_created_after_seconds
 
     async def tasks(self, target: Target, checksums: Sequence[str]) -> dict[str, TaskRow]:
-        rows = await self.__select(_TASKS, (self.__retry_after, *_scope(target)), checksums)
+        ages = (self.__retry_after, self.__requeue_after)
+        rows = await self.__select(_TASKS, (*ages, *_scope(target)), checksums)
         return {
             str(row[0]).strip(): TaskRow(int(row[1]), row[2], row[3], bool(row[4])) for row in rows
         }
@@ -98,9 +118,22 @@ class PostgresAssembleStore:
 
     async def owned_sizes(self, organization_id: int, checksums: Sequence[str]) -> dict[str, int]:
         """The size of each blob of `checksums` the organization owns, keyed by the very
-        strings of `checksums` (a request's checksums are not copied)."""
+        strings of `checksums` (a request's checksums are not copied).
+
+        The client will not upload the chunks it is told are present, so, as upstream's
+        `find_missing_chunks`, those 12 h old get a fresh timestamp first: the sweep's
+        retention then runs from now. The refresh and the lookup share one round trip."""
         ours = {checksum: checksum for checksum in checksums}
-        rows = await self.__select(_OWNED_SIZES, (organization_id,), checksums)
+        rows: list[tuple[Any, ...]] = []
+        async with self.__pool.connection() as connection, connection.pipeline():
+            lookups = []
+            for batch in _batches(checksums):
+                await send_aged_blob_refresh(connection, organization_id, batch)
+                lookups.append(
+                    await connection.execute(_OWNED_SIZES, (organization_id, list(batch)))
+                )
+            for cursor in lookups:
+                rows.extend(await cursor.fetchall())
         return {ours[str(checksum).strip()]: int(size) for checksum, size in rows}
 
     async def __select(
@@ -115,8 +148,8 @@ class PostgresAssembleStore:
 
     async def claim(self, target: Target, requests: Sequence[FileRequest]) -> dict[str, int]:
         """The task id of each file of `requests` whose `created` row this call inserted, or
-        took back from a forgotten `error`; files missing from the answer belong to another
-        request (or were not retryable)."""
+        took back from a forgotten `error` or a lost `created`; files missing from the
+        answer belong to another request (or were not retryable)."""
         if not requests:
             return {}
         params = [
@@ -132,6 +165,7 @@ class PostgresAssembleStore:
                 "release": target.release,
                 "dist": target.dist,
                 "retry_after": self.__retry_after,
+                "requeue_after": self.__requeue_after,
             }
             for request in requests
         ]

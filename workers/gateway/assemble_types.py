@@ -64,8 +64,9 @@ class StoredFile:
 
 @dataclass(frozen=True)
 class TaskRow:
-    """An `assemble_tasks` row: its state, and whether an `error` may be tried again (it is
-    older than the status cache, after which upstream has forgotten it)."""
+    """An `assemble_tasks` row: its state, and whether it may be taken back by a request
+    that lists its chunks: an `error` older than the status cache (upstream has forgotten
+    it), or a `created` whose request was enqueued as long ago (it was lost)."""
 
     id: int
     state: AssembleState
