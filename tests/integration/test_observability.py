@@ -36,6 +36,8 @@ import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.assemble import artifact_bundle, create_task, store_file
+from harness.assemble import create_org as create_assemble_org
 from harness.gateway import GatewayProcess, multipart_body
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
@@ -44,10 +46,12 @@ from tests.deploy.support import gateway_process, is_consumer_command, procfile
 from tests.support.deploy_tools import ensure_prometheus
 from tests.support.worker_process import WorkerProcess
 from workers.billing.traffic import sample_traffic
+from workers.common.assemble_requests import assemble_request_key, encode_assemble_request
 from workers.common.chunk_uploads import encode_headers
 from workers.common.net import free_port
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
+from workers.common.storage import FilesystemBlobStorage
 from workers.fleet import build_registry
 from workers.gateway.tokens import create_token
 
@@ -125,8 +129,36 @@ def blob_ingest_setup(settings: Settings, consumer: Consumer, tmp: Path) -> None
     consumer.traffic = traffic
 
 
+def assemble_setup(settings: Settings, consumer: Consumer, tmp: Path) -> None:
+    org = create_assemble_org(settings, prefix="obs")
+    root = tmp / "assemble-blobs"
+    root.mkdir()
+    consumer.extra = ["--storage-url", f"file://{root}", "--temp-dir", str(tmp)]
+
+    def traffic(seed: int) -> list[Message]:
+        messages: list[Message] = []
+        storage = FilesystemBlobStorage(root)
+        try:
+            for _ in range(3):
+                bundle = artifact_bundle(org.slug, f"obs-{seed}", 4096, uuid.uuid4())
+                stored = store_file(settings, storage, org.id, bundle)
+                task = create_task(settings, org, "artifact_bundle", stored.checksum, stored.chunks)
+                key = assemble_request_key(stored.checksum)
+                messages.append((key, encode_assemble_request(task, org.id, stored.checksum), []))
+        finally:
+            storage.close()
+        # Bad input: not a request, and a request for a task that does not exist.
+        messages.append((None, b'{"task_id": "seven"}', []))
+        checksum = hashlib.sha1(f"no such task {seed}".encode()).hexdigest()
+        messages.append((None, encode_assemble_request(2**62, org.id, checksum), []))
+        return messages
+
+    consumer.traffic = traffic
+
+
 # How each consumer gets its own topics, options and traffic (one entry per Procfile consumer).
 SETUPS: dict[str, Callable[[Settings, Consumer, Path], None]] = {
+    "assemble": assemble_setup,
     "billing": billing_setup,
     "blob-ingest": blob_ingest_setup,
 }
