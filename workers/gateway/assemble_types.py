@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from workers.assemble.contents import DebugObject
 from workers.common.assemble_requests import AssembleState
 
 State = Literal["not_found", "created", "assembling", "ok", "error"]
@@ -34,17 +35,11 @@ class Target:
 
 
 @dataclass(frozen=True)
-class StoredDebugObject:
-    """A `debug_files` row: one object of a debug information file, as symbolic saw it."""
+class StoredDebugObject(DebugObject):
+    """A `debug_files` row: one object of a debug information file, as the assemble worker
+    recorded it, with the row's id."""
 
     id: int
-    debug_id: str
-    code_id: str | None
-    cpu_name: str
-    object_name: str
-    file_format: str
-    object_kind: str
-    features: tuple[str, ...]
 
 
 @dataclass(frozen=True)
