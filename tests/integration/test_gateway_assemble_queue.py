@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -23,6 +22,7 @@ from tests.support.gateway_assemble import (
     Org,
     cached_status,
     client,
+    dif_answer,
     make_org,
     record_debug_file,
     requests_on,
@@ -81,14 +81,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert worker.stop() == 0
 
 
-def _dif(stack: Stack, org: Org, checksum: str, chunks: list[str]) -> dict[str, Any]:
-    with client(stack.gateway, org) as http:
-        response = http.post(org.dif_route(), json={checksum: {"name": "hello", "chunks": chunks}})
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()[checksum]
-    return answer
-
-
 def _stored_file(stack: Stack, org: Org, *sizes: int) -> tuple[str, list[str]]:
     """(file sha1, chunk sha1s) of a file whose chunks blob-ingest stored."""
     pieces = [os.urandom(size) for size in sizes]
@@ -102,7 +94,7 @@ def test_a_file_whose_chunks_are_stored_is_created_at_once_and_enqueued_once(
     org = make_org(stack.settings)
     checksum, chunks = _stored_file(stack, org, 5000, 7000)
     enqueued_before = stack.gateway.metric("workers_gateway_assemble_enqueued_total", kind="dif")
-    first = _dif(stack, org, checksum, chunks)
+    first = dif_answer(stack.gateway, org, checksum, chunks)
     assert first == {"state": "created", "missingChunks": [], "detail": None}
     (task,) = tasks(stack.settings, org, checksum)
     assert (task["kind"], task["project_id"], task["state"]) == ("dif", org.project_id, "created")
@@ -118,16 +110,16 @@ def test_a_file_whose_chunks_are_stored_is_created_at_once_and_enqueued_once(
     )
 
     # Polls answer from the cache, then from the row once the cache forgot: never again work.
-    assert _dif(stack, org, checksum, chunks)["state"] == "created"
+    assert dif_answer(stack.gateway, org, checksum, chunks)["state"] == "created"
     set_status(stack.settings, org, "dif", checksum, "assembling")
-    assert _dif(stack, org, checksum, chunks)["state"] == "assembling"
+    assert dif_answer(stack.gateway, org, checksum, chunks)["state"] == "assembling"
     assert len(tasks(stack.settings, org, checksum)) == 1
     assert len(stack.enqueued(checksum)) == 1
 
     # The worker's `ok`: the answer carries the `dif` object of the stored file.
     debug_file_id = record_debug_file(stack.settings, org, checksum, chunks)
     set_status(stack.settings, org, "dif", checksum, "ok")
-    ok = _dif(stack, org, checksum, chunks)
+    ok = dif_answer(stack.gateway, org, checksum, chunks)
     assert (ok["state"], ok["missingChunks"], ok["detail"]) == ("ok", [], None)
     dif = ok["dif"]
     assert (dif["sha1"], dif["size"], dif["objectName"], dif["cpuName"]) == (
@@ -141,7 +133,7 @@ def test_a_file_whose_chunks_are_stored_is_created_at_once_and_enqueued_once(
     assert dif["id"] == str(debug_file_id)
     with Redis.from_url(stack.settings.redis_url) as redis:
         redis.delete(f"assemble-status:{org.id}:dif:{org.project_id}:{checksum}")
-    assert _dif(stack, org, checksum, chunks)["dif"] == dif
+    assert dif_answer(stack.gateway, org, checksum, chunks)["dif"] == dif
     assert len(stack.enqueued(checksum)) == 1
 
 
@@ -208,12 +200,12 @@ def test_a_cached_state_is_answered_without_the_database(stack: Stack) -> None:
 def test_a_task_in_error_is_answered_then_retried_once_forgotten(stack: Stack) -> None:
     org = make_org(stack.settings)
     checksum, chunks = _stored_file(stack, org, 4000)
-    assert _dif(stack, org, checksum, chunks)["state"] == "created"
+    assert dif_answer(stack.gateway, org, checksum, chunks)["state"] == "created"
     set_status(stack.settings, org, "dif", checksum, "error", "Reported checksum mismatch")
     with Redis.from_url(stack.settings.redis_url) as redis:
         redis.delete(f"assemble-status:{org.id}:dif:{org.project_id}:{checksum}")
     # The row's error, as long as the cache would have kept it.
-    failed = _dif(stack, org, checksum, chunks)
+    failed = dif_answer(stack.gateway, org, checksum, chunks)
     assert (failed["state"], failed["detail"]) == ("error", "Reported checksum mismatch")
     assert len(stack.enqueued(checksum)) == 1
     # Past the cache's 10 minutes upstream has forgotten it: the file is enqueued again.
@@ -227,7 +219,7 @@ def test_a_task_in_error_is_answered_then_retried_once_forgotten(stack: Stack) -
     with client(stack.gateway, org) as http:
         poll = http.post(org.dif_route(), json={checksum: {"name": "hello", "chunks": []}})
     assert poll.json()[checksum]["state"] == "error"
-    assert _dif(stack, org, checksum, chunks)["state"] == "created"
+    assert dif_answer(stack.gateway, org, checksum, chunks)["state"] == "created"
     (task,) = tasks(stack.settings, org, checksum)
     assert (task["state"], task["detail"]) == ("created", None)
     assert [request for _, request in stack.enqueued(checksum)] == [
@@ -240,9 +232,9 @@ def test_missing_chunks_are_reported_and_nothing_is_enqueued(stack: Stack) -> No
     _, (stored_chunk,) = _stored_file(stack, org, 2500)
     absent = [sha1(os.urandom(10)), sha1(os.urandom(10))]
     checksum = sha1(b"whole")
-    answer = _dif(stack, org, checksum, [absent[0], stored_chunk, absent[1]])
+    answer = dif_answer(stack.gateway, org, checksum, [absent[0], stored_chunk, absent[1]])
     assert answer == {"state": "not_found", "missingChunks": absent, "detail": None}
-    assert _dif(stack, org, checksum, [])["state"] == "not_found"
+    assert dif_answer(stack.gateway, org, checksum, [])["state"] == "not_found"
     assert tasks(stack.settings, org, checksum) == []
     assert stack.enqueued(checksum) == []
 
@@ -251,7 +243,7 @@ def test_a_file_assembled_before_the_worker_is_ok(stack: Stack) -> None:
     org = make_org(stack.settings)
     checksum = sha1(os.urandom(100))
     record_debug_file(stack.settings, org, checksum, ["a" * 40])
-    answer = _dif(stack, org, checksum, ["a" * 40])
+    answer = dif_answer(stack.gateway, org, checksum, ["a" * 40])
     assert (answer["state"], answer["dif"]["sha1"], answer["dif"]["cpuName"]) == (
         "ok", checksum, "x86_64",
     )  # fmt: skip
@@ -283,5 +275,5 @@ def test_kafka_refusing_the_request_is_a_503_and_leaves_nothing_behind(stack: St
     with Redis.from_url(stack.settings.redis_url) as redis:
         assert cached_status(redis, org, "dif", checksum) is None
     # The client's retry, with Kafka back, enqueues the file.
-    assert _dif(stack, org, checksum, chunks)["state"] == "created"
+    assert dif_answer(stack.gateway, org, checksum, chunks)["state"] == "created"
     assert len(stack.enqueued(checksum)) == 1

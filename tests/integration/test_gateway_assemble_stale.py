@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import psycopg
 import pytest
@@ -22,7 +21,13 @@ from redis import Redis
 
 from harness.gateway import GatewayProcess
 from harness.kafka import make_topics, unique_name
-from tests.support.gateway_assemble import Org, cached_status, client, make_org, requests_on
+from tests.support.gateway_assemble import (
+    Org,
+    cached_status,
+    dif_answer,
+    make_org,
+    requests_on,
+)
 from workers.common.assemble_requests import AssembleRequest, encode_status
 from workers.common.settings import Settings
 from workers.common.storage import random_blob_path
@@ -94,14 +99,6 @@ def stack() -> Iterator[Stack]:
             connection.execute("DELETE FROM blobs WHERE id = ANY(%s)", (made.blob_ids,))
 
 
-def _dif(stack: Stack, org: Org, checksum: str, chunks: list[str]) -> dict[str, Any]:
-    with client(stack.gateway, org) as http:
-        response = http.post(org.dif_route(), json={checksum: {"name": "hello", "chunks": chunks}})
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()[checksum]
-    return answer
-
-
 def _created_task(stack: Stack, org: Org, chunks: list[str], age: timedelta) -> tuple[str, int]:
     """(checksum, task id) of a file whose `created` row the gateway inserted `age` ago and
     whose request never reached Kafka (the gateway died in between): no message, and its
@@ -135,11 +132,13 @@ def test_a_created_task_whose_request_was_lost_is_enqueued_again_once(stack: Sta
     checksum, task_id = _created_task(stack, org, chunks, FORGOTTEN)
 
     # A poll without chunks cannot enqueue anything: it reads the row.
-    assert _dif(stack, org, checksum, [])["state"] == "created"
+    assert dif_answer(stack.gateway, org, checksum, [])["state"] == "created"
     assert stack.enqueued(checksum) == []
 
     with ThreadPoolExecutor(RACERS) as pool:
-        answers = list(pool.map(lambda _: _dif(stack, org, checksum, chunks), range(RACERS)))
+        answers = list(
+            pool.map(lambda _: dif_answer(stack.gateway, org, checksum, chunks), range(RACERS))
+        )
     assert answers == [{"state": "created", "missingChunks": [], "detail": None}] * RACERS
     assert stack.enqueued(checksum) == [AssembleRequest(task_id, org.id, checksum)]
     assert _updated_ago(stack, task_id) < timedelta(minutes=1)
@@ -154,7 +153,7 @@ def test_a_created_task_whose_request_was_lost_is_enqueued_again_once(stack: Sta
     # Once enqueued again, the row is recent: later requests do not enqueue it a third time.
     with Redis.from_url(stack.settings.redis_url) as redis:
         redis.delete(f"assemble-status:{org.id}:dif:{org.project_id}:{checksum}")
-    assert _dif(stack, org, checksum, chunks)["state"] == "created"
+    assert dif_answer(stack.gateway, org, checksum, chunks)["state"] == "created"
     assert len(stack.enqueued(checksum)) == 1
 
 
@@ -162,7 +161,7 @@ def test_a_recently_created_task_is_not_enqueued_again(stack: Stack) -> None:
     org = make_org(stack.settings)
     chunks = [stack.blob(org, timedelta(minutes=20))]
     checksum, task_id = _created_task(stack, org, chunks, timedelta(minutes=9))
-    assert _dif(stack, org, checksum, chunks)["state"] == "created"
+    assert dif_answer(stack.gateway, org, checksum, chunks)["state"] == "created"
     assert stack.enqueued(checksum) == []
     assert _updated_ago(stack, task_id) > timedelta(minutes=8)
 
@@ -172,7 +171,7 @@ def test_chunks_reported_present_are_refreshed_once_twelve_hours_old(stack: Stac
     aged, young = stack.blob(org, timedelta(hours=13)), stack.blob(org, timedelta(hours=1))
     before = stack.blob_timestamps([aged, young])
     checksum = hashlib.sha1(os.urandom(16)).hexdigest()
-    assert _dif(stack, org, checksum, [aged, young])["state"] == "created"
+    assert dif_answer(stack.gateway, org, checksum, [aged, young])["state"] == "created"
     after = stack.blob_timestamps([aged, young])
     with psycopg.connect(stack.settings.database_url) as connection:
         row = connection.execute("SELECT now()").fetchone()

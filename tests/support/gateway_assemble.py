@@ -71,6 +71,17 @@ def client(gateway: GatewayProcess, org: Org) -> httpx.Client:
     return httpx.Client(base_url=gateway.url, headers=headers, timeout=120)
 
 
+def dif_answer(
+    gateway: GatewayProcess, org: Org, checksum: str, chunks: list[str]
+) -> dict[str, Any]:
+    """The gateway's answer for one debug file (named `hello`) of these chunks."""
+    with client(gateway, org) as http:
+        response = http.post(org.dif_route(), json={checksum: {"name": "hello", "chunks": chunks}})
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()[checksum]
+    return answer
+
+
 def owned(settings: Settings, org: Org, checksums: list[str]) -> set[str]:
     with psycopg.connect(settings.database_url) as connection:
         rows = connection.execute(
