@@ -16,7 +16,6 @@ bad input; so does the gateway (`web`): an accepted upload, a wrong token, a bad
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import subprocess
@@ -25,8 +24,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,46 +35,25 @@ import yaml
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.assemble import artifact_bundle, create_task, store_file
-from harness.assemble import create_org as create_assemble_org
 from harness.gateway import GatewayProcess, multipart_body
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
 from tests.deploy.promql import EXTERNAL_METRICS, RULES, exported_names_used
 from tests.deploy.support import gateway_process, is_consumer_command, procfile
 from tests.support.deploy_tools import ensure_prometheus
+from tests.support.observability_traffic import SETUPS, Consumer, Message
 from tests.support.worker_process import WorkerProcess
-from workers.billing.traffic import sample_traffic
-from workers.common.assemble_requests import assemble_request_key, encode_assemble_request
-from workers.common.chunk_uploads import encode_headers
 from workers.common.net import free_port
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
-from workers.common.storage import FilesystemBlobStorage
 from workers.fleet import build_registry
 from workers.gateway.tokens import create_token
 
 pytestmark = pytest.mark.integration
 
-Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 # Options `WorkerProcess` sets itself or this test replaces.
 REPLACED_OPTIONS = ("--metrics-port", "--healthcheck-file", "--host", "--port")
 UNIT_SUFFIXES = ("_seconds", "_bytes", "_messages")
-
-
-@dataclass
-class Consumer:
-    name: str
-    topic: str
-    healthcheck_file: Path
-    traffic: Callable[[int], list[Message]]
-    process: WorkerProcess | None = None
-    extra: list[str] = field(default_factory=list)
-
-    @property
-    def worker(self) -> WorkerProcess:
-        assert self.process is not None
-        return self.process
 
 
 def production_args(argv: list[str]) -> list[str]:
@@ -92,76 +70,6 @@ def production_args(argv: list[str]) -> list[str]:
         else:
             kept.append(arg)
     return kept
-
-
-def billing_setup(settings: Settings, consumer: Consumer, tmp: Path) -> None:
-    outcomes = unique_name("outcomes")
-    make_topics(settings, outcomes)
-    consumer.extra = ["--outcomes-topic", outcomes]
-
-    def traffic(seed: int) -> list[Message]:
-        valid: list[Message] = [(None, p.value, []) for p in sample_traffic(600, seed)]
-        invalid: list[Message] = [(None, b'{"not": "a bucket"', [])] * 3
-        return valid + invalid
-
-    consumer.traffic = traffic
-
-
-def blob_ingest_setup(settings: Settings, consumer: Consumer, tmp: Path) -> None:
-    with psycopg.connect(settings.database_url, autocommit=True) as connection:
-        org = create_organization(connection, f"obs-{uuid.uuid4().hex[:10]}", None).id
-    consumer.extra = ["--storage-url", f"file://{tmp / 'blobs'}"]
-
-    def traffic(seed: int) -> list[Message]:
-        messages: list[Message] = []
-        for index in range(5):
-            data = f"observability chunk {seed} {index} {uuid.uuid4()}".encode() * 100
-            checksum = hashlib.sha1(data).hexdigest()
-            headers = encode_headers(org, checksum, "gzip", 1_700_000_000_000)
-            messages.append((checksum.encode(), gzip.compress(data), headers))
-        # Bad input: a wrong checksum and an organization that does not exist.
-        data = b"mismatched"
-        messages.append((None, data, encode_headers(org, "0" * 40, "identity", 0)))
-        checksum = hashlib.sha1(data).hexdigest()
-        messages.append((None, data, encode_headers(2**62, checksum, "identity", 0)))
-        return messages
-
-    consumer.traffic = traffic
-
-
-def assemble_setup(settings: Settings, consumer: Consumer, tmp: Path) -> None:
-    org = create_assemble_org(settings, prefix="obs")
-    root = tmp / "assemble-blobs"
-    root.mkdir()
-    consumer.extra = ["--storage-url", f"file://{root}", "--temp-dir", str(tmp)]
-
-    def traffic(seed: int) -> list[Message]:
-        messages: list[Message] = []
-        storage = FilesystemBlobStorage(root)
-        try:
-            for _ in range(3):
-                bundle = artifact_bundle(org.slug, f"obs-{seed}", 4096, uuid.uuid4())
-                stored = store_file(settings, storage, org.id, bundle)
-                task = create_task(settings, org, "artifact_bundle", stored.checksum, stored.chunks)
-                key = assemble_request_key(stored.checksum)
-                messages.append((key, encode_assemble_request(task, org.id, stored.checksum), []))
-        finally:
-            storage.close()
-        # Bad input: not a request, and a request for a task that does not exist.
-        messages.append((None, b'{"task_id": "seven"}', []))
-        checksum = hashlib.sha1(f"no such task {seed}".encode()).hexdigest()
-        messages.append((None, encode_assemble_request(2**62, org.id, checksum), []))
-        return messages
-
-    consumer.traffic = traffic
-
-
-# How each consumer gets its own topics, options and traffic (one entry per Procfile consumer).
-SETUPS: dict[str, Callable[[Settings, Consumer, Path], None]] = {
-    "assemble": assemble_setup,
-    "billing": billing_setup,
-    "blob-ingest": blob_ingest_setup,
-}
 
 
 def send(settings: Settings, topic: str, messages: list[Message]) -> None:
