@@ -20,7 +20,7 @@ from workers.assemble.outcomes import (
     AssembledBytes,
     Refused,
 )
-from workers.assemble.scratch import ScratchDirectory
+from workers.assemble.scratch import ScratchDirectory, ScratchWriter
 from workers.assemble.tasks import AssembleTask
 from workers.common.assemble_requests import AssembleKind
 from workers.common.storage import FilesystemBlobStorage, StorageError
@@ -187,3 +187,17 @@ def test_leftovers_of_dead_processes_and_of_our_pid_are_removed(scratch: Scratch
     unrelated.write_bytes(b"x")
     assert scratch.remove_leftovers() == 2
     assert sorted(p.name for p in directory.iterdir()) == sorted([alive.name, unrelated.name])
+
+
+def test_a_write_that_fails_is_raised_by_the_scratch_writer() -> None:
+    full = Path("/dev/full")  # every write fails with ENOSPC
+    if not full.exists():
+        pytest.skip("no /dev/full")
+
+    def write_three_chunks() -> None:
+        with ScratchWriter(full, in_flight=1) as out:
+            for _ in range(3):
+                out.write(os.urandom(64 * 1024))
+
+    with pytest.raises(OSError, match="No space left"):
+        write_three_chunks()
