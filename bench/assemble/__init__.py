@@ -4,17 +4,18 @@ chunks and hashing them, nothing else.
 
 The bundle (harness/assemble.py, `artifact_bundle`) is a zip stored uncompressed, as
 `sentry-cli sourcemaps upload` sends it: a manifest and one minified source of random hex
-text with a debug id, 64 chunks of 8 MiB. Its chunks are stored once, before any clock
+text with a debug id, 65 chunks (64 of 8 MiB). Its chunks are stored once, before any clock
 starts, in a filesystem blob store under the stack's directory, as blob-ingest stores them
 (blob rows, owners).
 
 - `assemble`: one `workers run assemble` subprocess on a fresh topic (1 partition), warmed
   up (a request for a finished task answered) before the clock; the clock runs from the
   produced request to the task's row in `ok` (polled every 5 ms). What it did: claim, read
-  the 64 chunks back from storage in order, sha1 them, write the file to its scratch
-  directory, read the bundle's manifest, record the file and the bundle's index in one
-  transaction, write the status cache. Between repeats the file's rows are deleted and its
-  task made anew;
+  the chunks back from storage in order and sha1 them (a bundle is never written to a
+  scratch file), open the bundle through its stored chunks and read its directory and
+  manifest (two chunk fetches), record the file and the bundle's index in one transaction,
+  write the status cache. Between repeats the file's rows are deleted and its task made
+  anew;
 - `ceiling`: in this process, `storage.get` of each chunk in order and one sha1 over them.
 
 Both read the chunks from the page cache (they were just written, and every run reads them).

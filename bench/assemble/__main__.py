@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -173,15 +174,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         warm_up = create_task(settings, org, "dif", "0" * 40, (), state="ok")
         produce_request(producer, topic, warm_up, org.id, "0" * 40)
         wait_for(worker.skipped, 120, "the worker to answer its warm-up request")
-        # One untimed run of each first: the worker's first file also writes 512 MiB into
-        # pages this VM's memory never held (about 1.5 s more, once per process).
+        # One untimed run of each first: the first file a process reads pays for memory
+        # it never held before.
         ceiling(storage, paths)
         assemble_once(settings, producer, topic, org, stored)
         ceilings, assembles = [], []
         before = worker.step_seconds()
         for _ in range(args.repeat):
-            # Dirty pages written back before each timed run (as bench.gateway does): the
-            # file each assemble writes must not be flushed during the next run.
+            # Dirty pages written back before each timed run (as bench.gateway does): none
+            # is left by the assemble (a bundle is not written), but other work's could be.
             os.sync()
             ceilings.append(ceiling(storage, paths))
             os.sync()
@@ -190,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         worker.stop()
         storage.close()
+        shutil.rmtree(work, ignore_errors=True)
 
     def rate(seconds: float) -> float:
         return stored.size / seconds / 1e6

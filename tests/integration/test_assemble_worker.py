@@ -221,5 +221,6 @@ def test_a_debug_file_is_detected_and_a_file_that_is_not_one_is_refused(
             ).fetchall()
         assert objects == [(setup.org.project_id, "x86_64", "elf")]
         assert setup.cached("dif", stored.checksum, setup.org.project_id) == AssembleStatus("ok")
+        assert setup.scratch_files() == []  # each debug file's scratch file, removed
     finally:
         assert worker.stop() == 0

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import uuid
 import zipfile
@@ -290,3 +291,29 @@ def test_a_manifest_larger_than_the_limit_is_refused(tmp_path: Path) -> None:
     path = write_bundle(tmp_path / "bundle.zip", js_manifest())
     refusal = _refusal(path, BundleLimits(max_manifest_bytes=64))
     assert refusal.detail == "the bundle is invalid: manifest.json is larger than 64 bytes"
+
+
+# ---- a binary file object ----------------------------------------------------------------
+
+
+def test_a_bundle_in_a_binary_file_reads_as_from_its_path_and_stays_open(tmp_path: Path) -> None:
+    path = write_bundle(tmp_path / "bundle.zip", js_manifest())
+    stream = io.BytesIO(path.read_bytes())
+    stream.seek(7)  # read from the file's start, wherever it stands
+    assert read_artifact_bundle(stream) == read_artifact_bundle(path)
+    assert not stream.closed
+    stream.seek(0)
+    assert read_artifact_bundle(stream, BundleLimits(max_entries=5)).bundle_id == uuid.UUID(
+        BUNDLE_DEBUG_ID
+    )
+
+
+def test_a_binary_file_gets_the_same_refusals_and_bounds(tmp_path: Path) -> None:
+    not_a_zip = io.BytesIO(random.Random(15).randbytes(4096))
+    with pytest.raises(BadArtifactBundle) as refused:
+        read_artifact_bundle(not_a_zip)
+    assert "not a zip" in refused.value.reason
+    bundle = io.BytesIO(write_bundle(tmp_path / "bundle.zip", js_manifest()).read_bytes())
+    with pytest.raises(BadArtifactBundle) as refused:
+        read_artifact_bundle(bundle, BundleLimits(max_entries=4))
+    assert refused.value.detail == "the bundle is invalid: more than 4 entries in the zip"

@@ -1,5 +1,6 @@
-"""Reading a file's chunks into a scratch file: order, hashing, bounds and upstream's details;
-the scratch file never outlives a refusal or a failure."""
+"""Reading a file's chunks: order, hashing, bounds and upstream's details; a debug file is
+written to a scratch file that never outlives a refusal or a failure, a bundle is not
+written at all."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.assemble.chunks import ChunkAssembler, StoredChunk
+from workers.assemble.chunked_file import StoredChunk
+from workers.assemble.chunks import ChunkAssembler
 from workers.assemble.outcomes import (
     CHECKSUM_MISMATCH,
     NOT_ALL_CHUNKS,
@@ -18,8 +20,9 @@ from workers.assemble.outcomes import (
     AssembledBytes,
     Refused,
 )
-from workers.assemble.scratch import ScratchDirectory
+from workers.assemble.scratch import ScratchDirectory, ScratchWriter
 from workers.assemble.tasks import AssembleTask
+from workers.common.assemble_requests import AssembleKind
 from workers.common.storage import FilesystemBlobStorage, StorageError
 
 
@@ -56,15 +59,18 @@ def scratch(tmp_path: Path) -> ScratchDirectory:
     return ScratchDirectory(tmp_path / "scratch")
 
 
-def task(checksum: str, chunks: Sequence[str]) -> AssembleTask:
+KINDS: list[AssembleKind] = ["dif", "artifact_bundle"]
+
+
+def task(checksum: str, chunks: Sequence[str], kind: AssembleKind = "dif") -> AssembleTask:
     return AssembleTask(
-        id=1, organization_id=2, project_id=None, kind="artifact_bundle", checksum=checksum,
-        name="bundle.zip", chunks=tuple(chunks), debug_id=None, projects=(), release=None,
+        id=1, organization_id=2, project_id=None, kind=kind, checksum=checksum,
+        name="file", chunks=tuple(chunks), debug_id=None, projects=(), release=None,
         dist=None, attempts=1,
     )  # fmt: skip
 
 
-def test_chunks_in_order_and_repeated_make_the_file(
+def test_chunks_in_order_and_repeated_make_the_debug_file_in_a_scratch_file(
     blobs: Blobs, scratch: ScratchDirectory
 ) -> None:
     first, second = os.urandom(1000), os.urandom(2000)
@@ -75,11 +81,44 @@ def test_chunks_in_order_and_repeated_make_the_file(
         task(sha1(whole), chunks)
     )
     assert isinstance(assembled, AssembledBytes)
+    assert assembled.path is not None
+    assert assembled.path.parent == scratch.directory
     assert assembled.path.read_bytes() == whole
     assert assembled.size == len(whole)
+    assert assembled.chunks == tuple(blobs.stored[c] for c in chunks)
     assert read == [1000, 2000, 1000]
 
 
+def test_a_bundle_is_read_and_hashed_without_writing_anything(
+    blobs: Blobs, scratch: ScratchDirectory
+) -> None:
+    first, second = os.urandom(1000), os.urandom(2000)
+    chunks = [blobs.add(first), blobs.add(second), blobs.add(first)]
+    whole = first + second + first
+    read: list[int] = []
+    assembled = ChunkAssembler(blobs.locate, blobs.storage, scratch, on_read=read.append)(
+        task(sha1(whole), chunks, "artifact_bundle")
+    )
+    assert assembled == AssembledBytes(len(whole), tuple(blobs.stored[c] for c in chunks))
+    assert read == [1000, 2000, 1000]
+    assert list(scratch.directory.iterdir()) == []
+
+
+def test_the_chunks_carry_the_size_read_not_the_rows(
+    blobs: Blobs, scratch: ScratchDirectory
+) -> None:
+    data = os.urandom(3000)
+    checksum = blobs.add(data)
+    stored = blobs.stored[checksum]
+    blobs.stored[checksum] = StoredChunk(stored.path, 10)  # the row is wrong; the object is not
+    assembled = ChunkAssembler(blobs.locate, blobs.storage, scratch)(
+        task(sha1(data), [checksum], "artifact_bundle")
+    )
+    assert isinstance(assembled, AssembledBytes)
+    assert assembled.chunks == (stored,)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     ("case", "detail"),
     [
@@ -91,7 +130,7 @@ def test_chunks_in_order_and_repeated_make_the_file(
     ],
 )
 def test_refusals_have_upstreams_detail_and_leave_no_file(
-    blobs: Blobs, scratch: ScratchDirectory, case: str, detail: str
+    blobs: Blobs, scratch: ScratchDirectory, case: str, detail: str, kind: AssembleKind
 ) -> None:
     data = os.urandom(3000)
     chunks = [blobs.add(data)]
@@ -107,13 +146,16 @@ def test_refusals_have_upstreams_detail_and_leave_no_file(
     else:  # the stored object is larger than its row says: the bound holds while streaming
         blobs.stored[chunks[0]] = StoredChunk(blobs.stored[chunks[0]].path, 10)
         limit = 2999
-    outcome = ChunkAssembler(blobs.locate, blobs.storage, scratch, limit)(task(claimed, chunks))
+    outcome = ChunkAssembler(blobs.locate, blobs.storage, scratch, limit)(
+        task(claimed, chunks, kind)
+    )
     assert outcome == Refused(detail)
     assert list(scratch.directory.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_storage_failure_is_raised_and_leaves_no_file(
-    blobs: Blobs, scratch: ScratchDirectory, monkeypatch: pytest.MonkeyPatch
+    blobs: Blobs, scratch: ScratchDirectory, monkeypatch: pytest.MonkeyPatch, kind: AssembleKind
 ) -> None:
     first, second = os.urandom(100), os.urandom(100)
     chunks = [blobs.add(first), blobs.add(second)]
@@ -127,7 +169,9 @@ def test_a_storage_failure_is_raised_and_leaves_no_file(
 
     monkeypatch.setattr(blobs.storage, "get", get)
     with pytest.raises(StorageError, match="connection reset"):
-        ChunkAssembler(blobs.locate, blobs.storage, scratch)(task(sha1(first + second), chunks))
+        ChunkAssembler(blobs.locate, blobs.storage, scratch)(
+            task(sha1(first + second), chunks, kind)
+        )
     assert list(scratch.directory.iterdir()) == []
 
 
@@ -143,3 +187,17 @@ def test_leftovers_of_dead_processes_and_of_our_pid_are_removed(scratch: Scratch
     unrelated.write_bytes(b"x")
     assert scratch.remove_leftovers() == 2
     assert sorted(p.name for p in directory.iterdir()) == sorted([alive.name, unrelated.name])
+
+
+def test_a_write_that_fails_is_raised_by_the_scratch_writer() -> None:
+    full = Path("/dev/full")  # every write fails with ENOSPC
+    if not full.exists():
+        pytest.skip("no /dev/full")
+
+    def write_three_chunks() -> None:
+        with ScratchWriter(full, in_flight=1) as out:
+            for _ in range(3):
+                out.write(os.urandom(64 * 1024))
+
+    with pytest.raises(OSError, match="No space left"):
+        write_three_chunks()

@@ -91,7 +91,7 @@ class Fakes:
         path = self.tmp_path / f"scratch-{task.id}"
         path.write_bytes(b"file")
         self.scratch_paths.append(path)
-        return AssembledBytes(path, 4)
+        return AssembledBytes(4, (), path)
 
     def inspect(self, task: AssembleTask, assembled: AssembledBytes) -> FileContents | Refused:
         return DebugFileContents(())

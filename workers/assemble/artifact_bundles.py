@@ -1,7 +1,9 @@
 """Artifact bundles: the zip `sentry-cli sourcemaps upload` sends, its manifest and index
 (docs/debug-files-and-bundles.md, Artifact bundles). Only the zip's directory and
-`manifest.json` are read, within `BundleLimits`; the refusals and their details are listed
-in the docs, each with the upstream file it comes from."""
+`manifest.json` are read, within `BundleLimits`, from a path or from a seekable binary file
+(the worker's `ChunkedFile`, which reads the bundle where its chunks are stored); the
+refusals and their details are listed in the docs, each with the upstream file it comes
+from."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import orjson
 from symbolic.debuginfo import normalize_debug_id
@@ -64,11 +66,31 @@ class BundleLimits:
 DEFAULT_LIMITS: Final = BundleLimits()
 
 
-def read_artifact_bundle(path: Path, limits: BundleLimits = DEFAULT_LIMITS) -> BundleContents:
-    """The manifest's contents of the bundle at `path`; raises `BadArtifactBundle`."""
-    _check_directory(path, limits)
+class SeekableBinary(Protocol):
+    """A binary file open for reading that can seek (what zipfile reads)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
+def read_artifact_bundle(
+    bundle: Path | SeekableBinary, limits: BundleLimits = DEFAULT_LIMITS
+) -> BundleContents:
+    """The manifest's contents of the bundle at a path, or in a binary file (read from its
+    start, left open); raises `BadArtifactBundle`."""
+    if isinstance(bundle, Path):
+        with bundle.open("rb") as stream:
+            return _read_bundle(stream, limits)
+    return _read_bundle(bundle, limits)
+
+
+def _read_bundle(stream: SeekableBinary, limits: BundleLimits) -> BundleContents:
+    _check_directory(stream, limits)
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(stream) as archive:
             sizes = {info.filename: info.file_size for info in archive.infolist()}
             manifest_bytes = _read_manifest(archive, limits.max_manifest_bytes)
     except _ZIP_ERRORS as error:
@@ -91,33 +113,32 @@ def _invalid(reason: str) -> BadArtifactBundle:
     return BadArtifactBundle(INVALID_BUNDLE, reason=reason)
 
 
-def _check_directory(path: Path, limits: BundleLimits) -> None:
-    entries, directory_bytes = _directory_size(path)
+def _check_directory(stream: SeekableBinary, limits: BundleLimits) -> None:
+    entries, directory_bytes = _directory_size(stream)
     if entries > limits.max_entries:
         raise _refuse(f"more than {limits.max_entries} entries in the zip")
     if directory_bytes > limits.max_directory_bytes:
         raise _refuse(f"the zip's directory is larger than {limits.max_directory_bytes} bytes")
 
 
-def _directory_size(path: Path) -> tuple[int, int]:
+def _directory_size(stream: SeekableBinary) -> tuple[int, int]:
     """(entries, bytes) of the zip's central directory, from its end records."""
-    with path.open("rb") as stream:
-        file_size = stream.seek(0, 2)
-        tail_start = max(0, file_size - _END_OF_DIRECTORY.size - _MAX_COMMENT)
-        stream.seek(tail_start)
-        tail = stream.read()
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + _END_OF_DIRECTORY.size > len(tail):
-            raise _invalid("not a zip: no end of central directory record")
-        *_, entries, directory_bytes, _, _ = _END_OF_DIRECTORY.unpack_from(tail, at)
-        if entries != 0xFFFF and directory_bytes != 0xFFFFFFFF:
-            return entries, directory_bytes
-        locator_at = at - _ZIP64_LOCATOR.size
-        if locator_at < 0 or tail[locator_at : locator_at + 4] != b"PK\x06\x07":
-            raise _invalid("not a zip: no zip64 end of central directory locator")
-        _, _, record_offset, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
-        stream.seek(record_offset)
-        record = stream.read(_ZIP64_END_OF_DIRECTORY.size)
+    file_size = stream.seek(0, 2)
+    tail_start = max(0, file_size - _END_OF_DIRECTORY.size - _MAX_COMMENT)
+    stream.seek(tail_start)
+    tail = stream.read(file_size - tail_start)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _END_OF_DIRECTORY.size > len(tail):
+        raise _invalid("not a zip: no end of central directory record")
+    *_, entries, directory_bytes, _, _ = _END_OF_DIRECTORY.unpack_from(tail, at)
+    if entries != 0xFFFF and directory_bytes != 0xFFFFFFFF:
+        return entries, directory_bytes
+    locator_at = at - _ZIP64_LOCATOR.size
+    if locator_at < 0 or tail[locator_at : locator_at + 4] != b"PK\x06\x07":
+        raise _invalid("not a zip: no zip64 end of central directory locator")
+    _, _, record_offset, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
+    stream.seek(record_offset)
+    record = stream.read(_ZIP64_END_OF_DIRECTORY.size)
     if len(record) < _ZIP64_END_OF_DIRECTORY.size or record[:4] != b"PK\x06\x06":
         raise _invalid("not a zip: no zip64 end of central directory record")
     fields = _ZIP64_END_OF_DIRECTORY.unpack(record)

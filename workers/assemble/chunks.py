@@ -1,5 +1,8 @@
-"""Reading a file's chunks back from blob storage, in order, into one temporary file, hashing
-the whole file as it streams (upstream's `assemble_file`, `src/sentry/tasks/assemble.py`).
+"""Reading a file's chunks back from blob storage, in order, hashing the whole file as it
+streams (upstream's `assemble_file`, `src/sentry/tasks/assemble.py`). A debug file is also
+written to a scratch file (symbolic reads a path); an artifact bundle is not written at all:
+it is later opened through its chunks (`chunked_file.ChunkedFile`), as upstream opens an
+assembled `File`.
 
 Before anything is read, every chunk must be a blob the organization owns (else
 `Not all chunks available for assembling`) and their sizes must add up to at most
@@ -12,15 +15,12 @@ task, still `assembling`, is done again by the next one.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from psycopg_pool import ConnectionPool
 
+from workers.assemble.chunked_file import StoredChunk
 from workers.assemble.outcomes import (
     CHECKSUM_MISMATCH,
     NOT_ALL_CHUNKS,
@@ -28,22 +28,16 @@ from workers.assemble.outcomes import (
     AssembledBytes,
     Refused,
 )
-from workers.assemble.scratch import ScratchDirectory
+from workers.assemble.scratch import ScratchDirectory, ScratchWriter
 from workers.assemble.tasks import AssembleTask
+from workers.common.assemble_requests import AssembleKind
 from workers.common.storage import BlobNotFoundError, BlobStorage
 
 GIB: Final = 1024**3
 #: The largest file assembled (the gateway's per-request verify bound).
 DEFAULT_MAX_ASSEMBLE_BYTES: Final = 8 * GIB
-#: Chunks handed to the writing thread and not yet written: at most this many plus the one
-#: being read are in memory (8 MiB each).
-WRITES_IN_FLIGHT: Final = 2
-
-
-@dataclass(frozen=True)
-class StoredChunk:
-    path: str
-    size: int
+#: The kind of file written to a scratch file: symbolic's readers take a path.
+WRITTEN_KIND: Final[AssembleKind] = "dif"
 
 
 class ChunkLocator:
@@ -66,7 +60,7 @@ class ChunkLocator:
 
 
 class ChunkAssembler:
-    """A task's chunks → `AssembledBytes` in a scratch file, or `Refused`."""
+    """A task's chunks → `AssembledBytes` (a debug file's in a scratch file), or `Refused`."""
 
     def __init__(
         self,
@@ -86,46 +80,43 @@ class ChunkAssembler:
         stored = self.__locate(task.organization_id, task.chunks)
         if any(checksum not in stored for checksum in task.chunks):
             return Refused(NOT_ALL_CHUNKS)
-        if sum(stored[checksum].size for checksum in task.chunks) > self.__max_bytes:
+        chunks = [stored[checksum] for checksum in task.chunks]
+        if sum(chunk.size for chunk in chunks) > self.__max_bytes:
             return Refused(TOO_LARGE)
+        if task.kind != WRITTEN_KIND:
+            return self.__read(task, chunks, lambda data: None)
         path = self.__scratch.new_path()
         try:
-            outcome = self.__write(task, stored, path)
+            with ScratchWriter(path) as scratch_file:
+                outcome = self.__read(task, chunks, scratch_file.write)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
         if isinstance(outcome, Refused):
             path.unlink(missing_ok=True)
-        return outcome
+            return outcome
+        return AssembledBytes(outcome.size, outcome.chunks, path)
 
-    def __write(
-        self, task: AssembleTask, stored: dict[str, StoredChunk], path: Path
+    def __read(
+        self, task: AssembleTask, chunks: Sequence[StoredChunk], write: Callable[[bytes], None]
     ) -> AssembledBytes | Refused:
+        """Reads and hashes `chunks` in order, handing each to `write` before hashing it."""
         hasher = hashlib.sha1(usedforsecurity=False)
         size = 0
-        # The file is written in a thread of its own while the next chunks are read and
-        # hashed (both release the GIL): writing then costs almost nothing next to reading.
-        # The executor is left (every write done) before the file is closed.
-        with (
-            path.open("wb") as out,
-            ThreadPoolExecutor(1, thread_name_prefix="assemble-write") as writer,
-        ):
-            writes: deque[Future[int]] = deque()
-            for checksum in task.chunks:
-                try:
-                    data = self.__storage.get(stored[checksum].path)
-                except BlobNotFoundError:
-                    return Refused(NOT_ALL_CHUNKS)
-                size += len(data)
-                if size > self.__max_bytes:
-                    return Refused(TOO_LARGE)
-                writes.append(writer.submit(out.write, data))
-                hasher.update(data)
-                self.__on_read(len(data))
-                while len(writes) > WRITES_IN_FLIGHT:
-                    writes.popleft().result()
-            for write in writes:
-                write.result()
+        read: list[StoredChunk] = []
+        for chunk in chunks:
+            try:
+                data = self.__storage.get(chunk.path)
+            except BlobNotFoundError:
+                return Refused(NOT_ALL_CHUNKS)
+            size += len(data)
+            if size > self.__max_bytes:
+                return Refused(TOO_LARGE)
+            write(data)
+            hasher.update(data)
+            self.__on_read(len(data))
+            # The size read, not the row's: the file is later read through these chunks.
+            read.append(StoredChunk(chunk.path, len(data)))
         if hasher.hexdigest() != task.checksum:
             return Refused(CHECKSUM_MISMATCH)
-        return AssembledBytes(path, size)
+        return AssembledBytes(size, tuple(read))

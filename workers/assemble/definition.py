@@ -4,8 +4,9 @@ Worker options (after the shared ones):
 - `--storage-url URL`: overrides `BLOB_STORAGE_URL` for this worker;
 - `--max-assemble-bytes N` (default 8 GiB, as the gateway's bound): larger files end in
   `error` (`File exceeds maximum size`), unread;
-- `--temp-dir DIR` (default the system's temporary directory): where the file being
-  assembled is written (at most one per process, removed once recorded);
+- `--temp-dir DIR` (default the system's temporary directory): where a debug file being
+  assembled is written (at most one per process, removed once recorded; artifact bundles
+  are read through their stored chunks, never written);
 - `--max-attempts N` (default 5): a task started this many times (each start a worker that
   died mid-file) ends in `error` instead of being started again.
 """
@@ -51,7 +52,7 @@ CLICK_OPTIONS: Final = (
     click.Option(
         ["--temp-dir"],
         type=click.Path(file_okay=False, exists=True, writable=True, path_type=Path),
-        help="Directory of the file being assembled (default: the system's temp dir).",
+        help="Directory of a debug file being assembled (default: the system's temp dir).",
     ),
     click.Option(
         ["--max-attempts"],
@@ -93,7 +94,7 @@ def build_strategy_factory(context: StrategyContext) -> AssembleStrategyFactory:
     assembly = FileAssembly(
         claim=TaskStore(pool).claim,
         read=read,
-        inspect=FileInspector(),
+        inspect=FileInspector(storage.get),
         recorder=TaskRecorder(pool),
         status=StatusCache(redis),
         metrics=context.metrics,

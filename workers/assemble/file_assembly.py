@@ -1,13 +1,14 @@
 """One assemble request, end to end (docs/assemble.md, The assemble worker):
 
-    claim → read (chunks → scratch file, sha1) → inspect (by kind) → record (one transaction)
-          → status cache
+    claim → read (chunks, sha1; a debug file → scratch file) → inspect (by kind)
+          → record (one transaction) → status cache
 
 It runs in the worker's one assemble thread (`RunTaskInThreads`, see `strategy.py`), one file
 at a time. A request for a task that is not there raises `InvalidMessage` (`unknown_task`);
 a request for a finished task does no work: it counts, and writes the stored state to the
 status cache again (the cache may have expired, or a late request may have set `created`).
-The scratch file is removed whatever happens.
+A debug file's scratch file is removed whatever happens (an artifact bundle has none: it is
+read through its stored chunks).
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ class FileAssembly:
             inspect.message_out()
             return self.__finish(task, contents, assembled)
         finally:
-            assembled.path.unlink(missing_ok=True)
+            if assembled.path is not None:
+                assembled.path.unlink(missing_ok=True)
 
     def __finish(
         self,

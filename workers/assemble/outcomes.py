@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from workers.assemble.chunked_file import StoredChunk
 from workers.assemble.contents import BundleContents, DebugObject
 
 #: A chunk of the file is not (or no longer) a stored blob of the organization.
@@ -28,10 +29,14 @@ class Refused:
 
 @dataclass(frozen=True)
 class AssembledBytes:
-    """The whole file, written to `path` (removed once the file is recorded)."""
+    """The whole file, read and checked: `size` bytes whose sha1 is the one claimed, made of
+    `chunks` in order (each the size it was read at). `path` is the scratch file it was
+    written to (a debug file: symbolic reads a path; removed once the file is recorded), or
+    None when it was not written (an artifact bundle is read through its chunks)."""
 
-    path: Path
     size: int
+    chunks: tuple[StoredChunk, ...]
+    path: Path | None = None
 
 
 @dataclass(frozen=True)

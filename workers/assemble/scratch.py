@@ -1,5 +1,5 @@
-"""The temporary files an assemble writes the whole file to, in one directory
-(`--temp-dir`, default the system's).
+"""The temporary files an assemble writes a debug file to (symbolic reads a path), in one
+directory (`--temp-dir`, default the system's), and the writer that fills one.
 
 Each file is named `workers-assemble-{pid}-{random}`: a worker that died (kill -9, OOM) leaves
 its file behind, and the next worker to start in that directory removes the files of every
@@ -12,12 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from types import TracebackType
+from typing import BinaryIO, Final, Self
 
 logger = logging.getLogger(__name__)
 
 PREFIX: Final = "workers-assemble-"
+#: Chunks handed to the writing thread and not yet written.
+WRITES_IN_FLIGHT: Final = 2
 
 
 class ScratchDirectory:
@@ -42,6 +47,41 @@ class ScratchDirectory:
                 extra={"directory": str(self.directory), "files": removed},
             )
         return removed
+
+
+class ScratchWriter:
+    """Writes a file in a thread of its own while the caller reads and hashes the next chunks
+    (both release the GIL): writing then costs almost nothing next to reading. At most
+    `in_flight` chunks wait to be written; `write` raises the error of a write that failed.
+    Leaving the context waits for every write before the file is closed."""
+
+    def __init__(self, path: Path, in_flight: int = WRITES_IN_FLIGHT) -> None:
+        self.__in_flight = in_flight
+        self.__writes: deque[Future[int]] = deque()
+        self.__out: BinaryIO = path.open("wb")
+        self.__writer = ThreadPoolExecutor(1, thread_name_prefix="assemble-write")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def write(self, data: bytes) -> None:
+        self.__writes.append(self.__writer.submit(self.__out.write, data))
+        while len(self.__writes) > self.__in_flight:
+            self.__writes.popleft().result()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self.__writer.shutdown(wait=True)
+            if exc_type is None:
+                for write in self.__writes:
+                    write.result()
+        finally:
+            self.__out.close()
 
 
 def _pid(name: str) -> int | None:
