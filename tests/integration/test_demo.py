@@ -115,7 +115,7 @@ def test_demo_processes_every_sample_message_and_reports_the_dlq(tmp_path: Path)
     blob_lines = sections["blob-ingest"]
     assert blob_lines[1] == "gateway: sentry-cli exit=0", blob_lines
     assert re.fullmatch(
-        r"OK [0-9a-f-]+ \(demo-debug; \w+\)|Nothing to upload, all files are on the server",
+        r"OK [0-9a-f-]+ \(demo-debug; \w+( \w+)?\)|Nothing to upload, all files are on the server",
         blob_lines[2],
     ), blob_lines
     gateway_match = re.fullmatch(
