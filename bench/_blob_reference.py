@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from psycopg_pool import ConnectionPool
 
 from workers.blob_ingest.decode import VerifiedChunk
-from workers.blob_ingest.persist import REUSE_TOUCH_AFTER_HOURS, BlobWriter, PersistResult
+from workers.blob_ingest.persist import BlobWriter, PersistResult
+from workers.common.blob_lifecycle import REUSE_REFRESH_AFTER
 from workers.common.storage import BlobStorage, random_blob_path
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,8 @@ class PerChunkBlobWriter(BlobWriter):
                     blob_id: int = row[0]
                     connection.execute(
                         "UPDATE blobs SET timestamp = now() WHERE id = %s "
-                        "AND timestamp < now() - make_interval(hours => %s)",
-                        (blob_id, REUSE_TOUCH_AFTER_HOURS),
+                        "AND timestamp < now() - %s",
+                        (blob_id, REUSE_REFRESH_AFTER),
                     )
                 else:
                     written = random_blob_path()

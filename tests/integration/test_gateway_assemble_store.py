@@ -5,10 +5,11 @@ lookup refreshes the chunks it finds once they are 12 h old (docs/blob-lifecycle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import timedelta
 
 import psycopg
@@ -28,21 +29,27 @@ pytestmark = pytest.mark.integration
 RACERS = 20
 
 
+@contextlib.asynccontextmanager
+async def racing_store(settings: Settings) -> AsyncIterator[PostgresAssembleStore]:
+    """The gateway's store on a pool of `RACERS` open connections, one per racer."""
+    async with AsyncConnectionPool(
+        settings.database_url,
+        min_size=RACERS,
+        max_size=RACERS,
+        open=False,
+        kwargs={"autocommit": True},
+    ) as pool:
+        await pool.wait()
+        yield PostgresAssembleStore(pool)
+
+
 def _race(
     settings: Settings, target: Target, requests: Sequence[FileRequest]
 ) -> list[dict[str, int]]:
     """`RACERS` claims of `requests` at once, each on its own connection."""
 
     async def race() -> list[dict[str, int]]:
-        async with AsyncConnectionPool(
-            settings.database_url,
-            min_size=RACERS,
-            max_size=RACERS,
-            open=False,
-            kwargs={"autocommit": True},
-        ) as pool:
-            await pool.wait()
-            store = PostgresAssembleStore(pool)
+        async with racing_store(settings) as store:
             return list(
                 await asyncio.gather(*(store.claim(target, requests) for _ in range(RACERS)))
             )
@@ -187,15 +194,7 @@ def test_the_blob_lookup_refreshes_the_owned_blobs_twelve_hours_old(
     checksums = [checksum for checksum, _ in (*aged, young, theirs)] + [absent]
 
     async def look_up() -> list[dict[str, int]]:
-        async with AsyncConnectionPool(
-            settings.database_url,
-            min_size=RACERS,
-            max_size=RACERS,
-            open=False,
-            kwargs={"autocommit": True},
-        ) as pool:
-            await pool.wait()
-            store = PostgresAssembleStore(pool)
+        async with racing_store(settings) as store:
             # Racing requests list overlapping chunks in different orders.
             orders = [checksums[index:] + checksums[:index] for index in range(RACERS)]
             return list(

@@ -26,13 +26,13 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from workers.blob_ingest.decode import VerifiedChunk
+from workers.common.blob_lifecycle import REUSE_REFRESH_AFTER
 from workers.common.storage import BlobStorage, random_blob_paths
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 # Reused blobs get a fresh timestamp when it is older than this (half the sweep's 24 h).
-REUSE_TOUCH_AFTER_HOURS = 12
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,8 @@ class BlobWriter:
             if reused_ids:
                 connection.execute(
                     "UPDATE blobs SET timestamp = now() WHERE id = ANY(%s) "
-                    "AND timestamp < now() - make_interval(hours => %s)",
-                    (sorted(reused_ids), REUSE_TOUCH_AFTER_HOURS),
+                    "AND timestamp < now() - %s",
+                    (sorted(reused_ids), REUSE_REFRESH_AFTER),
                 )
             owner_rows = sorted((blob_ids[checksum], org) for checksum, org in owners)
             added = connection.execute(
