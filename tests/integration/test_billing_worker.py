@@ -32,6 +32,7 @@ import pytest
 from redis import Redis
 from sentry_kafka_schemas import iter_examples
 
+from harness.billing import usage_bucket
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
 from tests.support.billing import (
@@ -43,7 +44,6 @@ from tests.support.billing import (
     custom_bucket,
     decoded,
     gauge,
-    usage_bucket,
 )
 from tests.support.billing_fakes import expected_outcome
 from tests.support.kafka import Record, produce, read_all, read_available, wait_until_committed

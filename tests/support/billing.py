@@ -16,7 +16,6 @@ from sentry_kafka_schemas import get_codec
 
 from tests.support.kafka import Record
 from tests.support.worker_process import WorkerProcess
-from workers.billing.counting import TRANSACTIONS_USAGE_METRIC_ID
 from workers.common.settings import Settings
 
 PARTITIONS: Final = 4
@@ -41,27 +40,6 @@ def billing_worker(input_topic: str, outcomes_topic: str, group: str, *extra: st
         *extra,
         log_name=f"billing-{group}",
     )  # fmt: skip
-
-
-def usage_bucket(metric_id: int, value: Any, org_id: int, project_id: int, **extra: Any) -> bytes:
-    mri = "c:transactions/usage@none" if metric_id == TRANSACTIONS_USAGE_METRIC_ID else None
-    mri = mri or "c:spans/usage@none"
-    data: dict[str, Any] = {
-        "version": 2,
-        "use_case_id": "transactions" if metric_id == TRANSACTIONS_USAGE_METRIC_ID else "spans",
-        "org_id": org_id,
-        "project_id": project_id,
-        "metric_id": metric_id,
-        "timestamp": 1704614940,
-        "sentry_received_timestamp": 1704614941.5,
-        "tags": {"9223372036854776010": "production"},
-        "retention_days": 90,
-        "mapping_meta": {"c": {str(metric_id): mri}},
-        "type": "c",
-        "value": value,
-    }
-    data.update(extra)
-    return orjson.dumps(data)
 
 
 def custom_bucket(org_id: int, project_id: int, mri: str = "c:custom/clicks@none") -> bytes:

@@ -40,6 +40,15 @@ JAVA_PACKAGE = "openjdk-17-jre-headless"
 # Chunks are up to 8 MiB; leave room for headers and batch overhead.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 READY_TIMEOUT = 60.0
+GROUP_FAILURE_DETECTION = {
+    "group.consumer.session.timeout.ms": "6000",
+    "group.consumer.min.session.timeout.ms": "3000",
+    "group.consumer.heartbeat.interval.ms": "500",
+    "group.consumer.min.heartbeat.interval.ms": "250",
+    # How often the broker looks for transactions past their timeout (default 10 s): the
+    # pending offsets of a killed transactional member block its partitions until then.
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
+}
 STOP_TIMEOUT = 30.0
 JVM_OPTIONS = (
     "-Xms256m",
@@ -154,6 +163,10 @@ def server_properties(*, port: int, controller_port: int, data_dir: Path, partit
         "default.replication.factor": "1",
         "min.insync.replicas": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # Consumer group protocol (KIP-848) failure detection: a member that stops
+        # heartbeating (kill -9, a lost node) loses its partitions after 6 s instead of 45 s,
+        # and survivors hear of new assignments within one heartbeat (docs/rebalancing.md).
+        **GROUP_FAILURE_DETECTION,
         "message.max.bytes": str(MAX_MESSAGE_BYTES),
         "replica.fetch.max.bytes": str(MAX_MESSAGE_BYTES),
     }
