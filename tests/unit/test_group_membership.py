@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from workers.common.kafka_config import (
     GROUP_PROTOCOL_CLASSIC,
     ConsumerOptions,
@@ -11,7 +13,8 @@ from workers.common.kafka_config import (
 )
 from workers.common.settings import Settings
 from workers.common.static_membership import wait_for_previous_incarnation
-from workers.stack.kafka import server_properties
+from workers.stack.kafka_layout import kafka_layout, server_properties
+from workers.stack.paths import StackPaths
 
 SETTINGS = Settings(kafka_bootstrap_servers="127.0.0.1:1")
 
@@ -30,10 +33,10 @@ def test_the_classic_protocol_can_be_chosen() -> None:
     assert consumer_configuration(SETTINGS, options)["group.protocol"] == "classic"
 
 
-def test_the_local_broker_detects_a_dead_member_in_6_seconds(tmp_path: Any) -> None:
-    properties = server_properties(
-        port=1, controller_port=2, data_dir=tmp_path, partitions=4
-    ).splitlines()
+@pytest.mark.parametrize("brokers", [1, 3])
+def test_the_local_brokers_detect_a_dead_member_in_6_seconds(tmp_path: Any, brokers: int) -> None:
+    layout = kafka_layout(StackPaths.under(tmp_path), 39092, brokers)
+    properties = server_properties(layout, layout.node(1), partitions=4).splitlines()
     assert "group.consumer.session.timeout.ms=6000" in properties
     assert "group.consumer.heartbeat.interval.ms=500" in properties
     assert "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000" in properties
