@@ -236,7 +236,7 @@ def _pid_gone(pid: int) -> bool:
 
 def stack_up() -> None:
     subprocess.run(
-        [sys.executable, "-m", "workers", "stack", "up"], cwd=ROOT, check=True, timeout=180
+        [sys.executable, "-m", "workers", "stack", "up"], cwd=ROOT, check=True, timeout=300
     )
 
 

@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection refused while the broker boots, …) go here.
 _client_log = logging.getLogger(f"{__name__}.client")
 
-READY_TIMEOUT = 60.0
+# After an unclean stop (kill -9, a crash) Kafka recovers every partition's log before it
+# answers: a minute or more with the many topics a test run leaves, on a busy machine.
+READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
 
 
