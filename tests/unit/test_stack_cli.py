@@ -92,6 +92,18 @@ def test_switching_layouts_while_kafka_runs_is_refused(
     assert recorded_brokers(tmp_path) == 1
 
 
+def test_cluster_nodes_get_longer_to_start(tmp_path: Path) -> None:
+    settings = _isolated(tmp_path)
+    [single] = kafka_services(settings, 1)
+    assert (single.name, single.ready_timeout) == ("kafka", 60.0)
+    cluster = kafka_services(settings, 3)
+    assert [(node.name, node.ready_timeout) for node in cluster] == [
+        ("kafka-1", 120.0),
+        ("kafka-2", 120.0),
+        ("kafka-3", 120.0),
+    ]
+
+
 def test_brokers_cannot_be_chosen_for_an_external_kafka(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path, external_services=frozenset({"kafka"}))
     with pytest.raises(StackError, match="KAFKA_BOOTSTRAP_SERVERS points at another one"):
