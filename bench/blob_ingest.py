@@ -101,8 +101,10 @@ from workers.blob_ingest.definition import (
 )
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
-from workers.blob_ingest.persist import BlobWriter
+from workers.blob_ingest.persist import BlobWriter, ChunkWriter, PersistResult, StoredBatch
 from workers.blob_ingest.strategy import (
+    DEFAULT_BATCHES_IN_FLIGHT,
+    DEFAULT_DECODE_THREADS,
     BatchPersister,
     BlobIngestStrategyFactory,
     ChunkValidator,
@@ -156,6 +158,8 @@ class RunSpec:
     max_batch_size: int
     max_batch_time_ms: int
     max_batch_bytes: int
+    decode_threads: int
+    batches_in_flight: int
     timeout_seconds: float
     profile_path: str | None = None
 
@@ -168,6 +172,7 @@ class RunResult:
     batches: int
     seconds: float
     validate_seconds: float
+    store_seconds: float
     persist_seconds: float
     storage_seconds: float
     start_rss_bytes: int
@@ -194,12 +199,14 @@ class RunClock:
     persisted: int = 0
     batches: int = 0
     validate_seconds: float = 0.0
+    store_seconds: float = 0.0
     persist_seconds: float = 0.0
     dropped: int = 0
 
 
 class TimedValidator(ChunkValidator):
-    """The worker's validator, noting the first message seen and its own time."""
+    """The worker's validator, noting the first message seen and its own time (it runs on the
+    consumer thread and in the decode pool)."""
 
     def __init__(
         self,
@@ -210,46 +217,61 @@ class TimedValidator(ChunkValidator):
     ) -> None:
         super().__init__(organization_exists, metrics, blob_metrics)
         self._clock = clock
+        self._lock = threading.Lock()
 
     def __call__(self, message: Message[KafkaPayload]) -> VerifiedChunk:
         started = time.perf_counter()
-        if self._clock.first_seen is None:
-            self._clock.first_seen = started
+        with self._lock:
+            if self._clock.first_seen is None:
+                self._clock.first_seen = started
         try:
             return super().__call__(message)
         finally:
-            self._clock.validate_seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self._clock.validate_seconds += elapsed
 
 
 class CountingPersister(BatchPersister):
-    """The worker's persister; stops the processor once `target` chunks are persisted and
-    drops (passes on unpersisted) whatever comes after."""
+    """The worker's persister; stops the processor once `target` chunks are persisted (their
+    transaction committed) and drops (passes on unstored and uncommitted) whatever comes
+    after. Both stages run in the pipeline's threads, one batch at a time each."""
 
     def __init__(
         self,
         clock: RunClock,
-        writer: BlobWriter,
+        writer: ChunkWriter,
         metrics: FleetMetrics,
         blob_metrics: BlobIngestMetrics,
     ) -> None:
         super().__init__(writer, metrics, blob_metrics)
         self._clock = clock
 
-    def __call__(self, message: Message[ValuesBatch[VerifiedChunk]]) -> ValuesBatch[VerifiedChunk]:
-        clock = self._clock
-        if clock.finished is not None:  # padding after the target: not part of the run
-            clock.dropped += len(message.payload)
-            return message.payload
+    def store(self, message: Message[ValuesBatch[VerifiedChunk]]) -> StoredBatch:
+        if self._clock.finished is not None:  # padding after the target: not part of the run
+            return StoredBatch.unstored([value.payload for value in message.payload])
         started = time.perf_counter()
-        batch = super().__call__(message)
+        stored = super().store(message)
+        self._clock.store_seconds += time.perf_counter() - started
+        return stored
+
+    def commit(self, stored: StoredBatch) -> PersistResult:
+        clock = self._clock
+        if clock.finished is not None:
+            # Stored while the target's batch was committing, or not at all: not part of it.
+            clock.dropped += len(stored.chunks)
+            self.discard(stored)
+            return PersistResult(len(stored.chunks), 0, 0, 0, 0, 0, 0)
+        started = time.perf_counter()
+        result = super().commit(stored)
         now = time.perf_counter()
         clock.persist_seconds += now - started
-        clock.persisted += len(batch)
+        clock.persisted += len(stored.chunks)
         clock.batches += 1
         if clock.persisted >= clock.target and clock.finished is None:
             clock.finished = now
             clock.on_done()
-        return batch
+        return result
 
 
 class TimedStorage(BlobStorage):
@@ -268,6 +290,13 @@ class TimedStorage(BlobStorage):
         started = time.perf_counter()
         try:
             self._inner._do_put_many(items)
+        finally:
+            self.put_seconds += time.perf_counter() - started
+
+    def _do_put_new_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        started = time.perf_counter()
+        try:
+            self._inner._do_put_new_many(items)
         finally:
             self.put_seconds += time.perf_counter() - started
 
@@ -314,8 +343,11 @@ def measure(spec: RunSpec) -> RunResult:
         registry = CollectorRegistry()
         metrics = FleetMetrics(registry, WORKER)
         blob_metrics = BlobIngestMetrics(registry, WORKER)
-        writer_class = BlobWriter if spec.mode == "batched" else PerChunkBlobWriter
-        writer = writer_class(pool, storage, ids.generate)
+        writer: ChunkWriter = (
+            BlobWriter(pool, storage, ids.generate)
+            if spec.mode == "batched"
+            else PerChunkBlobWriter(pool, storage, ids.generate)
+        )
         holder: list[StreamProcessor[KafkaPayload]] = []
         clock = RunClock(spec.chunks, lambda: holder[0].signal_shutdown())
         factory = BlobIngestStrategyFactory(
@@ -324,6 +356,8 @@ def measure(spec: RunSpec) -> RunResult:
             max_batch_size=spec.max_batch_size,
             max_batch_time_seconds=spec.max_batch_time_ms / 1000,
             max_batch_bytes=spec.max_batch_bytes,
+            decode_threads=spec.decode_threads,
+            batches_in_flight=spec.batches_in_flight,
         )
         group = unique_name(f"bench-blob-{spec.mode}-{spec.chunk_size}")
         consumer = KafkaConsumer(consumer_configuration(settings, ConsumerOptions(group)))
@@ -370,6 +404,7 @@ def measure(spec: RunSpec) -> RunResult:
         batches=clock.batches,
         seconds=clock.finished - clock.first_seen,
         validate_seconds=clock.validate_seconds,
+        store_seconds=clock.store_seconds,
         persist_seconds=clock.persist_seconds,
         storage_seconds=storage.put_seconds,
         start_rss_bytes=start_rss,
@@ -616,6 +651,7 @@ def figures(
                 "peak_rss_mib": round(r.peak_rss_bytes / MIB, 1),
                 "start_rss_mib": round(r.start_rss_bytes / MIB, 1),
                 "validate_s": round(r.validate_seconds, 3),
+                "store_s": round(r.store_seconds, 3),
                 "persist_s": round(r.persist_seconds, 3),
                 "storage_put_s": round(r.storage_seconds, 3),
             }
@@ -654,6 +690,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-batch-time-ms", type=int, default=BLOB_INGEST_CONSUMER.max_batch_time_ms
     )
     parser.add_argument("--max-batch-bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES)
+    parser.add_argument("--decode-threads", type=int, default=DEFAULT_DECODE_THREADS)
+    parser.add_argument("--batches-in-flight", type=int, default=DEFAULT_BATCHES_IN_FLIGHT)
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="give up on a run after this many seconds"
     )
@@ -735,6 +773,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 max_batch_size=args.max_batch_size,
                 max_batch_time_ms=args.max_batch_time_ms,
                 max_batch_bytes=args.max_batch_bytes,
+                decode_threads=args.decode_threads,
+                batches_in_flight=args.batches_in_flight,
                 timeout_seconds=args.timeout,
                 profile_path=str(profile) if profile else None,
             )
