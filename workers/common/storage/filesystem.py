@@ -136,6 +136,7 @@ class FilesystemBlobStorage(BlobStorage):
         thread, each taking the next object): no temporary file, no rename."""
         current = items[0][0]
         finals = [self._root / path for path, _ in items]
+        failed: set[str] = set()
         try:
             directories, new_directories = self._prepare_directories(items)
             failures = self._in_pool(
@@ -144,6 +145,7 @@ class FilesystemBlobStorage(BlobStorage):
                 [path for path, _ in items],
             )
             if failures:
+                failed = {key for key, _ in failures}
                 current, error = failures[0]
                 raise error
             failed_sync = self._sync_directories(directories)
@@ -151,8 +153,11 @@ class FilesystemBlobStorage(BlobStorage):
                 current, error = failed_sync
                 raise error
         except OSError as error:
-            # A file that failed was removed by its writer; the others go too.
-            self._remove_quietly(finals)
+            # A failed file was removed by its writer (or was never ours: it existed); the
+            # batch's other objects go too.
+            self._remove_quietly(
+                final for final, (path, _) in zip(finals, items, strict=True) if path not in failed
+            )
             raise StorageError("put_new_many", current, describe_os_error(error)) from error
         self._mark_durable(new_directories, items, directories)
 
