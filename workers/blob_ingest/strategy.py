@@ -77,12 +77,18 @@ class ChunkValidator:
                     )
                 chunk = verify_chunk(headers, payload.value)
         except ChunkEventError as error:
-            self.__step.invalid(error.code)
+            refused: tuple[str, str] | None = (error.code, error.reason)
+        else:
+            refused = None
+        if refused is not None:
+            # Raised outside the `except` and without the decoder's error: its traceback
+            # would keep the decoding frames and their buffers (8 MiB of a bomb's output)
+            # alive while the InvalidMessage waits its turn in the pool's queue.
+            code, reason = refused
+            self.__step.invalid(code)
             value = message.value
             assert isinstance(value, BrokerValue)
-            raise InvalidMessage(
-                value.partition, value.offset, reason=error.reason, log_exception=False
-            ) from None
+            raise InvalidMessage(value.partition, value.offset, reason=reason, log_exception=False)
         self.__step.message_out()
         self.__blob_metrics.decompressed_bytes.inc(len(chunk.data))
         return chunk
