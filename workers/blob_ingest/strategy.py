@@ -186,6 +186,8 @@ class BlobIngestStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
                     CommitOffsets(commit),
                     max_in_flight=self.__batches_in_flight,
                     abandon=persister.discard,
+                    # One batch commits while the others are stored.
+                    first_threads=max(1, self.__batches_in_flight - 1),
                 ),
                 compute_batch_size=self.__weight,
             ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -15,6 +16,7 @@ from typing import Final, Self
 MAX_PATH_BYTES: Final = 1024
 #: Longest path segment, in UTF-8 bytes (a file name on common filesystems).
 MAX_SEGMENT_BYTES: Final = 255
+_CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f]")
 
 
 class StorageError(Exception):
@@ -121,7 +123,7 @@ def _check_characters(path: str, what: str) -> None:
         raise InvalidBlobPath(f"{what} {path!r} is absolute; keys are relative")
     if "\\" in path:
         raise InvalidBlobPath(f"{what} {path!r} contains a backslash")
-    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in path):
+    if _CONTROL_CHARACTER.search(path):
         raise InvalidBlobPath(f"{what} {path!r} contains a control character")
     try:
         size = len(path.encode("utf-8"))

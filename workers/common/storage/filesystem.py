@@ -135,7 +135,8 @@ class FilesystemBlobStorage(BlobStorage):
         """Each file created at its final name, written and fsynced by the pool (one task per
         thread, each taking the next object): no temporary file, no rename."""
         current = items[0][0]
-        finals = [self._root / path for path, _ in items]
+        root = str(self._root)
+        finals = [f"{root}/{path}" for path, _ in items]  # no Path per object: 3 µs each
         failed: set[str] = set()
         try:
             directories, new_directories = self._prepare_directories(items)
@@ -169,15 +170,16 @@ class FilesystemBlobStorage(BlobStorage):
         and those created, to be marked durable after the sync."""
         directories: set[Path] = set()
         created: set[Path] = set()
-        for parent in {(self._root / path).parent for path, _ in items}:
+        for key in {path.rpartition("/")[0] for path, _ in items}:
+            parent = self._root / key
             directories.add(parent)
             directories |= self._make_directories(parent, created)
         return directories, created
 
     def _in_pool(
         self,
-        write: Callable[[Path, bytes], None],
-        files: Sequence[tuple[Path, bytes]],
+        write: Callable[[Path | str, bytes], None],
+        files: Sequence[tuple[Path | str, bytes]],
         keys: Sequence[str],
     ) -> list[tuple[str, OSError]]:
         """`write` every file with the pool: one task per thread, each taking the next file
@@ -412,7 +414,7 @@ class FilesystemBlobStorage(BlobStorage):
     def _key_of(self, path: Path) -> str:
         return path.relative_to(self._root).as_posix() if path != self._root else ""
 
-    def _remove_quietly(self, paths: Iterable[Path]) -> None:
+    def _remove_quietly(self, paths: Iterable[Path | str]) -> None:
         for path in paths:
             try:
                 os.unlink(path)
@@ -422,7 +424,7 @@ class FilesystemBlobStorage(BlobStorage):
                 logger.warning("could not remove a temporary blob file", extra={"file": str(path)})
 
 
-def _write_synced_file(path: Path, data: bytes) -> None:
+def _write_synced_file(path: Path | str, data: bytes) -> None:
     """Create `path` (it must not exist), write `data` and fsync it; a failed write removes
     the file it created."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

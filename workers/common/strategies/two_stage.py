@@ -2,8 +2,10 @@
 own, so that stage one of a message overlaps stage two of the one before (blob-ingest: batch
 N's storage writes while batch N-1's transaction commits).
 
-- Stage two of a message starts after its own stage one and after stage two of every earlier
-  message (one thread per stage, first in, first out).
+- Stage one runs for up to `first_threads` messages at once (blob-ingest: while one batch's
+  files are being synced, the next one is looked up and its writes queued, so the disk never
+  waits for Python); stage two of a message starts after its own stage one and after stage
+  two of every earlier message (one thread, first in, first out).
 - A message goes on to the next step (`CommitOffsets`) only once its stage two returned, and
   in submission order; a `FilteredPayload` waits its turn as well. So an offset is committed
   only after stage two of its message and of every message before it.
@@ -57,15 +59,18 @@ class TwoStagePipeline(
         next_step: ProcessingStrategy[FilteredPayload | TResult],
         max_in_flight: int = 2,
         abandon: Callable[[TMiddle], None] = lambda _: None,
+        first_threads: int = 1,
     ) -> None:
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if max_in_flight < 1 or first_threads < 1:
+            raise ValueError("max_in_flight and first_threads must be at least 1")
         self.__first = first
         self.__second = second
         self.__abandon = abandon
         self.__next_step = next_step
         self.__max_in_flight = max_in_flight
-        self.__stage_one = ThreadPoolExecutor(1, thread_name_prefix="pipeline-stage-one")
+        self.__stage_one = ThreadPoolExecutor(
+            first_threads, thread_name_prefix="pipeline-stage-one"
+        )
         self.__stage_two = ThreadPoolExecutor(1, thread_name_prefix="pipeline-stage-two")
         # (message, its stage-two future; None for a filtered message)
         self.__queue: deque[tuple[Message[FilteredPayload | TPayload], Future[TResult] | None]]
