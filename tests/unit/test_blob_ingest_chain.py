@@ -240,17 +240,18 @@ def test_a_failed_transaction_commits_neither_its_offsets_nor_the_next_batch() -
     chain.check_no_commit_past_unpersisted_data(invalid=set())
 
 
-def test_no_more_batches_than_allowed_are_in_flight() -> None:
-    chain = make_chain([valid(n) for n in range(40)], max_batch_size=2, batches_in_flight=2)
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_no_more_batches_than_allowed_are_in_flight(in_flight: int) -> None:
+    chain = make_chain([valid(n) for n in range(40)], max_batch_size=2, batches_in_flight=in_flight)
     gate = threading.Event()
     chain.writer.commit_gate = gate
-    chain.run_until(lambda: chain.writer.most_in_flight == 2)
-    for _ in range(50):  # the consumer goes on polling while both batches wait
+    chain.run_until(lambda: chain.writer.most_in_flight == in_flight)
+    for _ in range(50):  # the consumer goes on polling while the batches wait
         chain.processor._run_once()
-    assert chain.writer.most_in_flight == 2
+    assert chain.writer.most_in_flight == in_flight
     assert chain.offset_commits() in ([], [0])
     gate.set()
     chain.run_until(lambda: chain.offset_commits()[-1:] == [40])
-    assert chain.writer.most_in_flight == 2
+    assert chain.writer.most_in_flight == in_flight
     assert sorted(chain.writer.rows) == list(range(40))
     chain.check_no_commit_past_unpersisted_data(invalid=set())

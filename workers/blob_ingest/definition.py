@@ -3,8 +3,8 @@
 Worker options (after the shared ones):
 - `--max-batch-bytes N` (default 64 MiB): a batch is also full at about this many bytes;
 - `--decode-threads N` (default 2): threads that decompress and hash chunks of 64 KiB and more;
-- `--batches-in-flight N` (default 2): batches being stored or committed at once (one in each
-  stage of the pipeline; more only queues, and holds more memory);
+- `--batches-in-flight N` (default 3): batches being stored or committed at once (one commits
+  while the others are stored; each holds up to `--max-batch-bytes`);
 - `--storage-url URL`: overrides `BLOB_STORAGE_URL` for this worker.
 """
 

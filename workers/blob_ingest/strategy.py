@@ -13,10 +13,10 @@ transaction, in batch order, while the next batch is being stored. A batch reach
 `CommitOffsets` only after its `commit` and every earlier batch's, so an offset is committed
 only after its chunk's object is durable and its rows are committed.
 
-Memory: the decoded bytes held are at most the pending validations (`MAX_PENDING_DECODE_BYTES`
-plus one chunk), the batch being built and the batches in flight (each `--max-batch-bytes`
-plus one chunk of 8 MiB at most): with the defaults (64 MiB, 2 in flight) about 3 x 72 MiB +
-24 MiB.
+Memory: the decoded bytes held are at most the pending validations (`MAX_PENDING_DECODES`
+messages or `MAX_PENDING_DECODE_BYTES` as sent, plus one message), the batch being built and
+the batches in flight (`--batches-in-flight`), each `--max-batch-bytes` plus one chunk of 8 MiB
+at most: with the defaults (64 MiB, 3 in flight) about 4 x 72 MiB + 24 MiB.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ POOL_MIN_VALUE_BYTES = 64 * 1024
 MAX_PENDING_DECODES = 1000
 MAX_PENDING_DECODE_BYTES = 16 * 1024 * 1024
 DEFAULT_DECODE_THREADS = 2
-DEFAULT_BATCHES_IN_FLIGHT = 2
+DEFAULT_BATCHES_IN_FLIGHT = 3
 
 
 class ChunkValidator:
