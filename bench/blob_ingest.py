@@ -72,6 +72,7 @@ import io
 import multiprocessing
 import os
 import pstats
+import resource
 import shutil
 import sys
 import tempfile
@@ -182,6 +183,8 @@ class RunResult:
     persist_seconds: float
     storage_seconds: float
     start_rss_bytes: int
+    #: CPU seconds (user + system) of the consuming process while it ran.
+    cpu_seconds: float
     peak_rss_bytes: int
     profile_top: str | None = None
 
@@ -325,6 +328,11 @@ class TimedStorage(BlobStorage):
         self._inner.close()
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss_bytes(field_name: str) -> int:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
@@ -380,6 +388,7 @@ def measure(spec: RunSpec) -> RunResult:
         resources.callback(watchdog.cancel)
 
         start_rss = _rss_bytes("VmRSS")
+        cpu_before = _cpu_seconds()
         profiler = cProfile.Profile() if spec.profile_path else None
         if profiler is not None:
             profiler.enable()
@@ -387,6 +396,7 @@ def measure(spec: RunSpec) -> RunResult:
         if profiler is not None:
             profiler.disable()
         peak_rss = _rss_bytes("VmHWM")
+        cpu_seconds = _cpu_seconds() - cpu_before
 
     if clock.first_seen is None or clock.finished is None:
         raise RuntimeError(
@@ -414,6 +424,7 @@ def measure(spec: RunSpec) -> RunResult:
         persist_seconds=clock.persist_seconds,
         storage_seconds=storage.put_seconds,
         start_rss_bytes=start_rss,
+        cpu_seconds=cpu_seconds,
         peak_rss_bytes=peak_rss,
         profile_top=profile_top,
     )
@@ -660,6 +671,7 @@ def figures(
                 "mb_per_s": round(r.mb_per_second, 2),
                 "peak_rss_mib": round(r.peak_rss_bytes / MIB, 1),
                 "start_rss_mib": round(r.start_rss_bytes / MIB, 1),
+                "cpu_s": round(r.cpu_seconds, 2),
                 "validate_s": round(r.validate_seconds, 3),
                 "store_s": round(r.store_seconds, 3),
                 "persist_s": round(r.persist_seconds, 3),

@@ -291,6 +291,25 @@ def test_invalid_message_is_raised_in_order_with_its_own_offset(in_pool: bool) -
     assert isinstance(recorder.received[2].payload, FilteredPayload)
 
 
+def test_join_raises_an_invalid_message_in_order_and_goes_on_when_called_again() -> None:
+    """Arroyo's processor handles an InvalidMessage from `join` and calls `join` again."""
+    recorder = Recorder()
+    step = RunTaskInPool(validate, recorder, threads=2, max_pending=10, max_pending_bytes=1 << 20)
+    for offset in (11, 12, 13, 14):
+        step.submit(message(offset))
+    step.close()
+    with pytest.raises(InvalidMessage) as raised:
+        step.join(timeout=DEADLINE)
+    assert raised.value.offset == 13
+    assert recorder.payloads() == [1100, 1200]
+    assert not recorder.closed
+    step.join(timeout=DEADLINE)
+    assert recorder.payloads() == [1100, 1200, 1400]
+    assert recorder.committed() == 15
+    assert recorder.closed
+    assert recorder.joined
+
+
 def test_pending_messages_are_bounded_by_count_and_by_bytes() -> None:
     recorder = Recorder()
     recorder.rejecting = True
