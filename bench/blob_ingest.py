@@ -183,8 +183,8 @@ class RunResult:
     persist_seconds: float
     storage_seconds: float
     start_rss_bytes: int
-    #: CPU seconds (user + system) of the consuming process while it ran.
-    cpu_seconds: float
+    #: CPU seconds (user, system) of the consuming process while `processor.run()` ran.
+    cpu_seconds: tuple[float, float]
     peak_rss_bytes: int
     profile_top: str | None = None
 
@@ -328,9 +328,10 @@ class TimedStorage(BlobStorage):
         self._inner.close()
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
 
 
 def _rss_bytes(field_name: str) -> int:
@@ -396,7 +397,8 @@ def measure(spec: RunSpec) -> RunResult:
         if profiler is not None:
             profiler.disable()
         peak_rss = _rss_bytes("VmHWM")
-        cpu_seconds = _cpu_seconds() - cpu_before
+        cpu_after = _cpu_seconds()
+        cpu_seconds = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
 
     if clock.first_seen is None or clock.finished is None:
         raise RuntimeError(
@@ -671,7 +673,8 @@ def figures(
                 "mb_per_s": round(r.mb_per_second, 2),
                 "peak_rss_mib": round(r.peak_rss_bytes / MIB, 1),
                 "start_rss_mib": round(r.start_rss_bytes / MIB, 1),
-                "cpu_s": round(r.cpu_seconds, 2),
+                "cpu_user_s": round(r.cpu_seconds[0], 2),
+                "cpu_system_s": round(r.cpu_seconds[1], 2),
                 "validate_s": round(r.validate_seconds, 3),
                 "store_s": round(r.store_seconds, 3),
                 "persist_s": round(r.persist_seconds, 3),
