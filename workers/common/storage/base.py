@@ -186,7 +186,7 @@ class BlobStorage(ABC):
         `put_many` without its atomic replacement, for writers whose objects nothing reads
         before they return (blob-ingest: a blob's row is committed only afterwards). The
         filesystem backend writes each file in place, without a temporary file and rename
-        (a quarter of its cost for small objects); while the call runs, an object may be
+        (about a fifth of its cost for small objects); while the call runs, an object may be
         visible partially written. A path that already holds an object is a `StorageError`
         there. On a `StorageError` the objects of the batch are deleted again (best effort);
         a crash can leave some, possibly partial, which no row references: the orphan sweep

@@ -18,7 +18,7 @@ directory sync per batch instead of one per object.
 
 `put_new_many` (objects at fresh keys that nothing reads before it returns) skips the
 temporary file: each file is created at its final name, written and fsynced by the pool, then
-the directories are synced as above. The rename cost about a quarter of the throughput for
+the directories are synced as above. The rename cost about a fifth of the throughput for
 4 KiB objects on the development VM (docs/benchmarks.md, Blob ingest). The pool runs one task
 per thread, each taking the next object until none is left, not one future per object.
 
