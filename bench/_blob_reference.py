@@ -5,12 +5,16 @@ Sentry's way and the fleet's are compared in docs/reference.md, Blob store.
 For every chunk, in its own transaction on a connection from the pool:
 
     BEGIN; SELECT id FROM blobs WHERE checksum = %s;      -- one lookup by checksum
-    storage.put(path, data)                               -- one storage write (fsync'd)
+    storage.put_new_many([(path, data)])                  -- one storage write (fsync'd)
     INSERT INTO blobs ... ON CONFLICT (checksum) DO NOTHING RETURNING id;
     INSERT INTO blob_owners ... ON CONFLICT DO NOTHING;   -- one owner INSERT
     COMMIT;
 
 That is the reference's weakness, one round trip per chunk per step, kept on purpose; the
+rest is no weaker than the batched writer: the object is written with the same primitive
+(`put_new_many`, in place, no rename), and the chain around it is the worker's (decoding in
+the pool, pipelined stages). All of it happens in the pipeline's second stage (`commit`;
+`store` does nothing), since each chunk's write belongs to its own transaction. The
 results are the same as `BlobWriter`'s (races adopt the winner's row and delete the object just
 written, a reused blob gets the 12 h touch), so both writers can run through the same chain.
 It lives in the bench, not in `workers/`: it exists only to be compared against.
@@ -24,29 +28,28 @@ from collections.abc import Callable, Sequence
 from psycopg_pool import ConnectionPool
 
 from workers.blob_ingest.decode import VerifiedChunk
-from workers.blob_ingest.persist import BlobWriter, PersistResult
+from workers.blob_ingest.persist import PersistResult, StoredBatch
 from workers.common.blob_lifecycle import REUSE_REFRESH_AFTER
 from workers.common.storage import BlobStorage, random_blob_path
 
 logger = logging.getLogger(__name__)
 
 
-class PerChunkBlobWriter(BlobWriter):
-    """`BlobWriter`'s interface (`persist(chunks) -> PersistResult`), one chunk at a time.
-
-    It subclasses `BlobWriter` only so that `BatchPersister` accepts it; none of the parent's
-    set-based code runs.
-    """
+class PerChunkBlobWriter:
+    """A `ChunkWriter` (`store`, `commit`, `discard`) like `BlobWriter`, one chunk at a time."""
 
     def __init__(
         self, pool: ConnectionPool, storage: BlobStorage, generate_id: Callable[[], int]
     ) -> None:
-        super().__init__(pool, storage, generate_id)
         self._pool = pool
         self._storage = storage
         self._generate_id = generate_id
 
-    def persist(self, chunks: Sequence[VerifiedChunk]) -> PersistResult:
+    def store(self, chunks: Sequence[VerifiedChunk]) -> StoredBatch:
+        return StoredBatch.unstored(chunks)
+
+    def commit(self, stored: StoredBatch) -> PersistResult:
+        chunks = stored.chunks
         already_stored = new_blobs = races = bytes_stored = owners_added = 0
         for chunk in chunks:
             outcome, owner_added = self._persist_chunk(chunk)
@@ -64,6 +67,9 @@ class PerChunkBlobWriter(BlobWriter):
             bytes_stored=bytes_stored,
             owners_added=owners_added,
         )
+
+    def discard(self, stored: StoredBatch) -> None:
+        return None  # `store` wrote nothing
 
     def _persist_chunk(self, chunk: VerifiedChunk) -> tuple[str, int]:
         """`("new" | "reused" | "race", owner rows added)` for one chunk, committed."""
@@ -84,7 +90,7 @@ class PerChunkBlobWriter(BlobWriter):
                     )
                 else:
                     written = random_blob_path()
-                    self._storage.put(written, chunk.data)
+                    self._storage.put_new_many([(written, chunk.data)])
                     inserted = connection.execute(
                         "INSERT INTO blobs (id, path, size, checksum) VALUES (%s, %s, %s, %s) "
                         "ON CONFLICT (checksum) DO NOTHING RETURNING id",

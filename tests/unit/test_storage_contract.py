@@ -24,6 +24,7 @@ from workers.common.storage import (
     StorageClosedError,
     StorageError,
     random_blob_path,
+    random_blob_paths,
 )
 
 # Timestamps of some servers have whole-second precision.
@@ -47,6 +48,16 @@ class StorageContract:
     def test_put_many_writes_every_object(self, storage: BlobStorage) -> None:
         items = [(random_blob_path(), os.urandom(n)) for n in (0, 1, 4096, 65_537)]
         storage.put_many(items)
+        for path, data in items:
+            assert storage.get(path) == data
+        assert listing(storage) == {path: len(data) for path, data in items}
+
+    def test_put_new_many_writes_every_object(self, storage: BlobStorage) -> None:
+        items = [
+            (path, os.urandom(n))
+            for path, n in zip(random_blob_paths(4), (1, 7, 4096, 65_537), strict=True)
+        ]
+        storage.put_new_many(items)
         for path, data in items:
             assert storage.get(path) == data
         assert listing(storage) == {path: len(data) for path, data in items}

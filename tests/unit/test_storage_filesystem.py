@@ -140,6 +140,46 @@ def test_files_are_synced_before_the_renames_and_directories_after(
     assert set(kinds[last_replace:]) == {"fsync"}
 
 
+def test_put_new_many_writes_in_place_and_syncs_each_file_and_directory_once(
+    storage: FilesystemBlobStorage, root: Path, recorder: SyncRecorder
+) -> None:
+    storage.put_new_many([("aa/0001/seed", b"s")])
+    recorder.events.clear()
+    items = [(f"aa/0001/new{i}", b"n" * i) for i in range(5)]
+    storage.put_new_many(items)
+    assert "replace" not in {kind for kind, _ in recorder.events}
+    assert sorted(recorder.synced()) == sorted(
+        [str(root / path) for path, _ in items] + [str(root / "aa/0001")]
+    )
+    assert all(storage.get(path) == data for path, data in items)
+    assert temporary_files(root) == []
+
+
+def test_put_new_many_refuses_a_path_that_holds_an_object_and_leaves_none_of_the_batch(
+    storage: FilesystemBlobStorage, root: Path
+) -> None:
+    storage.put("aa/0001/taken", b"old")
+    items = [("aa/0001/fresh1", b"1"), ("aa/0001/taken", b"new"), ("aa/0001/fresh2", b"2")]
+    with pytest.raises(StorageError, match=r"put_new_many 'aa/0001/taken'.*File exists"):
+        storage.put_new_many(items)
+    assert regular_files(root) == {"aa/0001/taken"}
+    assert storage.get("aa/0001/taken") == b"old"
+
+
+def test_put_new_many_failing_mid_batch_leaves_none_of_its_objects(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FilesystemBlobStorage(root, sync_threads=2)
+    items = [(random_blob_path(), SECRET_PAYLOAD) for _ in range(6)]
+    monkeypatch.setattr(os, "fsync", fail_on_call(3, os.fsync))
+    with pytest.raises(StorageError) as raised:
+        storage.put_new_many(items)
+    assert "No space left on device" in str(raised.value)
+    assert SECRET_PAYLOAD.decode() not in str(raised.value)
+    assert regular_files(root) == set()
+    storage.close()
+
+
 # -- atomicity and cleanup ------------------------------------------------------------------------
 
 

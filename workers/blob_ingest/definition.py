@@ -2,6 +2,9 @@
 
 Worker options (after the shared ones):
 - `--max-batch-bytes N` (default 64 MiB): a batch is also full at about this many bytes;
+- `--decode-threads N` (default 2): threads that decompress and hash chunks of 64 KiB and more;
+- `--batches-in-flight N` (default 3): batches being stored or committed at once (one commits
+  while the others are stored; each holds up to `--max-batch-bytes`);
 - `--storage-url URL`: overrides `BLOB_STORAGE_URL` for this worker.
 """
 
@@ -15,7 +18,13 @@ import click
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
 from workers.blob_ingest.persist import BlobWriter
-from workers.blob_ingest.strategy import BatchPersister, BlobIngestStrategyFactory, ChunkValidator
+from workers.blob_ingest.strategy import (
+    DEFAULT_BATCHES_IN_FLIGHT,
+    DEFAULT_DECODE_THREADS,
+    BatchPersister,
+    BlobIngestStrategyFactory,
+    ChunkValidator,
+)
 from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.database import create_pool
 from workers.common.registry import ConsumerDefinition, StrategyContext
@@ -39,6 +48,20 @@ CLICK_OPTIONS: Final = (
         default=DEFAULT_MAX_BATCH_BYTES,
         show_default=True,
         help="A batch is also full at about this many decompressed bytes.",
+    ),
+    click.Option(
+        ["--decode-threads"],
+        type=click.IntRange(min=1, max=64),
+        default=DEFAULT_DECODE_THREADS,
+        show_default=True,
+        help="Threads that decompress and hash chunks of 64 KiB and more.",
+    ),
+    click.Option(
+        ["--batches-in-flight"],
+        type=click.IntRange(min=1, max=8),
+        default=DEFAULT_BATCHES_IN_FLIGHT,
+        show_default=True,
+        help="Batches being stored or committed at once (the next waits).",
     ),
     click.Option(["--storage-url"], help="Blob storage URL (default: BLOB_STORAGE_URL)."),
 )
@@ -69,6 +92,10 @@ def build_strategy_factory(context: StrategyContext) -> BlobIngestStrategyFactor
         max_batch_size=context.max_batch_size,
         max_batch_time_seconds=context.max_batch_time_seconds,
         max_batch_bytes=int(context.options.get("max_batch_bytes") or DEFAULT_MAX_BATCH_BYTES),
+        decode_threads=int(context.options.get("decode_threads") or DEFAULT_DECODE_THREADS),
+        batches_in_flight=int(
+            context.options.get("batches_in_flight") or DEFAULT_BATCHES_IN_FLIGHT
+        ),
         on_shutdown=resources.close,
     )
 

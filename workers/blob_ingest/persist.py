@@ -1,26 +1,31 @@
-"""Persisting a batch of verified chunks as blobs, set-based
-(docs/reference.md, Blob store).
+"""Persisting a batch of verified chunks as blobs, set-based, in two stages that the chain
+overlaps from one batch to the next (docs/reference.md, Blob store; docs/blob-ingest.md, Chain).
 
-For a batch, in this order:
+`store(chunks)`, stage one:
 1. de-duplicate by checksum within the batch (keeping every (checksum, organization) pair);
 2. one `SELECT ... WHERE checksum = ANY(...)` finds blobs that already exist;
-3. new chunks are written to storage under random paths (`put_many`: durable on return);
+3. new chunks are written to storage under fresh random paths (`put_new_many`: durable on
+   return).
+`commit(stored)`, stage two:
 4. one transaction: `INSERT ... ON CONFLICT (checksum) DO NOTHING RETURNING` for the new
-   blobs; the checksums not returned lost a race to another writer, whose rows are adopted;
-   reused blobs older than 12 h get a fresh `timestamp` (the sweep deletes unreferenced
-   blobs after 24 h, so a chunk just confirmed present cannot vanish); owners are inserted
-   with `ON CONFLICT DO NOTHING`;
+   blobs; the checksums not returned lost a race to another writer (or to the previous batch,
+   whose transaction may still have been running during this batch's lookup), whose rows are
+   adopted; reused blobs older than 12 h get a fresh `timestamp` (the sweep deletes
+   unreferenced blobs after 24 h, so a chunk just confirmed present cannot vanish); owners are
+   inserted with `ON CONFLICT DO NOTHING`;
 5. after the commit, objects written for lost races are deleted. If the transaction fails
    for any other reason the objects just written are deleted too (best effort; what a
    crash leaves behind is found by `workers blobs sweep`).
-About five round trips per batch, whatever its size.
+`discard(stored)` deletes the objects of a stored batch that will not be committed.
+`persist(chunks)` is both stages in a row. About five round trips per batch, whatever its size.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -32,7 +37,14 @@ from workers.common.storage import BlobStorage, random_blob_paths
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-# Reused blobs get a fresh timestamp when it is older than this (half the sweep's 24 h).
+
+
+def joined(values: Iterable[str | int]) -> str:
+    """Values as one text parameter for `string_to_array(%s, ',')::type[]`: psycopg dumps a
+    list element by element in Python (a few µs each, six lists of a thousand per batch),
+    one string costs nothing. Only for values that never hold a comma: ids, sizes, hex
+    checksums and blob paths (`ab/cdef/<hex>`)."""
+    return ",".join(map(str, values))
 
 
 @dataclass(frozen=True)
@@ -47,11 +59,38 @@ class PersistResult:
 
 
 @dataclass(frozen=True)
-class _NewBlob:
+class NewBlob:
     id: int
     path: str
     size: int
     checksum: str
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """A batch after stage one: its objects are durable, its rows not written yet."""
+
+    chunks: Sequence[VerifiedChunk]
+    unique: Mapping[str, VerifiedChunk]
+    owners: frozenset[tuple[str, int]]
+    #: Blobs found by the lookup, checksum → id.
+    existing: Mapping[str, int]
+    new_blobs: Sequence[NewBlob]
+
+    @classmethod
+    def unstored(cls, chunks: Sequence[VerifiedChunk]) -> StoredBatch:
+        """The chunks with nothing looked up or written (for writers that do all in `commit`)."""
+        return cls(chunks, {}, frozenset(), {}, [])
+
+
+class ChunkWriter(Protocol):
+    """What `BatchPersister` drives: `BlobWriter`, or the bench's per-chunk reference."""
+
+    def store(self, chunks: Sequence[VerifiedChunk]) -> StoredBatch: ...
+
+    def commit(self, stored: StoredBatch) -> PersistResult: ...
+
+    def discard(self, stored: StoredBatch) -> None: ...
 
 
 class BlobWriter:
@@ -63,53 +102,65 @@ class BlobWriter:
         self.__generate_id = generate_id
 
     def persist(self, chunks: Sequence[VerifiedChunk]) -> PersistResult:
+        return self.commit(self.store(chunks))
+
+    def store(self, chunks: Sequence[VerifiedChunk]) -> StoredBatch:
+        unique: dict[str, VerifiedChunk] = {}
+        owners: set[tuple[str, int]] = set()
+        for chunk in chunks:
+            unique.setdefault(chunk.checksum, chunk)
+            owners.add((chunk.checksum, chunk.organization_id))
+        with self.__pool.connection() as connection:
+            rows = connection.execute(
+                "SELECT checksum, id FROM blobs "
+                "WHERE checksum = ANY(string_to_array(%s, ',')::char(40)[])",
+                (joined(unique),),
+            ).fetchall()
+        existing: dict[str, int] = {checksum.strip(): blob_id for checksum, blob_id in rows}
+        # Sorted by checksum: concurrent writers then take unique-index entries in one order
+        # and cannot deadlock on each other.
+        missing = [checksum for checksum in sorted(unique) if checksum not in existing]
+        new_blobs = [
+            NewBlob(self.__generate_id(), path, len(unique[checksum].data), checksum)
+            for checksum, path in zip(missing, random_blob_paths(len(missing)), strict=True)
+        ]
+        if new_blobs:
+            self.__storage.put_new_many(
+                [(blob.path, unique[blob.checksum].data) for blob in new_blobs]
+            )
+        return StoredBatch(chunks, unique, frozenset(owners), existing, new_blobs)
+
+    def commit(self, stored: StoredBatch) -> PersistResult:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return self.__persist_once(chunks)
+                return self.__commit_once(stored)
             except psycopg.errors.ForeignKeyViolation:
                 # The sweep deleted an unreferenced blob between our lookup and our owner
                 # insert; the next attempt no longer finds it and stores the chunk anew.
                 if attempt == MAX_ATTEMPTS:
                     raise
                 logger.info("blob swept while being reused; retrying the batch")
+                stored = self.store(stored.chunks)
         raise AssertionError("unreachable")
 
-    def __persist_once(self, chunks: Sequence[VerifiedChunk]) -> PersistResult:
-        unique: dict[str, VerifiedChunk] = {}
-        owners: set[tuple[str, int]] = set()
-        for chunk in chunks:
-            unique.setdefault(chunk.checksum, chunk)
-            owners.add((chunk.checksum, chunk.organization_id))
-        checksums = list(unique)
+    def discard(self, stored: StoredBatch) -> None:
+        if stored.new_blobs:
+            self.__delete_quietly([blob.path for blob in stored.new_blobs])
 
-        with self.__pool.connection() as connection:
-            rows = connection.execute(
-                "SELECT checksum, id FROM blobs WHERE checksum = ANY(%s)", (checksums,)
-            ).fetchall()
-        blob_ids: dict[str, int] = {checksum.strip(): blob_id for checksum, blob_id in rows}
+    def __commit_once(self, stored: StoredBatch) -> PersistResult:
+        new_blobs = stored.new_blobs
+        blob_ids = dict(stored.existing)
         reused_ids = list(blob_ids.values())
-
-        # Sorted by checksum: concurrent writers then take unique-index entries in one order
-        # and cannot deadlock on each other.
-        missing = [checksum for checksum in sorted(unique) if checksum not in blob_ids]
-        new_blobs = [
-            _NewBlob(self.__generate_id(), path, len(unique[checksum].data), checksum)
-            for checksum, path in zip(missing, random_blob_paths(len(missing)), strict=True)
-        ]
-        if new_blobs:
-            self.__storage.put_many([(blob.path, unique[blob.checksum].data) for blob in new_blobs])
-
         try:
-            lost, owners_added = self.__write_rows(new_blobs, reused_ids, blob_ids, owners)
+            lost, owners_added = self.__write_rows(new_blobs, reused_ids, blob_ids, stored.owners)
         except BaseException:
-            if new_blobs:
-                self.__delete_quietly([blob.path for blob in new_blobs])
+            self.discard(stored)
             raise
         if lost:
             self.__delete_quietly([blob.path for blob in lost])
         return PersistResult(
-            chunks=len(chunks),
-            duplicates_in_batch=len(chunks) - len(unique),
+            chunks=len(stored.chunks),
+            duplicates_in_batch=len(stored.chunks) - len(stored.unique),
             already_stored=len(reused_ids),
             new_blobs=len(new_blobs) - len(lost),
             races=len(lost),
@@ -119,26 +170,27 @@ class BlobWriter:
 
     def __write_rows(
         self,
-        new_blobs: Sequence[_NewBlob],
+        new_blobs: Sequence[NewBlob],
         reused_ids: Sequence[int],
         blob_ids: dict[str, int],
-        owners: set[tuple[str, int]],
-    ) -> tuple[list[_NewBlob], int]:
+        owners: frozenset[tuple[str, int]],
+    ) -> tuple[list[NewBlob], int]:
         """Rows for one batch in one transaction; returns the blobs that lost a race and the
         number of owner rows added."""
-        lost: list[_NewBlob] = []
+        lost: list[NewBlob] = []
         with self.__pool.connection() as connection, connection.transaction():
             if new_blobs:
                 inserted = connection.execute(
                     "INSERT INTO blobs (id, path, size, checksum) "
-                    "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::integer[], "
-                    "%s::char(40)[]) "
+                    "SELECT * FROM unnest(string_to_array(%s, ',')::bigint[], "
+                    "string_to_array(%s, ','), string_to_array(%s, ',')::integer[], "
+                    "string_to_array(%s, ',')::char(40)[]) "
                     "ON CONFLICT (checksum) DO NOTHING RETURNING checksum, id",
                     (
-                        [blob.id for blob in new_blobs],
-                        [blob.path for blob in new_blobs],
-                        [blob.size for blob in new_blobs],
-                        [blob.checksum for blob in new_blobs],
+                        joined(blob.id for blob in new_blobs),
+                        joined(blob.path for blob in new_blobs),
+                        joined(blob.size for blob in new_blobs),
+                        joined(blob.checksum for blob in new_blobs),
                     ),
                 ).fetchall()
                 won = {checksum.strip(): blob_id for checksum, blob_id in inserted}
@@ -161,9 +213,13 @@ class BlobWriter:
             owner_rows = sorted((blob_ids[checksum], org) for checksum, org in owners)
             added = connection.execute(
                 "INSERT INTO blob_owners (blob_id, organization_id) "
-                "SELECT * FROM unnest(%s::bigint[], %s::bigint[]) "
+                "SELECT * FROM unnest(string_to_array(%s, ',')::bigint[], "
+                "string_to_array(%s, ',')::bigint[]) "
                 "ON CONFLICT (blob_id, organization_id) DO NOTHING",
-                ([blob_id for blob_id, _ in owner_rows], [org for _, org in owner_rows]),
+                (
+                    joined(blob_id for blob_id, _ in owner_rows),
+                    joined(org for _, org in owner_rows),
+                ),
             )
             return lost, added.rowcount
 

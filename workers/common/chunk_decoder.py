@@ -52,6 +52,13 @@ _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 # one RLE byte): feeding `4 * n` bytes produces at most `n` blocks' worth of output.
 _ZSTD_BLOCK_BYTES: Final = 128 * 1024
 _ZSTD_MIN_BLOCK_INPUT: Final = 4
+# hashlib lets go of the GIL while hashing 2048 bytes or more. For a small piece, getting it
+# back costs more than the hashing whenever other threads want it (blob-ingest's consumer
+# thread's validation took 2.2 s per 20,000 chunks of 4 KiB with it, 0.8 s without), so such
+# pieces are hashed in slices below that size; larger ones are hashed in one call, letting
+# other threads run meanwhile.
+_HASH_SLICE_BYTES: Final = 2047
+_HASH_WITH_GIL_BELOW: Final = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -204,7 +211,7 @@ class ChunkDecoder:
         if len(output) > cap:
             raise ChunkEventError(REQUEST_TOO_LARGE, "decoded request exceeds its limit")
         self.__size += len(output)
-        self.__hasher.update(output)
+        _hash(self.__hasher, output)
         if self.__kept is not None:
             self.__kept.append(output)
         return len(output)
@@ -226,6 +233,15 @@ class ChunkDecoder:
         """The decoded bytes (only with `keep=True`)."""
         assert self.__kept is not None, "ChunkDecoder(keep=True) keeps the decoded bytes"
         return b"".join(self.__kept)
+
+
+def _hash(hasher: hashlib._Hash, data: Buffer) -> None:
+    if _HASH_SLICE_BYTES < len(data) < _HASH_WITH_GIL_BELOW:
+        view = memoryview(data)
+        for start in range(0, len(view), _HASH_SLICE_BYTES):
+            hasher.update(view[start : start + _HASH_SLICE_BYTES])
+    else:
+        hasher.update(data)
 
 
 def decode_chunk(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -15,6 +16,7 @@ from typing import Final, Self
 MAX_PATH_BYTES: Final = 1024
 #: Longest path segment, in UTF-8 bytes (a file name on common filesystems).
 MAX_SEGMENT_BYTES: Final = 255
+_CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f]")
 
 
 class StorageError(Exception):
@@ -121,7 +123,7 @@ def _check_characters(path: str, what: str) -> None:
         raise InvalidBlobPath(f"{what} {path!r} is absolute; keys are relative")
     if "\\" in path:
         raise InvalidBlobPath(f"{what} {path!r} contains a backslash")
-    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in path):
+    if _CONTROL_CHARACTER.search(path):
         raise InvalidBlobPath(f"{what} {path!r} contains a control character")
     try:
         size = len(path.encode("utf-8"))
@@ -176,6 +178,24 @@ class BlobStorage(ABC):
         validate_batch(items)
         if items:
             self._do_put_many(items)
+
+    def put_new_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Write every `(path, data)` object at a path that holds none yet (a fresh random
+        key, `random_blob_paths`); durable on return.
+
+        `put_many` without its atomic replacement, for writers whose objects nothing reads
+        before they return (blob-ingest: a blob's row is committed only afterwards). The
+        filesystem backend writes each file in place, without a temporary file and rename
+        (about a fifth of its cost for small objects); while the call runs, an object may be
+        visible partially written. A path that already holds an object is a `StorageError`
+        there. On a `StorageError` the objects of the batch are deleted again (best effort);
+        a crash can leave some, possibly partial, which no row references: the orphan sweep
+        deletes them. Backends for which `put_many` costs no more use it.
+        """
+        self._check_open()
+        validate_batch(items)
+        if items:
+            self._do_put_new_many(items)
 
     def put(self, path: str, data: bytes) -> None:
         """Write one object; durable on return."""
@@ -242,6 +262,9 @@ class BlobStorage(ABC):
 
     @abstractmethod
     def _do_put_many(self, items: Sequence[tuple[str, bytes]]) -> None: ...
+
+    def _do_put_new_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        self._do_put_many(items)
 
     @abstractmethod
     def _do_get(self, path: str) -> bytes: ...

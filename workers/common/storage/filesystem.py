@@ -16,6 +16,12 @@ durable with as few `fsync` calls as correctness allows:
 Writers that put a batch's objects in one directory (`random_blob_paths`) pay for one
 directory sync per batch instead of one per object.
 
+`put_new_many` (objects at fresh keys that nothing reads before it returns) skips the
+temporary file: each file is created at its final name, written and fsynced by the pool, then
+the directories are synced as above. The rename cost about a fifth of the throughput for
+4 KiB objects on the development VM (docs/benchmarks.md, Blob ingest). The pool runs one task
+per thread, each taking the next object until none is left, not one future per object.
+
 Temporary files never appear in `iter_objects` (names starting with `.` are not keys). A
 failed batch removes its temporary files; a crash can leave some behind, which
 `remove_temporary_files` deletes. Deletes are not synced: an object deleted just before a
@@ -74,6 +80,7 @@ class FilesystemBlobStorage(BlobStorage):
             raise ValueError(f"sync_threads must be at least 1, got {sync_threads}")
         super().__init__()
         self._root = root
+        self._threads = sync_threads
         self._sync_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="blob-sync")
         # Directories whose own entry in their parent is known to be on disk.
         self._durable_directories: set[Path] = set()
@@ -95,40 +102,131 @@ class FilesystemBlobStorage(BlobStorage):
         renamed = 0
         current = items[0][0]
         try:
-            directories: set[Path] = set()
-            new_directories: set[Path] = set()
+            directories, new_directories = self._prepare_directories(items)
             for path, _ in items:
-                current = path
                 final = self._root / path
-                directories.add(final.parent)
-                directories |= self._make_directories(final.parent, new_directories)
-                temporary = final.parent / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}"
                 # Recorded before the write so that a failed write is cleaned up too.
-                pending.append((temporary, final))
-            writes = [
-                self._sync_pool.submit(_write_synced_file, temporary, data)
-                for (temporary, _), (_, data) in zip(pending, items, strict=True)
-            ]
-            # Every write must have ended before a failure is handled, or a file still being
-            # written would escape the cleanup of temporary files.
-            wait(writes)
-            for future, (path, _) in zip(writes, items, strict=True):
-                current = path
-                future.result()
+                pending.append((final.parent / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}", final))
+            # Every write has ended when this returns, so no file still being written can
+            # escape the cleanup of temporary files.
+            temporaries = [temporary for temporary, _ in pending]
+            failures = self._in_pool(
+                _write_synced_file,
+                [(file, data) for file, (_, data) in zip(temporaries, items, strict=True)],
+                [path for path, _ in items],
+            )
+            if failures:
+                current, error = failures[0]
+                raise error
             for (temporary, final), (path, _) in zip(pending, items, strict=True):
                 current = path
                 os.replace(temporary, final)
                 renamed += 1
-            syncs = {
-                self._key_of(directory): self._sync_pool.submit(_fsync_directory, directory)
-                for directory in sorted(directories)
-            }
-            for key, future in syncs.items():
-                current = key
-                future.result()
+            failed_sync = self._sync_directories(directories)
+            if failed_sync:
+                current, error = failed_sync
+                raise error
         except OSError as error:
             self._remove_quietly(temporary for temporary, _ in pending[renamed:])
             raise StorageError("put_many", current, describe_os_error(error)) from error
+        self._mark_durable(new_directories, items, directories)
+
+    def _do_put_new_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Each file created at its final name, written and fsynced by the pool (one task per
+        thread, each taking the next object): no temporary file, no rename."""
+        current = items[0][0]
+        root = str(self._root)
+        finals = [f"{root}/{path}" for path, _ in items]  # no Path per object: 3 µs each
+        failed: set[str] = set()
+        try:
+            directories, new_directories = self._prepare_directories(items)
+            failures = self._in_pool(
+                _write_synced_file,
+                [(final, data) for final, (_, data) in zip(finals, items, strict=True)],
+                [path for path, _ in items],
+            )
+            if failures:
+                failed = {key for key, _ in failures}
+                current, error = failures[0]
+                raise error
+            failed_sync = self._sync_directories(directories)
+            if failed_sync:
+                current, error = failed_sync
+                raise error
+        except OSError as error:
+            # A failed file was removed by its writer (or was never ours: it existed); the
+            # batch's other objects go too.
+            self._remove_quietly(
+                final for final, (path, _) in zip(finals, items, strict=True) if path not in failed
+            )
+            raise StorageError("put_new_many", current, describe_os_error(error)) from error
+        self._mark_durable(new_directories, items, directories)
+
+    def _prepare_directories(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> tuple[set[Path], set[Path]]:
+        """Create the batch's missing directories; returns the directories to fsync after
+        the writes (each object's, and the parent of every directory not yet known durable)
+        and those created, to be marked durable after the sync."""
+        directories: set[Path] = set()
+        created: set[Path] = set()
+        for key in {path.rpartition("/")[0] for path, _ in items}:
+            parent = self._root / key
+            directories.add(parent)
+            directories |= self._make_directories(parent, created)
+        return directories, created
+
+    def _in_pool(
+        self,
+        write: Callable[[Path | str, bytes], None],
+        files: Sequence[tuple[Path | str, bytes]],
+        keys: Sequence[str],
+    ) -> list[tuple[str, OSError]]:
+        """`write` every file with the pool: one task per thread, each taking the next file
+        until none is left (no future per file). Returns the failures, with their keys, once
+        every write has ended."""
+        lock = threading.Lock()
+        queue = iter(zip(keys, files, strict=True))
+        failures: list[tuple[str, OSError]] = []
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    item = next(queue, None)
+                if item is None:
+                    return
+                key, (path, data) = item
+                try:
+                    write(path, data)
+                except OSError as error:
+                    failures.append((key, error))
+
+        tasks = [self._sync_pool.submit(drain) for _ in range(min(self._threads, len(files)))]
+        wait(tasks)
+        for task in tasks:
+            task.result()
+        return failures
+
+    def _sync_directories(self, directories: set[Path]) -> tuple[str, OSError] | None:
+        """fsync every directory, in parallel; the first failure, with its key, if any."""
+        syncs = {
+            self._key_of(directory): self._sync_pool.submit(_fsync_directory, directory)
+            for directory in sorted(directories)
+        }
+        wait(syncs.values())
+        for key, future in syncs.items():
+            error = future.exception()
+            if isinstance(error, OSError):
+                return key, error
+            future.result()
+        return None
+
+    def _mark_durable(
+        self,
+        new_directories: set[Path],
+        items: Sequence[tuple[str, bytes]],
+        directories: set[Path],
+    ) -> None:
         with self._lock:
             self._durable_directories |= new_directories
         logger.debug(
@@ -316,7 +414,7 @@ class FilesystemBlobStorage(BlobStorage):
     def _key_of(self, path: Path) -> str:
         return path.relative_to(self._root).as_posix() if path != self._root else ""
 
-    def _remove_quietly(self, paths: Iterable[Path]) -> None:
+    def _remove_quietly(self, paths: Iterable[Path | str]) -> None:
         for path in paths:
             try:
                 os.unlink(path)
@@ -326,16 +424,21 @@ class FilesystemBlobStorage(BlobStorage):
                 logger.warning("could not remove a temporary blob file", extra={"file": str(path)})
 
 
-def _write_synced_file(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist), write `data` and fsync it."""
+def _write_synced_file(path: Path | str, data: bytes) -> None:
+    """Create `path` (it must not exist), write `data` and fsync it; a failed write removes
+    the file it created."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(descriptor, view) :]
         os.fsync(descriptor)
-    finally:
+    except BaseException:
         os.close(descriptor)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(descriptor)
 
 
 def _fsync_directory(path: Path) -> None:
