@@ -47,15 +47,23 @@ def make_cli(registry_loader: str) -> click.Group:
 
     @topics.command("create", help="Create every topic the registered workers use.")
     @click.option("--partitions", type=click.IntRange(min=1), help="Partitions per new topic.")
-    @click.option("--replication-factor", type=click.IntRange(min=1), default=1, show_default=True)
-    def topics_create(partitions: int | None, replication_factor: int) -> None:
+    @click.option(
+        "--replication-factor",
+        type=click.IntRange(min=1),
+        help="Replicas per partition of a new topic. Default: the number of brokers, at most "
+        "3; min.insync.replicas is 2 from 3 replicas on, else 1.",
+    )
+    def topics_create(partitions: int | None, replication_factor: int | None) -> None:
         settings = Settings.from_env()
         configure_logging(settings.log_level, settings.log_format)
         specs = fleet_topics(
             load_registry(registry_loader), partitions or settings.topic_partitions
         )
         for result in create_topics(settings, specs, replication_factor):
-            line = f"{result.name:<40} {result.state:<8} partitions={result.partitions}"
+            line = (
+                f"{result.name:<40} {result.state:<8} partitions={result.partitions}"
+                f" replication={result.replication_factor}"
+            )
             click.echo(line + (f"  WARNING: {result.warning}" if result.warning else ""))
 
     @cli.command("config", help="Print the effective settings (credentials masked).")

@@ -13,8 +13,9 @@ from workers.common.settings import (
 )
 
 
-def test_defaults_point_at_the_local_stack_and_nothing_is_external() -> None:
-    settings = Settings.from_env({})
+def test_defaults_point_at_the_local_stack_and_nothing_is_external(tmp_path: Path) -> None:
+    # A state dir of its own: the default bootstrap names every broker the stack records.
+    settings = Settings.from_env({"WORKERS_STATE_DIR": str(tmp_path)})
     assert settings.kafka_bootstrap_servers == DEFAULT_KAFKA_BOOTSTRAP_SERVERS
     assert settings.database_url == DEFAULT_DATABASE_URL
     assert settings.external_services == frozenset()

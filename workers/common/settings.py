@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 import orjson
 
+from workers.common.local_kafka import LayoutError, local_bootstrap_servers, recorded_brokers
+
 LogFormat = Literal["auto", "json", "console"]
 
 DEFAULT_KAFKA_PORT = 39092
-DEFAULT_KAFKA_CONTROLLER_PORT = 39093
 DEFAULT_POSTGRES_PORT = 35432
 DEFAULT_REDIS_PORT = 36379
 
@@ -94,14 +95,15 @@ class Settings:
             )
             if environ.get(variable)
         )
+        state_dir = Path(environ.get("WORKERS_STATE_DIR") or ".stack").absolute()
         return cls(
             kafka_bootstrap_servers=environ.get("KAFKA_BOOTSTRAP_SERVERS")
-            or DEFAULT_KAFKA_BOOTSTRAP_SERVERS,
+            or _local_bootstrap_servers(state_dir),
             kafka_config=read_kafka_config(environ),
             database_url=environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             database_pool_max_size=_positive_int(environ, "DATABASE_POOL_MAX_SIZE", 8),
             redis_url=environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
-            state_dir=Path(environ.get("WORKERS_STATE_DIR") or ".stack").absolute(),
+            state_dir=state_dir,
             log_level=_log_level(environ.get("WORKERS_LOG_LEVEL") or "INFO"),
             log_format=_log_format(environ.get("WORKERS_LOG_FORMAT") or "auto"),
             topic_partitions=_positive_int(environ, "WORKERS_TOPIC_PARTITIONS", 4),
@@ -158,6 +160,15 @@ class Settings:
             else:
                 shown[f.name] = str(value)
         return shown
+
+
+def _local_bootstrap_servers(state_dir: Path) -> str:
+    """Every broker of the local stack: one unless `workers stack up --brokers 3` ran."""
+    try:
+        brokers = recorded_brokers(state_dir)
+    except LayoutError as error:
+        raise SettingsError(f"WORKERS_STATE_DIR: {error}") from None
+    return local_bootstrap_servers(DEFAULT_KAFKA_PORT, brokers)
 
 
 def read_kafka_config(environ: Mapping[str, str]) -> dict[str, str]:
@@ -307,7 +318,8 @@ ENVIRONMENT_VARIABLES: tuple[EnvironmentVariable, ...] = (
     EnvironmentVariable(
         "KAFKA_BOOTSTRAP_SERVERS",
         DEFAULT_KAFKA_BOOTSTRAP_SERVERS,
-        "Kafka brokers. When set, `workers stack` does not start Kafka.",
+        "Kafka brokers. When set, `workers stack` does not start Kafka. Unset: every broker "
+        "of the local stack (three after `workers stack up --brokers 3`).",
     ),
     EnvironmentVariable(
         "KAFKA_CONFIG_<property>",

@@ -3,7 +3,9 @@
 Every topic a registered consumer reads, writes or dead-letters to is derived from the
 registry, so a new worker gets its topics without editing a list. Creation is idempotent:
 existing topics are left alone and reported (with a warning when they have fewer
-partitions than asked, since partitions cap how far a consumer group scales out).
+partitions than asked, since partitions cap how far a consumer group scales out, or fewer
+replicas). New topics are replicated by the size of the cluster unless told otherwise
+(`workers.common.replication`, docs/operations.md, A 3-broker cluster).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Literal
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._metadata import TopicMetadata
 from confluent_kafka.cimpl import NewTopic
 
 from workers.common.kafka_config import MAX_MESSAGE_BYTES, admin_configuration
 from workers.common.registry import ConsumerRegistry
+from workers.common.replication import Replication, replication_for
 from workers.common.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class TopicResult:
     name: str
     state: Literal["created", "exists"]
     partitions: int
+    replication_factor: int
     warning: str | None = None
 
 
@@ -63,22 +68,28 @@ def fleet_topics(registry: ConsumerRegistry, partitions: int) -> list[TopicSpec]
 
 
 def create_topics(
-    settings: Settings, specs: list[TopicSpec], replication_factor: int = 1
+    settings: Settings, specs: list[TopicSpec], replication_factor: int | None = None
 ) -> list[TopicResult]:
+    """Create the missing topics; `replication_factor=None` picks it from the cluster size."""
     admin = AdminClient(admin_configuration(settings))
-    existing = admin.list_topics(timeout=ADMIN_TIMEOUT_SECONDS).topics
+    metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_SECONDS)
+    existing = metadata.topics
+    replication = replication_for(len(metadata.brokers), replication_factor)
     results: dict[str, TopicResult] = {}
     missing: list[NewTopic] = []
     for spec in specs:
         if spec.name in existing:
-            results[spec.name] = _existing(spec, len(existing[spec.name].partitions))
+            results[spec.name] = _existing(spec, existing[spec.name], replication)
         else:
             missing.append(
                 NewTopic(
                     spec.name,
                     num_partitions=spec.partitions,
-                    replication_factor=replication_factor,
-                    config=dict(spec.config),
+                    replication_factor=replication.factor,
+                    config={
+                        "min.insync.replicas": str(replication.min_insync_replicas),
+                        **spec.config,
+                    },
                 )
             )
     if missing:
@@ -87,13 +98,13 @@ def create_topics(
             spec = next(spec for spec in specs if spec.name == name)
             try:
                 future.result()
-                results[name] = TopicResult(name, "created", spec.partitions)
+                results[name] = TopicResult(name, "created", spec.partitions, replication.factor)
                 logger.info("topic created", extra={"topic": name})
             except KafkaException as error:
                 if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
                 # Another process created it between our listing and our request.
-                results[name] = TopicResult(name, "exists", spec.partitions)
+                results[name] = TopicResult(name, "exists", spec.partitions, replication.factor)
         _wait_for_leaders(admin, [topic.topic for topic in missing])
     return [results[spec.name] for spec in specs]
 
@@ -117,11 +128,18 @@ def _wait_for_leaders(admin: AdminClient, names: list[str]) -> None:
         time.sleep(0.1)
 
 
-def _existing(spec: TopicSpec, partitions: int) -> TopicResult:
-    warning = None
+def _existing(spec: TopicSpec, topic: TopicMetadata, wanted: Replication) -> TopicResult:
+    partitions = len(topic.partitions)
+    replicas = min((len(p.replicas) for p in topic.partitions.values()), default=0)
+    warnings = []
     if partitions < spec.partitions:
-        warning = (
+        warnings.append(
             f"has {partitions} partitions, fewer than {spec.partitions}: "
             "consumers of it scale out only to that many members"
         )
-    return TopicResult(spec.name, "exists", partitions, warning)
+    if replicas < wanted.factor:
+        warnings.append(
+            f"has {replicas} replicas per partition, fewer than {wanted.factor}: "
+            "a broker failure can make it unavailable"
+        )
+    return TopicResult(spec.name, "exists", partitions, replicas, "; ".join(warnings) or None)

@@ -4,6 +4,10 @@
 `stack_status` health-checks every service and `stack_down` stops what `stack_up` started.
 Services the user pointed elsewhere (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `REDIS_URL`)
 are "external": only health-checked, never started or stopped.
+
+Kafka is one broker, or a cluster of three after `stack_up(..., brokers=3)` (recorded in the
+state dir, so later runs without `brokers` see the same cluster); every broker is a service
+of its own (`workers.stack.kafka_layout`, docs/operations.md, A 3-broker cluster).
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from workers.common.local_kafka import BROKER_COUNTS, record_brokers, recorded_brokers
 from workers.common.settings import Settings
 from workers.stack.errors import StackError
 from workers.stack.kafka import KafkaService
+from workers.stack.kafka_layout import layout_for
 from workers.stack.locks import stack_lock
 from workers.stack.logs import tail
 from workers.stack.paths import StackPaths
@@ -28,6 +35,7 @@ __all__ = [
     "ServiceStatus",
     "StackError",
     "format_status",
+    "kafka_note",
     "stack_down",
     "stack_status",
     "stack_up",
@@ -36,10 +44,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def kafka_services(settings: Settings, brokers: int | None = None) -> list[KafkaService]:
+    """One service per Kafka node: of `brokers`, else of the layout the state dir records.
+
+    An external Kafka is one service that health-checks `KAFKA_BOOTSTRAP_SERVERS`.
+    """
+    if "kafka" in settings.external_services:
+        brokers = 1
+    layout = layout_for(settings, brokers)
+    return [KafkaService(settings, layout, node) for node in layout.nodes]
+
+
 def services(settings: Settings) -> list[Service]:
     paths = StackPaths.under(settings.state_dir)
     return [
-        KafkaService(settings, paths),
+        *kafka_services(settings),
         PostgresService(settings, paths),
         RedisService(settings, paths),
     ]
@@ -51,8 +70,19 @@ def format_status(status: ServiceStatus) -> str:
     return f"{line}  ({status.detail})" if status.detail else line
 
 
+def kafka_note(settings: Settings) -> str | None:
+    """For a cluster, the line naming every broker for `KAFKA_BOOTSTRAP_SERVERS`."""
+    if "kafka" in settings.external_services:
+        return None
+    layout = layout_for(settings)
+    if layout.brokers == 1:
+        return None
+    servers = layout.bootstrap_servers
+    return f"{'kafka':<9} {layout.brokers} brokers: KAFKA_BOOTSTRAP_SERVERS={servers}"
+
+
 def _is_external(settings: Settings, service: Service) -> bool:
-    return service.name in settings.external_services
+    return service.component in settings.external_services
 
 
 def _status(settings: Settings, service: Service) -> ServiceStatus:
@@ -90,18 +120,22 @@ class _Pending:
     deadline: float
 
 
-def stack_up(settings: Settings, echo: Echo) -> list[ServiceStatus]:
+def stack_up(settings: Settings, echo: Echo, brokers: int | None = None) -> list[ServiceStatus]:
     """Start every local service that is not running and wait until all answer.
 
     Idempotent: running services are only health-checked. Echoes one line per service;
     raises `StackError` (after echoing) when any service could not be brought up.
+    `brokers` (1 or 3) chooses the Kafka layout and records it for later runs; `None` keeps
+    the recorded one (one broker when none was recorded).
     """
     paths = StackPaths.under(settings.state_dir)
     results: dict[str, ServiceStatus] = {}
     failures: list[str] = []
     pending: list[_Pending] = []
-    all_services = services(settings)
     with stack_lock(paths, echo):
+        if brokers is not None:
+            _choose_brokers(settings, brokers)
+        all_services = services(settings)
         # Phase 1, one service after the other (apt and Maven must not run concurrently):
         # decide, prepare and launch. Nothing waits for readiness here, so the JVM, the
         # postmaster and Redis boot in parallel.
@@ -128,9 +162,41 @@ def stack_up(settings: Settings, echo: Echo) -> list[ServiceStatus]:
     statuses = [results[service.name] for service in all_services]
     for status in statuses:
         echo(format_status(status))
+    note = kafka_note(settings)
+    if note is not None:
+        echo(note)
     if failures:
         raise StackError("\n".join(failures))
     return statuses
+
+
+def _choose_brokers(settings: Settings, brokers: int) -> None:
+    """Record the Kafka layout to run; refuse to switch while the other one runs."""
+    if "kafka" in settings.external_services:
+        raise StackError(
+            "--brokers sets up the stack's own Kafka, but KAFKA_BOOTSTRAP_SERVERS points at "
+            "another one; unset it to run the stack's"
+        )
+    wanted = layout_for(settings, brokers)
+    if recorded_brokers(settings.state_dir) == brokers:
+        return
+    for other in BROKER_COUNTS:
+        if other == brokers:
+            continue
+        running = [
+            f"{service.name} pid {pid}"
+            for service in kafka_services(settings, other)
+            if (pid := service.own_pid()) is not None
+        ]
+        if running:
+            raise StackError(
+                f"the stack runs Kafka with {other} broker{'s' if other > 1 else ''} "
+                f"({', '.join(running)}); stop it with `workers stack down`, then run "
+                f"`workers stack up --brokers {brokers}`. Each layout keeps its own data "
+                f"(the {brokers}-broker one in {wanted.directory})"
+            )
+    record_brokers(settings.state_dir, brokers)
+    log.info("the stack's Kafka is now %d broker(s)", brokers)
 
 
 def _wait_for(
@@ -184,7 +250,7 @@ def _begin(settings: Settings, service: Service, echo: Echo) -> ServiceStatus | 
             raise StackError(
                 f"port {port} on {LOCALHOST} is already in use by {port_user(port)}, which this "
                 f"stack did not start (state dir {settings.state_dir}); stop it, or set "
-                f"{service.url_variable} to use an existing {service.name} instead"
+                f"{service.url_variable} to use an existing {service.component} instead"
             )
     service.prepare(echo)
     service.launch()
@@ -202,24 +268,38 @@ def _failed(service: Service, started: float, what: str) -> ServiceStatus:
 
 
 def stack_down(settings: Settings, echo: Echo) -> None:
-    """Stop the services this stack started; external ones and strangers are left alone."""
+    """Stop the services this stack started; external ones and strangers are left alone.
+
+    They stop concurrently: the brokers of a cluster must shut down together, since a
+    broker left alone after its quorum lost the majority waits minutes for the approval
+    of its controlled shutdown.
+    """
     paths = StackPaths.under(settings.state_dir)
-    failures: list[str] = []
     with stack_lock(paths, echo):
-        for service in services(settings):
-            if _is_external(settings, service):
-                echo(f"{service.name:<9} external, left alone")
-                continue
-            started = time.monotonic()
-            try:
-                stopped = service.stop()
-            except (StackError, OSError) as error:
-                failures.append(f"{service.name}: {error}")
-                echo(f"{service.name:<9} could not be stopped")
-                continue
-            if stopped:
-                echo(f"{service.name:<9} stopped in {time.monotonic() - started:.1f} s")
-            else:
-                echo(f"{service.name:<9} not running")
+        all_services = services(settings)
+        managed = [service for service in all_services if not _is_external(settings, service)]
+        with ThreadPoolExecutor(max_workers=max(len(managed), 1)) as pool:
+            outcomes = dict(zip(managed, pool.map(_stop, managed), strict=True))
+    failures: list[str] = []
+    for service in all_services:
+        if service not in outcomes:
+            echo(f"{service.name:<9} external, left alone")
+            continue
+        line, failure = outcomes[service]
+        echo(line)
+        if failure is not None:
+            failures.append(failure)
     if failures:
         raise StackError("\n".join(failures))
+
+
+def _stop(service: Service) -> tuple[str, str | None]:
+    """Stop one service: the line to echo, and the failure if it could not be stopped."""
+    started = time.monotonic()
+    try:
+        stopped = service.stop()
+    except (StackError, OSError) as error:
+        return f"{service.name:<9} could not be stopped", f"{service.name}: {error}"
+    if stopped:
+        return f"{service.name:<9} stopped in {time.monotonic() - started:.1f} s", None
+    return f"{service.name:<9} not running", None

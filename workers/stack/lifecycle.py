@@ -59,10 +59,15 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
 
 
 def terminate(pid: int, *, name: str, timeout: float) -> None:
-    """SIGTERM, wait up to `timeout` seconds, then SIGKILL."""
+    """SIGTERM, wait up to `timeout` seconds, then SIGKILL.
+
+    A SIGCONT follows the SIGTERM, so a process paused with SIGSTOP (a fault injected by
+    `workers.stack.kafka_cluster`) handles it too instead of waiting for the SIGKILL.
+    """
     log.info("stopping %s (pid %d)", name, pid)
     try:
         os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
     except ProcessLookupError:
         return
     if wait_until(lambda: not pid_alive(pid), timeout, interval=0.1):

@@ -47,6 +47,7 @@ _MAX_SOCKET_PATH = 100
 
 class PostgresService:
     name = "postgres"
+    component = "postgres"
     url_variable = "DATABASE_URL"
     ready_timeout = READY_TIMEOUT
 

@@ -29,6 +29,7 @@ READY_TIMEOUT = 20.0
 
 class RedisService:
     name = "redis"
+    component = "redis"
     url_variable = "REDIS_URL"
     ready_timeout = READY_TIMEOUT
 

@@ -26,10 +26,17 @@ class ServiceStatus:
 
 
 class Service(Protocol):
-    """What the stack needs from each service module (Kafka, PostgreSQL, Redis)."""
+    """What the stack needs from each service module (each Kafka node, PostgreSQL, Redis)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """What `workers stack` calls it: `postgres`, `kafka`, or `kafka-2` in a cluster."""
+        ...
+
+    @property
+    def component(self) -> str:
+        """What it is a part of, as `Settings.external_services` names it (`kafka`, …)."""
+        ...
 
     @property
     def url(self) -> str:
