@@ -53,7 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--faults", default=",".join(ALL_FAULTS), help=f"comma-separated: {', '.join(ALL_FAULTS)}"
     )
-    parser.add_argument("--brokers", type=int, default=1, help="brokers of the chaos stack")
+    parser.add_argument(
+        "--brokers", type=int, choices=(1, 3), default=3, help="brokers of the chaos stack"
+    )
     for name, (full, short) in DEFAULTS.items():
         parser.add_argument(
             f"--{name.replace('_', '-')}",

@@ -25,7 +25,7 @@ from typing import Final, overload
 
 import psycopg
 
-from bench.chaos.lag import Watched
+from bench.chaos.offsets import Watched
 from bench.chaos.processes import Fleet
 from bench.chaos.stack import create_stream_topics
 from bench.chaos.workload import Verdict, WorkerOptions

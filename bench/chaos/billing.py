@@ -18,7 +18,7 @@ from typing import Final
 import orjson
 import psycopg
 
-from bench.chaos.lag import Watched
+from bench.chaos.offsets import Watched
 from bench.chaos.processes import Fleet
 from bench.chaos.stack import create_stream_topics
 from bench.chaos.streams import BillingStream, create_org_with_projects

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from bench.chaos.brokers import Brokers
-from bench.chaos.lag import Watched, committed_total, wait_for_commits
+from bench.chaos.offsets import CommitWatch, Watched
 from bench.chaos.processes import Fleet
 from bench.chaos.stack import ChaosStack
 from workers.stack.paths import StackPaths
@@ -134,14 +134,20 @@ class WorkerKill:
     name: str = "worker-kill"
 
     def run(self, context: FaultContext) -> FaultWindow:
-        settings, watched = context.stack.settings, context.watched
-        first_commit: dict[str, list[float]] = {w.name: [] for w in watched}
-        baseline = {w.name: committed_total(settings, w) for w in watched}
+        watch = CommitWatch(context.stack.settings, context.watched)
+        try:
+            return self.__kill(context, watch)
+        finally:
+            watch.close()
+
+    def __kill(self, context: FaultContext, watch: CommitWatch) -> FaultWindow:
+        first_commit: dict[str, list[float]] = {w.name: [] for w in context.watched}
+        baseline = watch.totals()
         start = end = 0.0
         for kill in range(self.kills + 1):
             # Kill only once every worker's current process has committed something.
             what = f"every worker to commit after kill {kill}" if kill else "commits"
-            seen = wait_for_commits(settings, watched, baseline, what, PROGRESS_TIMEOUT_SECONDS)
+            seen = watch.wait_past(baseline, what, PROGRESS_TIMEOUT_SECONDS)
             if kill:
                 for name, at in seen.items():
                     first_commit[name].append(round(at - end, 2))
@@ -149,9 +155,9 @@ class WorkerKill:
                 break
             end = time.monotonic()
             start = start or end
-            for w in watched:
+            for w in context.watched:
                 context.fleet.kill(w.name)
-            baseline = {w.name: committed_total(settings, w) for w in watched}
+            baseline = watch.totals()
         return FaultWindow(start, end, {"kills": self.kills, "first_commit_s": first_commit})
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 from bench.chaos.brokers import Brokers
 from bench.chaos.faults import Fault, FaultContext, FaultWindow, hold
-from bench.chaos.lag import LagSampler, Recovery, Sample, Watched, wait_for_commits
+from bench.chaos.lag import LagSampler, Recovery, Sample
+from bench.chaos.offsets import CommitWatch, Watched
 from bench.chaos.processes import Fleet
 from bench.chaos.stack import ChaosStack
 from bench.chaos.workload import Verdict, Workload
@@ -86,7 +87,7 @@ def run_scenario(
         for workload in workloads:
             workload.start_stream()
         streaming = True
-        wait_for_commits(stack.settings, watched, {}, "first commits", timing.first_commit_timeout)
+        _await_first_commits(stack, watched, timing.first_commit_timeout)
         hold(timing.warmup)
         steady = (time.monotonic() - timing.steady, time.monotonic())
         context = FaultContext(stack, brokers, fleet, watched, target_broker)
@@ -123,6 +124,14 @@ def run_scenario(
         stream_failures=[f for workload in workloads for f in workload.stream_failures()],
         stop_codes=stop_codes,
     )
+
+
+def _await_first_commits(stack: ChaosStack, watched: Sequence[Watched], timeout: float) -> None:
+    watch = CommitWatch(stack.settings, watched)
+    try:
+        watch.wait_past({}, "first commits", timeout)
+    finally:
+        watch.close()
 
 
 def _recovery(
@@ -187,6 +196,7 @@ def describe(result: ScenarioResult) -> dict[str, Any]:
                 "duplicates": row.verdict.duplicates,
                 "duplicates_allowed": row.verdict.duplicates_allowed,
                 "recovery_s": _rounded(row.recovery.recovery_seconds if row.recovery else None),
+                "behind_s": _rounded(row.recovery.behind_seconds if row.recovery else None),
                 "peak_lag": row.recovery.peak_lag if row.recovery else None,
                 "lag_threshold": row.recovery.threshold if row.recovery else None,
                 "worker_exits": row.exits,

@@ -14,18 +14,21 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.ports import free_port_block
 from harness.worker_process import ROOT
-from workers.common.net import free_port
+from workers.common.local_kafka import local_bootstrap_servers
 from workers.common.settings import Settings
 from workers.common.topics import DEFAULT_TOPIC_CONFIG, TopicSpec, create_topics
 from workers.stack import stack_down, stack_up
+from workers.stack.kafka_cluster import KafkaCluster
 from workers.stack.paths import StackPaths
 from workers.stack.service import LOCALHOST
 
@@ -41,7 +44,6 @@ class ChaosStack:
     env: Mapping[str, str]
     root: Path
     brokers: int
-    controller_port: int
 
     @property
     def logs(self) -> Path:
@@ -52,21 +54,21 @@ class ChaosStack:
         """Blob storage and temporary files of the workers under test."""
         return self.root / "scratch"
 
-    def replication_factor(self) -> int:
-        return min(self.brokers, 3)
-
     def up(self) -> None:
         """Start whatever of the stack is not running (after a fault) and wait for it."""
-        with _controller_port(self.controller_port):
-            stack_up(self.settings, lambda _line: None)
+        stack_up(self.settings, lambda _line: None)
 
 
 def stack_settings(root: Path, brokers: int) -> Settings:
-    """Settings for a stack in `root` on free ports; nothing in them is "external"."""
-    del brokers  # one broker until the cluster API is wired in (see bench.chaos.brokers)
-    kafka, postgres, redis = free_port(), free_port(), free_port()
+    """Settings for a stack in `root` on free ports; nothing in them is "external".
+
+    Kafka takes a block of `2 * brokers` ports (each broker and its controller,
+    `workers.common.local_kafka`), PostgreSQL and Redis the two after it.
+    """
+    base = free_port_block(2 * brokers + 2)
+    postgres, redis = base + 2 * brokers, base + 2 * brokers + 1
     return Settings(
-        kafka_bootstrap_servers=f"{LOCALHOST}:{kafka}",
+        kafka_bootstrap_servers=local_bootstrap_servers(base, brokers),
         database_url=f"postgresql://workers@{LOCALHOST}:{postgres}/workers",
         redis_url=f"redis://{LOCALHOST}:{redis}/0",
         state_dir=root,
@@ -83,7 +85,7 @@ def subprocess_env(settings: Settings) -> dict[str, str]:
         "REDIS_URL": settings.redis_url,
         "WORKERS_STATE_DIR": str(settings.state_dir),
         "BLOB_STORAGE_URL": settings.blob_storage_url or "",
-        "WORKERS_LOG_LEVEL": "WARNING",
+        "WORKERS_LOG_LEVEL": "INFO",
     }
 
 
@@ -130,20 +132,18 @@ def isolated_stack(
         if echo:
             print(f"stack: {line}", file=sys.stderr)
 
-    controller_port = free_port()
     try:
         seed_kafka_jars(root, kafka_libs)
-        with _controller_port(controller_port):
-            stack_up(settings, say)
+        stack_up(settings, say, brokers=brokers)
         env = subprocess_env(settings)
         run_workers_command(env, "migrate")
         run_workers_command(env, "topics", "create")
-        stack = ChaosStack(settings, env, root, brokers, controller_port)
+        stack = ChaosStack(settings, env, root, brokers)
         stack.scratch.mkdir()
         yield stack
     finally:
         try:
-            stack_down(settings, say)
+            _stop_everything(settings, say)
         finally:
             if keep:
                 print(f"chaos stack state kept in {root}", file=sys.stderr)
@@ -151,27 +151,22 @@ def isolated_stack(
                 shutil.rmtree(root, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _controller_port(port: int) -> Iterator[None]:
-    """The single-broker `KafkaService` takes its controller port from a module constant
-    (the shared stack's 39093): point it elsewhere while this stack starts."""
-    from workers.stack import kafka
-
-    saved = getattr(kafka, "DEFAULT_KAFKA_CONTROLLER_PORT")  # noqa: B009
-    setattr(kafka, "DEFAULT_KAFKA_CONTROLLER_PORT", port)  # noqa: B010
+def _stop_everything(settings: Settings, say: Callable[[str], None]) -> None:
+    """`workers stack down`, after resuming a broker a failed fault left paused; then
+    SIGKILL for any broker still there."""
+    cluster = KafkaCluster(settings)
+    for broker in cluster.brokers():
+        if broker.state == "paused" and broker.pid is not None:
+            os.kill(broker.pid, signal.SIGCONT)
     try:
-        yield
+        stack_down(settings, say)
     finally:
-        setattr(kafka, "DEFAULT_KAFKA_CONTROLLER_PORT", saved)  # noqa: B010
+        for broker in cluster.brokers():
+            if broker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(broker.pid, signal.SIGKILL)
 
 
 def create_stream_topics(stack: ChaosStack, *names: str, partitions: int = 4) -> None:
-    """Topics of one scenario, replicated as the stack's fleet topics are."""
-    config = dict(DEFAULT_TOPIC_CONFIG)
-    if stack.replication_factor() >= 3:
-        config["min.insync.replicas"] = "2"
-    create_topics(
-        stack.settings,
-        [TopicSpec(name, partitions, config) for name in names],
-        replication_factor=stack.replication_factor(),
-    )
+    """Topics of one scenario, replicated as the fleet's (by the cluster's size)."""
+    create_topics(stack.settings, [TopicSpec(n, partitions, DEFAULT_TOPIC_CONFIG) for n in names])

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bench import report
-from bench.chaos.lag import Sample
+from bench.chaos.lag import GAP_SECONDS, Sample
 from bench.chaos.scenario import Row, ScenarioResult, describe
 
 RESULTS_DIR: Final = Path(__file__).resolve().parents[1] / "results"
@@ -20,11 +20,10 @@ COLUMNS: Final = (
     "lost",
     "duplicates",
     "recover s",
+    "behind s",
     "peak lag",
     "exits",
 )
-#: Samples further apart than this are not joined by a line.
-GAP_SECONDS: Final = 2.0
 COLOURS: Final = ("#2b7bba", "#e0812b", "#3a9e4f", "#c23b3b", "#8e5fb8")
 
 
@@ -51,6 +50,7 @@ def print_table(results: Sequence[ScenarioResult]) -> None:
                 f"{row.verdict.lost:,}",
                 cell_duplicates(row),
                 cell_recovery(row),
+                f"{row.recovery.behind_seconds:.1f}" if row.recovery else "-",
                 f"{row.recovery.peak_lag:,}" if row.recovery else "-",
                 ",".join(str(code) for code in row.exits) or "-",
             ]

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bench.chaos.lag import Watched
+from bench.chaos.offsets import Watched
 from bench.chaos.processes import Fleet
 from bench.chaos.stack import ChaosStack
 from harness.worker_process import WorkerProcess
