@@ -11,6 +11,8 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from workers.common.settings import Settings
 
+#: A stream behind its schedule sends at most this many slices before the next flush.
+CATCH_UP_SLICES = 10
 #: What librdkafka takes for a header list.
 Headers = list[tuple[str, str | bytes | None]]
 
@@ -28,9 +30,11 @@ class PacedProducer(threading.Thread):
 
     `messages` may be a lazy sequence (only `len` and indexing are used), so a long stream is
     made as it goes. One idempotent producer (`acks=all`) for the whole stream, whose
-    deliveries may wait out a broker restart (`flush_timeout`); a stream that fell behind
-    (a slice waited for a broker) catches up as fast as the brokers take it. `produced`
-    counts the acknowledged messages: always the first `produced` of `messages`.
+    deliveries may wait out a broker restart (`flush_timeout`). Slice `n` is due `n` slice
+    intervals after the start; a stream that fell behind (a slice waited for a broker) sends
+    what is due, up to `CATCH_UP_SLICES` slices per acknowledged round, until it is back on
+    schedule. `produced` counts the acknowledged messages: always the first `produced` of
+    `messages`.
     """
 
     def __init__(
@@ -52,10 +56,23 @@ class PacedProducer(threading.Thread):
         self.produced = 0
         self.failures: list[str] = []
         self.__stopped = threading.Event()
+        self.__started: float | None = None
 
     def stop(self) -> None:
         """End the stream after the slice in flight (the rest is never produced)."""
         self.__stopped.set()
+
+    def backlog(self) -> int:
+        """Messages the schedule says should be acknowledged by now and are not (0 before the
+        stream starts and after it stops): how far a stalled stream is behind its rate."""
+        if self.__started is None or self.__stopped.is_set() or not self.is_alive():
+            return 0
+        return max(self.__due(self.__started) - self.produced, 0)
+
+    def __due(self, started: float) -> int:
+        """Messages due by now: every slice whose time has come."""
+        slices = int((time.monotonic() - started) / self.__interval) + 1
+        return min(slices * self.__slice, len(self.__messages))
 
     def run(self) -> None:
         producer = Producer(
@@ -68,12 +85,15 @@ class PacedProducer(threading.Thread):
             if error is not None:
                 self.failures.append(str(error))
 
-        next_slice = time.monotonic()
+        started = self.__started = time.monotonic()
         count = len(self.__messages)
-        for start in range(0, count, self.__slice):
-            if self.__stopped.is_set():
-                return
-            end = min(start + self.__slice, count)
+        start = 0
+        while start < count and not self.__stopped.is_set():
+            end = min(
+                max(self.__due(started), start + self.__slice),
+                start + CATCH_UP_SLICES * self.__slice,
+                count,
+            )
             for index in range(start, end):
                 message = self.__messages[index]
                 if isinstance(message, bytes):
@@ -84,9 +104,10 @@ class PacedProducer(threading.Thread):
                 return
             if self.failures:
                 return
-            self.produced = end
-            # Pacing the input (a stream's rate), not waiting for anything.
-            next_slice += self.__interval
+            self.produced = start = end
+            # Pacing the input (a stream's rate), not waiting for anything: the next slice is
+            # due at `started + (end // slice) * interval`.
+            next_slice = started + (end // self.__slice) * self.__interval
             time.sleep(max(next_slice - time.monotonic(), 0.0))
 
     def __produce(

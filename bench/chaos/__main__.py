@@ -156,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if results:
         mode = "short" if args.short else "full"
         title = (
-            f"chaos suite ({mode}): consumer lag through each fault, {args.brokers} broker(s); "
-            "grey = fault, dotted = recovered"
+            f"chaos suite ({mode}): messages behind the stream through each fault, "
+            f"{args.brokers} broker(s); grey = fault, dotted = recovered"
         )
         write_chart(results, args.chart, title)
         print(f"chart: {args.chart}")

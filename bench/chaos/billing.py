@@ -88,6 +88,9 @@ class BillingWorkload:
     def stream_failures(self) -> list[str]:
         return list(self.__producer.failures)
 
+    def backlog(self) -> int:
+        return self.__producer.backlog()
+
     def verify(self) -> list[Verdict]:
         settings = self.__options.stack.settings
         usage: Counter[int] = Counter()

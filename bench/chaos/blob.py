@@ -76,6 +76,9 @@ class BlobWorkload:
     def stream_failures(self) -> list[str]:
         return list(self.__producer.failures)
 
+    def backlog(self) -> int:
+        return self.__producer.backlog()
+
     def verify(self) -> list[Verdict]:
         settings = self.__options.stack.settings
         inputs = committed_records(settings, self.__input, timeout=READ_TIMEOUT_SECONDS)

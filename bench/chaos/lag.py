@@ -1,19 +1,28 @@
-"""Consumer lag sampled during a scenario, and what the samples say about a fault.
+"""How far each group is behind its stream, sampled during a scenario, and what the samples
+say about a fault.
 
-`LagSampler` reads, every `interval` seconds, each watched group's lag
-(`offsets.GroupReader.lag`: the sum over partitions of `high watermark - committed offset`)
-and records it; a sample that cannot be read (its broker is down or paused) is skipped, not
-guessed.
+`LagSampler` records, every `interval` seconds, per watched group:
 
-From the samples (`Recovery.of`):
+- the *consumer lag* (`offsets.GroupReader.lag`: the sum over partitions of
+  `high watermark - committed offset`); a sample whose lag cannot be read (its broker is
+  down or paused) is skipped, not guessed;
+- the stream's *backlog*: messages the paced producer should have sent by now and has not
+  (`harness.paced.PacedProducer.backlog`). A fault can stop the producers too (a paused
+  broker holds `acks=all` writes until it is fenced); the stream then catches up once it
+  can, and the workers have that backlog still to read. The consumer lag alone would look
+  normal while nothing flows.
 
-- the *threshold* is the highest lag sampled in the steady window before the fault (what
-  the worker's batching and commit interval make normal at this rate), at least
-  `floor` messages;
-- the worker has *recovered* at the first sample at or after the fault's end that starts
-  `CONSECUTIVE` samples in a row at or under the threshold; *recovery seconds* run from
-  the fault's end to that sample (0 when the lag never left the normal range);
-- the *peak lag* is the highest lag sampled from the fault's start until the recovery;
+A sample is *behind* by `lag + backlog` messages: how far the group's committed position is
+from where the stream would be. From the samples (`Recovery.of`):
+
+- the *threshold* is the most a sample was behind in the steady window before the fault
+  (what batching, commit intervals and the producer's slices make normal at this rate), at
+  least `floor` messages;
+- the group has *recovered* at the first sample at or after the fault's end that starts
+  `CONSECUTIVE` samples in a row at or under the threshold; *recovery seconds* run from the
+  fault's end to that sample (0 when it never left the normal range);
+- the *peak lag* is the highest consumer lag sampled from the fault's start until the
+  recovery, and the *peak backlog* the highest backlog;
 - *seconds behind* is how long, from the fault's start until the recovery, the group was
   behind: the time between consecutive samples where either is above the threshold, or where
   they are more than `GAP_SECONDS` apart (no sample could be read: the group's coordinator or
@@ -26,8 +35,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from confluent_kafka import KafkaException
@@ -43,6 +52,11 @@ GAP_SECONDS: Final = 2.0
 class Sample:
     at: float  # time.monotonic()
     lag: int
+    backlog: int = 0
+
+    @property
+    def behind(self) -> int:
+        return self.lag + self.backlog
 
 
 @dataclass
@@ -51,8 +65,8 @@ class Recovery:
     recovered_at: float | None
     recovery_seconds: float | None
     peak_lag: int
+    peak_backlog: int
     behind_seconds: float
-    samples: int = field(default=0)
 
     @classmethod
     def of(
@@ -62,7 +76,7 @@ class Recovery:
         fault: tuple[float, float],
         floor: int,
     ) -> Recovery:
-        normal = [s.lag for s in samples if steady[0] <= s.at <= steady[1]]
+        normal = [s.behind for s in samples if steady[0] <= s.at <= steady[1]]
         threshold = max([floor, *normal])
         start, end = fault
         recovered = recovered_at(samples, end, threshold)
@@ -73,8 +87,8 @@ class Recovery:
             recovered_at=recovered,
             recovery_seconds=None if recovered is None else max(recovered - end, 0.0),
             peak_lag=max((s.lag for s in during), default=0),
+            peak_backlog=max((s.backlog for s in during), default=0),
             behind_seconds=behind_seconds(during, start, threshold),
-            samples=len(during),
         )
 
 
@@ -85,7 +99,7 @@ def behind_seconds(during: Sequence[Sample], start: float, threshold: int) -> fl
     previous = Sample(start, 0)
     for sample in during:
         gap = sample.at - previous.at
-        if gap > GAP_SECONDS or sample.lag > threshold or previous.lag > threshold:
+        if gap > GAP_SECONDS or sample.behind > threshold or previous.behind > threshold:
             behind += gap
         previous = sample
     return behind
@@ -98,7 +112,7 @@ def recovered_at(samples: Sequence[Sample], after: float, threshold: int) -> flo
     for sample in samples:
         if sample.at < after:
             continue
-        if sample.lag <= threshold:
+        if sample.behind <= threshold:
             run.append(sample)
             if len(run) >= CONSECUTIVE:
                 return run[0].at
@@ -108,9 +122,18 @@ def recovered_at(samples: Sequence[Sample], after: float, threshold: int) -> flo
 
 
 class LagSampler(threading.Thread):
-    def __init__(self, settings: Settings, watched: Sequence[Watched], interval: float) -> None:
+    """Samples every watched group; `backlogs` gives each group's stream backlog by name."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        watched: Sequence[Watched],
+        backlogs: Mapping[str, Callable[[], int]],
+        interval: float,
+    ) -> None:
         super().__init__(name="lag-sampler", daemon=True)
         self.__readers = [GroupReader(settings, w) for w in watched]
+        self.__backlogs = backlogs
         self.__interval = interval
         self.__stopped = threading.Event()
         self.samples: dict[str, list[Sample]] = {w.name: [] for w in watched}
@@ -128,11 +151,13 @@ class LagSampler(threading.Thread):
             while not self.__stopped.is_set():
                 tick = time.monotonic()
                 for reader in self.__readers:
+                    name = reader.watched.name
                     try:
                         lag = reader.lag()
                     except (KafkaException, KeyError):
                         continue
-                    self.samples[reader.watched.name].append(Sample(time.monotonic(), lag))
+                    backlog = self.__backlogs[name]()
+                    self.samples[name].append(Sample(time.monotonic(), lag, backlog))
                 self.__stopped.wait(max(self.__interval - (time.monotonic() - tick), 0.0))
         finally:
             for reader in self.__readers:

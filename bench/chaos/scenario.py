@@ -3,7 +3,8 @@ recovery, and the verdicts.
 
 1. The workloads create their topics and rows; their workers start (supervised) and the lag
    sampler and the streams start.
-2. Once every group has committed something, the stream runs `warmup` more seconds; the last
+2. Once every group has committed something and worked off the backlog of its start (lag
+   under `SETTLED_SECONDS` of its stream), the stream runs `warmup` more seconds; the last
    `steady` of them are the steady window (`lag.Recovery`).
 3. The fault runs (`faults`), then the scenario waits until every group has recovered (or
    `recover_timeout` passes: reported as not recovered).
@@ -23,11 +24,14 @@ from typing import Any
 
 from bench.chaos.brokers import Brokers
 from bench.chaos.faults import Fault, FaultContext, FaultWindow, hold
-from bench.chaos.lag import LagSampler, Recovery, Sample
+from bench.chaos.lag import CONSECUTIVE, LagSampler, Recovery, Sample
 from bench.chaos.offsets import CommitWatch, Watched
 from bench.chaos.processes import Fleet
 from bench.chaos.stack import ChaosStack
 from bench.chaos.workload import Verdict, Workload
+
+#: A group has settled once its lag is under this many seconds of its stream.
+SETTLED_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class ScenarioResult:
     #: The lag samples per group, for the chart, in seconds since `origin`.
     samples: dict[str, list[Sample]]
     origin: float
+    #: Every group had worked off the backlog of its start before the warmup began.
+    settled: bool
     drained: bool
     stream_failures: list[str] = field(default_factory=list)
     stop_codes: dict[str, int | None] = field(default_factory=dict)
@@ -77,7 +83,8 @@ def run_scenario(
 ) -> ScenarioResult:
     watched = [w for workload in workloads for w in workload.watched()]
     fleet = Fleet()
-    sampler = LagSampler(stack.settings, watched, timing.sample_interval)
+    backlogs = {w.name: workload.backlog for workload in workloads for w in workload.watched()}
+    sampler = LagSampler(stack.settings, watched, backlogs, timing.sample_interval)
     streaming = False
     try:
         for workload in workloads:
@@ -88,6 +95,7 @@ def run_scenario(
             workload.start_stream()
         streaming = True
         _await_first_commits(stack, watched, timing.first_commit_timeout)
+        settled = _await_settled(sampler, watched, timing)
         hold(timing.warmup)
         steady = (time.monotonic() - timing.steady, time.monotonic())
         context = FaultContext(stack, brokers, fleet, watched, target_broker)
@@ -120,6 +128,7 @@ def run_scenario(
         rows=rows,
         samples={name: list(found) for name, found in sampler.samples.items()},
         origin=origin,
+        settled=settled,
         drained=drained,
         stream_failures=[f for workload in workloads for f in workload.stream_failures()],
         stop_codes=stop_codes,
@@ -132,6 +141,24 @@ def _await_first_commits(stack: ChaosStack, watched: Sequence[Watched], timeout:
         watch.wait_past({}, "first commits", timeout)
     finally:
         watch.close()
+
+
+def _await_settled(sampler: LagSampler, watched: Sequence[Watched], timing: Timing) -> bool:
+    """Wait (at most `first_commit_timeout`) until every group's last two samples are under
+    `SETTLED_SECONDS` of its stream: the backlog that built up while the workers started is
+    worked off, so the steady window sees the normal lag. False when that did not happen."""
+    deadline = time.monotonic() + timing.first_commit_timeout
+
+    def settled(w: Watched) -> bool:
+        last = sampler.samples[w.name][-CONSECUTIVE:]
+        limit = w.per_second * SETTLED_SECONDS
+        return len(last) == CONSECUTIVE and all(sample.behind <= limit for sample in last)
+
+    while not all(settled(w) for w in watched):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(timing.sample_interval)
+    return True
 
 
 def _recovery(
@@ -185,6 +212,7 @@ def describe(result: ScenarioResult) -> dict[str, Any]:
         "fault": result.fault,
         "fault_seconds": round(result.window.seconds, 2),
         "fault_details": dict(result.window.details),
+        "settled": result.settled,
         "drained": result.drained,
         "stream_failures": result.stream_failures,
         "stop_exit_codes": result.stop_codes,
@@ -198,6 +226,7 @@ def describe(result: ScenarioResult) -> dict[str, Any]:
                 "recovery_s": _rounded(row.recovery.recovery_seconds if row.recovery else None),
                 "behind_s": _rounded(row.recovery.behind_seconds if row.recovery else None),
                 "peak_lag": row.recovery.peak_lag if row.recovery else None,
+                "peak_backlog": row.recovery.peak_backlog if row.recovery else None,
                 "lag_threshold": row.recovery.threshold if row.recovery else None,
                 "worker_exits": row.exits,
                 **row.verdict.details,

@@ -57,6 +57,10 @@ class Workload(Protocol):
 
     def stream_failures(self) -> list[str]: ...
 
+    def backlog(self) -> int:
+        """Messages the stream is behind its schedule (`harness.paced.PacedProducer`)."""
+        ...
+
     def verify(self) -> list[Verdict]: ...
 
 
