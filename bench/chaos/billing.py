@@ -23,7 +23,7 @@ from bench.chaos.processes import Fleet
 from bench.chaos.stack import create_stream_topics
 from bench.chaos.streams import BillingStream, create_org_with_projects
 from bench.chaos.workload import Verdict, WorkerOptions
-from harness.billing_buckets import CUSTOM_METRIC_ID
+from harness.billing import CUSTOM_METRIC_ID
 from harness.kafka import unique_name
 from harness.paced import PacedProducer
 from harness.worker_process import WorkerProcess

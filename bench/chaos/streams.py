@@ -20,7 +20,7 @@ from typing import Final, overload
 
 import psycopg
 
-from harness.billing_buckets import custom_bucket, usage_bucket
+from harness.billing import custom_bucket, usage_bucket
 from harness.paced import Outbound
 from workers.billing.counting import SPANS_USAGE_METRIC_ID, TRANSACTIONS_USAGE_METRIC_ID
 from workers.common.chunk_uploads import encode_headers

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from harness.billing_buckets import usage_bucket
+from harness.billing import usage_bucket
 from harness.kafka import make_topics, unique_name
 from harness.paced import PacedProducer
 from harness.waiting import wait_for
@@ -236,7 +236,7 @@ def _pid_gone(pid: int) -> bool:
 
 def stack_up() -> None:
     subprocess.run(
-        [sys.executable, "-m", "workers", "stack", "up"], cwd=ROOT, check=True, timeout=180
+        [sys.executable, "-m", "workers", "stack", "up"], cwd=ROOT, check=True, timeout=300
     )
 
 
@@ -400,3 +400,61 @@ def test_a_fenced_producer_never_commits_again_and_exits_non_zero(
             assert newer.stop() == 0
         if older.process.poll() is None:
             older.stop(signal.SIGKILL)
+
+
+#: Shorter than the classic protocol's 45 s session timeout: a survivor that waited for it fails.
+TAKEOVER_SECONDS = 30.0
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_a_member_killed_for_good_hands_its_partitions_to_the_survivor(
+    stack: Settings, topics: Topics, guarantee: str, record_property: Any
+) -> None:
+    # Longer than the test needs: stopped once the survivor has taken over.
+    stream = stream_of(150_000, seed=15)
+    group = topics.group()
+    args = ("--processing-guarantee", guarantee)
+    survivor = billing_worker(topics.input, topics.outcomes, group, *args)
+    doomed = WorkerProcess(
+        "billing", "--topic", topics.input, "--consumer-group", group,
+        "--outcomes-topic", topics.outcomes, *args, log_name=f"billing-{group}-doomed",
+    )  # fmt: skip
+    try:
+        live = start_stream(stack, topics, stream, head=HEAD)
+        wait_for(
+            lambda: counter(doomed, "arroyo_consumer_partitions_assigned_total", "") > 0,
+            60,
+            "the second member to get partitions",
+            interval=0.1,
+        )
+        before = committed_offsets(stack, group, topics.input)
+        wait_for(
+            lambda: all(
+                committed_offsets(stack, group, topics.input).get(p, -1) > before.get(p, -1)
+                for p in range(PARTITIONS)
+            ),
+            60,
+            "both members to commit on every partition",
+            interval=0.1,
+        )
+        assert live.is_alive(), "killed too late: the stream had ended"
+        doomed.stop(signal.SIGKILL)
+        at_kill = committed_offsets(stack, group, topics.input)
+        wait_for(
+            lambda: all(
+                committed_offsets(stack, group, topics.input)[p] > at_kill[p]
+                for p in range(PARTITIONS)
+            ),
+            TAKEOVER_SECONDS,
+            "the survivor to commit on the dead member's partitions",
+            interval=0.1,
+        )
+        assert live.is_alive(), "took over too late: the stream had ended"
+        live.stop()
+        live.join()
+        assert live.failures == []
+        wait_until_committed(stack, group, topics.input, timeout=90)
+    finally:
+        assert survivor.stop() == 0
+    produced = stream.first(live.produced + HEAD)
+    check(guarantee, billed(stack, topics, produced), record_property, "member kill -9")

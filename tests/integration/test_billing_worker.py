@@ -32,7 +32,7 @@ import pytest
 from redis import Redis
 from sentry_kafka_schemas import iter_examples
 
-from harness.billing_buckets import custom_bucket, usage_bucket
+from harness.billing import custom_bucket, usage_bucket
 from harness.kafka import make_topics, unique_name
 from harness.paced import PacedProducer
 from harness.waiting import wait_for

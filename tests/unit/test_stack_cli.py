@@ -17,7 +17,7 @@ from workers.stack import cli as stack_cli
 from workers.stack import kafka_note, kafka_services, stack_up
 from workers.stack.cli import stack
 from workers.stack.errors import StackError
-from workers.stack.kafka import KafkaService
+from workers.stack.kafka import CLUSTER_READY_TIMEOUT, READY_TIMEOUT, KafkaService
 
 LOADER = "tests.support.echo_worker:build_registry"
 
@@ -90,6 +90,19 @@ def test_switching_layouts_while_kafka_runs_is_refused(
     with pytest.raises(StackError, match=r"kafka pid 4242\); stop it with `workers stack down`"):
         stack_up(settings, lambda line: None, brokers=3)
     assert recorded_brokers(tmp_path) == 1
+
+
+def test_cluster_nodes_get_longer_to_start(tmp_path: Path) -> None:
+    settings = _isolated(tmp_path)
+    [single] = kafka_services(settings, 1)
+    assert (single.name, single.ready_timeout) == ("kafka", READY_TIMEOUT)
+    cluster = kafka_services(settings, 3)
+    assert [(node.name, node.ready_timeout) for node in cluster] == [
+        ("kafka-1", CLUSTER_READY_TIMEOUT),
+        ("kafka-2", CLUSTER_READY_TIMEOUT),
+        ("kafka-3", CLUSTER_READY_TIMEOUT),
+    ]
+    assert CLUSTER_READY_TIMEOUT > READY_TIMEOUT
 
 
 def test_brokers_cannot_be_chosen_for_an_external_kafka(tmp_path: Path) -> None:

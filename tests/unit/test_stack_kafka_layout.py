@@ -48,6 +48,11 @@ share.coordinator.state.topic.min.isr=1
 default.replication.factor=1
 min.insync.replicas=1
 group.initial.rebalance.delay.ms=0
+group.consumer.session.timeout.ms=6000
+group.consumer.min.session.timeout.ms=3000
+group.consumer.heartbeat.interval.ms=500
+group.consumer.min.heartbeat.interval.ms=250
+transaction.abort.timed.out.transaction.cleanup.interval.ms=1000
 message.max.bytes=16777216
 replica.fetch.max.bytes=16777216
 """

@@ -65,8 +65,10 @@ EXACTLY_ONCE: Final = "exactly-once"
 AT_LEAST_ONCE: Final = "at-least-once"
 PROCESSING_GUARANTEE_ENV: Final = "WORKERS_BILLING_PROCESSING_GUARANTEE"
 DEFAULT_TRANSACTION_INTERVAL_MS: Final = round(DEFAULT_TRANSACTION_INTERVAL_SECONDS * 1000)
-#: Kafka's default; far above the interval, and long enough to ride out a broker restart.
-DEFAULT_TRANSACTION_TIMEOUT_MS: Final = 60_000
+#: 24 intervals. A member killed mid-transaction leaves its offsets pending: whoever takes its
+#: partitions waits until the broker aborts that transaction, so this bounds the kill -9
+#: pause with the session timeout (both 6 s; docs/rebalancing.md).
+DEFAULT_TRANSACTION_TIMEOUT_MS: Final = 6_000
 
 
 def _parse_billable_metric_option(

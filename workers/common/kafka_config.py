@@ -12,6 +12,11 @@ settings that matter for correctness and speed made explicit:
   throttles a consumer to about 20k msg/s (docs/reference.md, Arroyo and librdkafka).
 - producers wait for all in-sync replicas and are idempotent, so a retried produce never
   duplicates or reorders.
+- consumers join their group with Kafka 4's consumer group protocol (KIP-848,
+  `group.protocol=consumer`) by default: assignments change incrementally, partitions that stay
+  with a member keep being processed and committed, and failure detection (session timeout,
+  heartbeat interval) is set on the broker, not here (docs/rebalancing.md). `classic` is the
+  eager protocol of older brokers (range/round-robin, 45 s session timeout).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ DEFAULT_COMMIT_INTERVAL_MS = 1000
 DEFAULT_QUEUED_MIN_MESSAGES = 100_000
 DEFAULT_QUEUED_MAX_MESSAGES_KBYTES = 65_536
 DEFAULT_MAX_POLL_INTERVAL_MS = 300_000
+GROUP_PROTOCOL_CONSUMER = "consumer"
+GROUP_PROTOCOL_CLASSIC = "classic"
+GROUP_PROTOCOLS = (GROUP_PROTOCOL_CONSUMER, GROUP_PROTOCOL_CLASSIC)
 # Large enough for 8 MiB chunks plus headers and batch overhead.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -43,6 +51,7 @@ class ConsumerOptions:
     group_instance_id: str | None = None
     queued_min_messages: int = DEFAULT_QUEUED_MIN_MESSAGES
     strict_offset_reset: bool = False
+    group_protocol: str = GROUP_PROTOCOL_CONSUMER
 
 
 def consumer_configuration(
@@ -60,6 +69,7 @@ def consumer_configuration(
         # Never read an aborted or still-open transaction (librdkafka's default, made explicit:
         # billing's exactly-once mode and every reader of its outputs rely on it).
         "isolation.level": "read_committed",
+        "group.protocol": options.group_protocol,
         **settings.kafka_config,
     }
     if options.group_instance_id:

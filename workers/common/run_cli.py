@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     DEFAULT_MAX_POLL_INTERVAL_MS,
+    GROUP_PROTOCOL_CONSUMER,
+    GROUP_PROTOCOLS,
 )
 from workers.common.logs import configure_logging
 from workers.common.registry import (
@@ -116,6 +118,13 @@ def make_run_command(registry_loader: str) -> click.Command:
     )
     @click.option("--group-instance-id", help="Static group membership id (KIP-345).")
     @click.option(
+        "--group-protocol",
+        type=click.Choice(GROUP_PROTOCOLS),
+        default=GROUP_PROTOCOL_CONSUMER,
+        show_default=True,
+        help="consumer: Kafka 4's incremental protocol (KIP-848); classic: eager, older brokers.",
+    )
+    @click.option(
         "--metrics-port",
         type=click.IntRange(min=0, max=65535),
         help="Serve Prometheus /metrics on this port.",
@@ -137,6 +146,7 @@ def make_run_command(registry_loader: str) -> click.Command:
         max_poll_interval_ms: int,
         commit_interval_ms: int,
         group_instance_id: str | None,
+        group_protocol: str,
         metrics_port: int | None,
         log_level: str | None,
     ) -> None:
@@ -173,6 +183,7 @@ def make_run_command(registry_loader: str) -> click.Command:
             max_poll_interval_ms=max_poll_interval_ms,
             commit_interval_ms=commit_interval_ms,
             group_instance_id=group_instance_id,
+            group_protocol=group_protocol,
             metrics_port=metrics_port,
             worker_options=parse_worker_options(definition, worker_args),
         )

@@ -33,6 +33,7 @@ from workers.common.heap import freeze_startup_heap
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     DEFAULT_MAX_POLL_INTERVAL_MS,
+    GROUP_PROTOCOL_CONSUMER,
     ConsumerOptions,
     consumer_configuration,
     producer_configuration,
@@ -47,6 +48,7 @@ from workers.common.metrics import (
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.settings import Settings
 from workers.common.signals import exit_on_next_shutdown_signal, handling_shutdown_signals
+from workers.common.static_membership import group_instance_ids, wait_for_previous_incarnation
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class RunOptions:
     max_poll_interval_ms: int = DEFAULT_MAX_POLL_INTERVAL_MS
     commit_interval_ms: int = DEFAULT_COMMIT_INTERVAL_MS
     group_instance_id: str | None = None
+    group_protocol: str = GROUP_PROTOCOL_CONSUMER
     metrics_port: int | None = None
     worker_options: Mapping[str, Any] = field(default_factory=dict)
     # Which of `--processes N`'s consumer processes this is (set by the supervisor).
@@ -181,11 +184,9 @@ def run_worker_process(
             auto_offset_reset=options.auto_offset_reset,
             max_poll_interval_ms=options.max_poll_interval_ms,
             group_instance_id=options.group_instance_id,
+            group_protocol=options.group_protocol,
         ),
         stats_callback=lag_reporter,
-    )
-    consumer: Consumer[Any] = (
-        RunConsumer(configuration) if definition.consumes_runs else KafkaConsumer(configuration)
     )
     dlq_producer: KafkaProducer | None = None
     dlq_policy: DlqPolicy[KafkaPayload] | None = None
@@ -196,6 +197,13 @@ def run_worker_process(
         )
         dlq_policy = build_dlq_policy(dlq_producer, definition.dlq_topic, definition.name, metrics)
 
+    if options.group_instance_id:
+        wait_for_previous_incarnation(
+            options.group_instance_id, group_instance_ids(settings, options.consumer_group)
+        )
+    consumer: Consumer[Any] = (
+        RunConsumer(configuration) if definition.consumes_runs else KafkaConsumer(configuration)
+    )
     processor = build_processor(
         consumer, definition, options, settings, metrics, dlq_policy, lag_reporter
     )

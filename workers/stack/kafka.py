@@ -32,7 +32,12 @@ log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection refused while the broker boots, …) go here.
 _client_log = logging.getLogger(f"{__name__}.client")
 
-READY_TIMEOUT = 60.0
+# After an unclean stop (kill -9, a crash) Kafka recovers every partition's log before it
+# answers: a minute or more with the many topics a test run leaves, on a busy machine.
+READY_TIMEOUT = 180.0
+# A cluster node answers only once the quorum has a leader, and the first is launched while
+# the others are still formatted; each also recovers its logs after an unclean stop.
+CLUSTER_READY_TIMEOUT = 240.0
 STOP_TIMEOUT = 30.0
 
 
@@ -65,7 +70,6 @@ class KafkaService:
 
     component = "kafka"
     url_variable = "KAFKA_BOOTSTRAP_SERVERS"
-    ready_timeout = READY_TIMEOUT
 
     def __init__(self, settings: Settings, layout: KafkaLayout, node: KafkaNode) -> None:
         self._settings = settings
@@ -73,6 +77,7 @@ class KafkaService:
         self.node = node
         self.name = node.name
         self.log_file = node.log_file
+        self.ready_timeout = READY_TIMEOUT if layout.brokers == 1 else CLUSTER_READY_TIMEOUT
         if self.component in settings.external_services:
             self._bootstrap = settings.kafka_bootstrap_servers
             self._listed_node: int | None = None

@@ -1,5 +1,5 @@
-"""Generic-metrics buckets as the billing worker reads them (tests and benches build their
-input from these): a usage counter that bills, and a custom metric that flags its project."""
+"""Billing input for tests and benchmarks: a usage bucket that bills one outcome, and a custom
+metric bucket that flags its project (the first-custom-metric flag)."""
 
 from __future__ import annotations
 
