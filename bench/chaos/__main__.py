@@ -64,9 +64,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             help=f"default {full:g}, short {short:g}",
         )
     parser.add_argument(
-        "--dynamic-membership",
+        "--static-membership",
         action="store_true",
-        help="no --group-instance-id: a restarted worker waits for the session timeout",
+        help="workers with --group-instance-id (see docs/rebalancing.md)",
     )
     parser.add_argument("--custom-every", type=int, default=200, help="1 custom bucket in N")
     parser.add_argument("--kafka-libs", type=Path, default=None, help="jars of another stack")
@@ -104,7 +104,7 @@ def run_all(
         recover_timeout=args.recover_timeout,
         drain_timeout=args.drain_timeout,
     )
-    options = WorkerOptions(stack, static_membership=not args.dynamic_membership)
+    options = WorkerOptions(stack, static_membership=args.static_membership)
     brokers = brokers_of(stack)
     results: list[ScenarioResult] = []
     errors: dict[str, str] = {}
@@ -139,7 +139,7 @@ def settings_figures(args: argparse.Namespace) -> dict[str, Any]:
         **shown,
         "short": args.short,
         "brokers": args.brokers,
-        "static_membership": not args.dynamic_membership,
+        "static_membership": args.static_membership,
         "custom_every": args.custom_every,
     }
 

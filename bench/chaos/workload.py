@@ -69,8 +69,7 @@ class WorkerOptions:
     """How the workers under test run."""
 
     stack: ChaosStack
-    #: Static membership (`--group-instance-id`): a restarted worker takes its partitions
-    #: back at once instead of after the session timeout.
+    #: A static id each (docs/rebalancing.md, Static membership (`--group-instance-id`)).
     static_membership: bool
 
     def process(self, kind: str, name: str, log_name: str, *args: str) -> WorkerProcess:
