@@ -8,6 +8,7 @@ when anything was lost, duplicated where it must not be, or a scenario failed.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 import traceback
@@ -144,8 +145,14 @@ def settings_figures(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # SystemExit unwinds through every `finally`: the workers and the stack are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
     libs = args.kafka_libs or default_kafka_libs()
     with isolated_stack(args.brokers, libs, keep=args.keep_state, echo=True) as stack:
