@@ -3,7 +3,8 @@
 - `print_table(headers, rows)`: columns as wide as their widest cell, the first aligned
   left and the others right (numbers); cells are printed as given, so format them first;
 - `bar_chart(path, values, ...)`: one horizontal bar per name, labelled with its value;
-- `chart(path, panels)`: a figure of side-by-side axes for a chart of its own, saved on exit;
+- `chart(path, panels, rows=None)`: a figure of side-by-side axes (a grid with `rows`) for
+  a chart of its own, saved on exit;
 - `print_figures(figures)`: the JSON line a run ends with.
 """
 
@@ -42,14 +43,17 @@ def print_figures(figures: Mapping[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def chart(path: Path, panels: int = 1, size: tuple[float, float] = (9, 4.5)) -> Iterator[Any]:
-    """A figure with `panels` axes side by side (one axes when 1), written to `path` on exit."""
+def chart(
+    path: Path, panels: int = 1, size: tuple[float, float] = (9, 4.5), rows: int | None = None
+) -> Iterator[Any]:
+    """A figure with `panels` axes side by side (one axes when 1), written to `path` on exit;
+    with `rows`, a grid of `rows` such rows, always as a 2-D array `axes[row][column]`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, panels, figsize=size)
+    figure, axes = plt.subplots(rows or 1, panels, figsize=size, squeeze=rows is None)
     try:
         yield figure, axes
         figure.tight_layout()

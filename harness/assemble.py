@@ -4,6 +4,7 @@ request on the topic, and an artifact bundle to assemble."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ from typing import Any, Final
 
 import psycopg
 from confluent_kafka import Producer
+from psycopg_pool import ConnectionPool
 from redis import Redis
 
 from workers.blob_ingest.decode import VerifiedChunk
@@ -68,14 +70,21 @@ def create_org(settings: Settings, prefix: str = "asmw") -> AssembleOrg:
 
 
 def store_file(
-    settings: Settings, storage: BlobStorage, organization_id: int, data: bytes
+    settings: Settings,
+    storage: BlobStorage,
+    organization_id: int,
+    data: bytes,
+    pool: ConnectionPool | None = None,
 ) -> StoredFile:
-    """`data` split into 8 MiB chunks, each stored as a blob the organization owns."""
+    """`data` split into 8 MiB chunks, each stored as a blob the organization owns (through
+    `pool`, or a pool of its own)."""
     view = memoryview(data)
     pieces = [view[start : start + CHUNK_SIZE] for start in range(0, len(data), CHUNK_SIZE)]
     checksums = tuple(sha1(piece) for piece in pieces)
-    pool = create_pool(settings, name="assemble-harness")
-    try:
+    with contextlib.ExitStack() as resources:
+        if pool is None:
+            pool = create_pool(settings, name="assemble-harness")
+            resources.callback(pool.close)
         writer = BlobWriter(pool, storage, random_id)
         for start in range(0, len(pieces), CHUNKS_PER_BATCH):
             writer.persist(
@@ -88,8 +97,6 @@ def store_file(
                     )
                 ]
             )
-    finally:
-        pool.close()
     return StoredFile(sha1(data), checksums, len(data))
 
 

@@ -1,12 +1,16 @@
-"""Billing input for tests and benchmarks: a usage bucket that bills one outcome."""
+"""Billing input for tests and benchmarks: a usage bucket that bills one outcome, and a custom
+metric bucket that flags its project (the first-custom-metric flag)."""
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from typing import Any, Final
 
 import orjson
 
 from workers.billing.counting import TRANSACTIONS_USAGE_METRIC_ID
+
+CUSTOM_METRIC_ID: Final = 9223372036854776500
 
 
 def usage_bucket(metric_id: int, value: Any, org_id: int, project_id: int, **extra: Any) -> bytes:
@@ -28,3 +32,22 @@ def usage_bucket(metric_id: int, value: Any, org_id: int, project_id: int, **ext
     }
     data.update(extra)
     return orjson.dumps(data)
+
+
+def custom_bucket(org_id: int, project_id: int, mri: str = "c:custom/clicks@none") -> bytes:
+    letter = random.choice("chdfr")
+    return orjson.dumps(
+        {
+            "version": 2,
+            "use_case_id": "custom",
+            "org_id": org_id,
+            "project_id": project_id,
+            "metric_id": CUSTOM_METRIC_ID,
+            "timestamp": 1704614940,
+            "tags": {},
+            "retention_days": 90,
+            "mapping_meta": {"h": {"5": "environment"}, letter: {str(CUSTOM_METRIC_ID): mri}},
+            "type": "c",
+            "value": 3.0,
+        }
+    )

@@ -25,17 +25,17 @@ import pytest
 
 from harness.billing import usage_bucket
 from harness.kafka import make_topics, unique_name
+from harness.paced import PacedProducer
 from harness.waiting import wait_for
+from harness.worker_process import ROOT, Supervised, WorkerProcess
 from tests.support.billing import (
     PARTITIONS,
-    PacedProducer,
     Topics,
     billing_worker,
     counter,
     decoded,
 )
 from tests.support.kafka import read_available, wait_until_committed
-from tests.support.worker_process import ROOT, WorkerProcess
 from workers.billing.counting import SPANS_USAGE_METRIC_ID, TRANSACTIONS_USAGE_METRIC_ID
 from workers.billing.definition import AT_LEAST_ONCE, DLQ_TOPIC, EXACTLY_ONCE
 from workers.common.kafka_offsets import committed_offsets, fully_committed, total
@@ -245,21 +245,6 @@ def broker_restored() -> Iterator[Callable[[], None]]:
     """Whatever a test does to the broker, the stack is up again after it."""
     yield stack_up
     stack_up()
-
-
-class Supervised:
-    """A billing worker restarted whenever it exits, as Kubernetes restarts a pod's container."""
-
-    def __init__(self, start: Callable[[], WorkerProcess]) -> None:
-        self.__start = start
-        self.worker = start()
-        self.exit_codes: list[int] = []
-
-    def check(self) -> None:
-        code = self.worker.process.poll()
-        if code is not None:
-            self.exit_codes.append(code)
-            self.worker = self.__start()
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)

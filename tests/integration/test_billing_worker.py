@@ -32,22 +32,21 @@ import pytest
 from redis import Redis
 from sentry_kafka_schemas import iter_examples
 
-from harness.billing import usage_bucket
+from harness.billing import custom_bucket, usage_bucket
 from harness.kafka import make_topics, unique_name
+from harness.paced import PacedProducer
 from harness.waiting import wait_for
+from harness.worker_process import WorkerProcess
 from tests.support.billing import (
     PARTITIONS,
-    PacedProducer,
     Topics,
     billing_worker,
     counter,
-    custom_bucket,
     decoded,
     gauge,
 )
 from tests.support.billing_fakes import expected_outcome
 from tests.support.kafka import Record, produce, read_all, read_available, wait_until_committed
-from tests.support.worker_process import WorkerProcess
 from workers.billing.counting import (
     SPANS_USAGE_METRIC_ID,
     TRANSACTIONS_USAGE_METRIC_ID,

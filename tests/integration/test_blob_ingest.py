@@ -18,9 +18,9 @@ from confluent_kafka import Producer
 
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
+from harness.worker_process import WorkerProcess
 from tests.support.kafka import read_available
 from tests.support.s3_server import LocalS3Server
-from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.blob_ingest.sweep import delete_garbage, find_garbage
 from workers.common.chunk_uploads import Encoding, encode_headers

@@ -13,9 +13,9 @@ import pytest
 
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
+from harness.worker_process import WorkerProcess
 from tests.support.echo_worker import ECHO_DLQ_TOPIC
 from tests.support.kafka import Record, produce, read_all, read_available, wait_until_committed
-from tests.support.worker_process import WorkerProcess
 from workers.common.kafka_offsets import committed_offsets, fully_committed, high_watermarks
 from workers.common.settings import Settings
 

@@ -24,8 +24,8 @@ import pytest
 from harness.gateway import GatewayProcess, multipart_body, sha1
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
+from harness.worker_process import WorkerProcess
 from tests.support.gateway_assemble import requests_on
-from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.common.projects import create_organization
 from workers.common.settings import Settings

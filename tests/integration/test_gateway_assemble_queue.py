@@ -17,6 +17,7 @@ from redis import Redis
 
 from harness.gateway import GatewayProcess, sha1
 from harness.kafka import make_topics, unique_name
+from harness.worker_process import WorkerProcess
 from tests.support.gateway_assemble import (
     PROJECT,
     Org,
@@ -30,7 +31,6 @@ from tests.support.gateway_assemble import (
     tasks,
     upload_stored,
 )
-from tests.support.worker_process import WorkerProcess
 from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.common.assemble_requests import AssembleRequest, encode_status
 from workers.common.net import free_port

@@ -38,11 +38,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.gateway import GatewayProcess, multipart_body
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
+from harness.worker_process import WorkerProcess
 from tests.deploy.promql import EXTERNAL_METRICS, RULES, exported_names_used
 from tests.deploy.support import gateway_process, is_consumer_command, procfile
 from tests.support.deploy_tools import ensure_prometheus
 from tests.support.observability_traffic import SETUPS, Consumer, Message
-from tests.support.worker_process import WorkerProcess
 from workers.common.net import free_port
 from workers.common.projects import create_organization
 from workers.common.settings import Settings

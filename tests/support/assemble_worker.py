@@ -20,8 +20,8 @@ from harness.assemble import (
 )
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
+from harness.worker_process import WorkerProcess
 from tests.support.kafka import read_available
-from tests.support.worker_process import WorkerProcess
 from workers.assemble.definition import DLQ_TOPIC
 from workers.common.assemble_requests import AssembleStatus, decode_status, status_key
 from workers.common.settings import Settings

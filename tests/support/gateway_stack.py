@@ -18,8 +18,8 @@ import psycopg
 
 from harness.gateway import GatewayProcess, sha1
 from harness.kafka import make_topics, unique_name
+from harness.worker_process import WorkerProcess
 from tests.support.debug_file_builders import ensure_toolchain
-from tests.support.worker_process import WorkerProcess
 from workers.assemble.definition import DLQ_TOPIC as ASSEMBLE_DLQ_TOPIC
 from workers.blob_ingest.definition import DLQ_TOPIC
 from workers.common.projects import create_organization

@@ -15,7 +15,7 @@ import psycopg
 from harness.assemble import artifact_bundle, create_task, store_file
 from harness.assemble import create_org as create_assemble_org
 from harness.kafka import make_topics, unique_name
-from tests.support.worker_process import WorkerProcess
+from harness.worker_process import WorkerProcess
 from workers.billing.traffic import sample_traffic
 from workers.common.assemble_requests import assemble_request_key, encode_assemble_request
 from workers.common.chunk_uploads import encode_headers
