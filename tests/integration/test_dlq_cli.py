@@ -20,6 +20,8 @@ import psycopg
 import pytest
 from arroyo.types import Partition, Topic
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewPartitions
 
 from harness.billing import usage_bucket
 from harness.kafka import make_topics, unique_name
@@ -30,6 +32,7 @@ from tests.support.worker_process import ROOT, WorkerProcess
 from workers.billing.counting import TRANSACTIONS_USAGE_METRIC_ID
 from workers.common.chunk_uploads import encode_headers
 from workers.common.dlq import dlq_headers
+from workers.common.kafka_config import admin_configuration
 from workers.common.kafka_offsets import high_watermarks, total
 from workers.common.settings import Settings
 from workers.dlq.claims import claim, start_replay
@@ -246,7 +249,8 @@ def test_billing_replays_only_dead_letters_and_bills_nothing_twice(
     firsts = {str(letter.position) for letter in again if letter.value in invalid}
     redead = [letter for letter in again if REPLAYED_FROM_HEADER in dict(letter.headers)]
     assert len(redead) == 2
-    assert {dict(letter.headers)[REPLAYED_FROM_HEADER].decode() for letter in redead} < firsts
+    sources = {(dict(letter.headers)[REPLAYED_FROM_HEADER] or b"").decode() for letter in redead}
+    assert sources < firsts
     assert sorted(letter.value or b"" for letter in redead) == sorted(invalid)
 
 
@@ -289,45 +293,72 @@ def test_two_replays_at_once_replay_each_message_once(
     assert len(claims(connection, dlq_topic)) == 300
 
 
-def test_a_claim_left_by_an_interrupted_replay_is_never_produced_again(
+def test_an_interrupted_replays_claims_wait_for_retry_unconfirmed_which_checks_kafka_first(
     settings: Settings, connection: psycopg.Connection, dlq_topic: str
 ) -> None:
     input_topic = unique_name("dlq-echo-in")
     make_topics(settings, input_topic, partitions=1)
     write_dead_letters(settings, dlq_topic, input_topic, 5)
     letters = wait_for_dead_letters(settings, dlq_topic, 5)
-    # A run that claimed two messages and died before Kafka answered (its connection closed).
+    # A run claimed two messages, produced the first, and died before recording anything
+    # (its connection closed, so its lock is free).
     with psycopg.connect(settings.database_url, autocommit=True) as crashed:
         dead_run = start_replay(crashed, Selection("test-echo", dlq_topic), "crashed-operator")
         claim(crashed, dead_run, letters[:2])
+    producer = Producer(settings.kafka_client_config())
+    producer.produce(input_topic, value=letters[0].value, key=letters[0].key, partition=0,
+                     headers=[*letters[0].replay_headers()])  # fmt: skip
+    assert producer.flush(30) == 0
 
     result = run_cli("dlq", "replay", "test-echo")
     assert result.exit_code == 0, result.stderr
     assert f"replay #{dead_run} was interrupted" in result.stderr
     assert "5 selected, 3 replayed, 2 already replayed" in result.stdout
-    produced = {
-        r.headers[REPLAYED_FROM_HEADER].decode() for r in read_available(settings, input_topic)
-    }
-    assert produced == {str(letter.position) for letter in letters[2:]}
-    state = connection.execute(
-        "SELECT state FROM dlq_replays WHERE id = %s", (dead_run,)
-    ).fetchone()
-    assert state == ("interrupted",)
+    state = connection.execute("SELECT state FROM dlq_replays WHERE id = %s", (dead_run,))
+    assert state.fetchone() == ("interrupted",)
     assert sorted(claims(connection, dlq_topic).values()) == ["claimed"] * 2 + ["produced"] * 3
 
+    dry = run_cli("dlq", "replay", "test-echo", "--retry-unconfirmed", "--dry-run")
+    assert [line.split()[0] for line in dry.lines[:-1]] == ["already", "retry"] + ["already"] * 3
+    assert "produced (found in the original topic)" in dry.lines[0]
+    assert sorted(claims(connection, dlq_topic).values()) == ["claimed"] * 2 + ["produced"] * 3
 
-def test_a_replay_kafka_refuses_fails_and_is_not_retried(
+    retried = run_cli("dlq", "replay", "test-echo", "--retry-unconfirmed")
+    assert retried.exit_code == 0, retried.stderr
+    assert "5 selected, 1 replayed, 4 already replayed, 0 unreplayable, 0 failed, " \
+           "1 found in the original topic" in retried.stdout  # fmt: skip
+    produced = [
+        r.headers[REPLAYED_FROM_HEADER].decode() for r in read_available(settings, input_topic)
+    ]
+    assert sorted(produced) == sorted(str(letter.position) for letter in letters)
+    assert set(claims(connection, dlq_topic).values()) == {"produced"}
+
+    again = run_cli("dlq", "replay", "test-echo", "--retry-unconfirmed")
+    assert "0 replayed, 5 already replayed, 0 unreplayable, 0 failed, 0 found" in again.stdout
+    assert total(high_watermarks(settings, input_topic)) == 5
+
+
+def test_messages_kafka_refused_are_replayed_by_retry_unconfirmed_once_the_cause_is_fixed(
     settings: Settings, connection: psycopg.Connection, dlq_topic: str
 ) -> None:
     input_topic = unique_name("dlq-echo-in")
     make_topics(settings, input_topic, partitions=1)
-    # Copies of messages of a partition the topic does not have: Kafka refuses them at once.
+    # Copies of messages of a partition the topic does not have (yet): Kafka refuses them.
     write_dead_letters(settings, dlq_topic, input_topic, 2, partition=5)
     wait_for_dead_letters(settings, dlq_topic, 2)
     result = run_cli("dlq", "replay", "test-echo")
     assert result.exit_code == 1
     assert "2 failed" in result.stdout
     assert "refused by Kafka" in result.stderr
+    assert "--retry-unconfirmed replays them" in result.stderr
     assert set(claims(connection, dlq_topic).values()) == {"failed"}
-    again = run_cli("dlq", "replay", "test-echo", "--dry-run")
-    assert again.lines[-1] == "dry run, nothing written; already failed: 2"
+    plain = run_cli("dlq", "replay", "test-echo", "--dry-run")
+    assert plain.lines[-1] == "dry run, nothing written; already failed: 2"
+
+    admin = AdminClient(admin_configuration(settings))
+    admin.create_partitions([NewPartitions(input_topic, 6)])[input_topic].result(timeout=30)
+    retried = run_cli("dlq", "replay", "test-echo", "--retry-unconfirmed")
+    assert retried.exit_code == 0, retried.stderr
+    assert "2 selected, 2 replayed, 0 already replayed" in retried.stdout
+    assert high_watermarks(settings, input_topic)[5] == 2
+    assert set(claims(connection, dlq_topic).values()) == {"produced"}

@@ -73,6 +73,8 @@ def test_a_message_is_replayed_unless_claimed_before_or_without_an_origin() -> N
     assert verdict(letter, {}) == "replay"
     assert verdict(letter, {letter.position: "produced"}) == "already produced"
     assert verdict(letter, {letter.position: "claimed"}) == "already claimed"
+    # --retry-unconfirmed: a claim left unanswered, whose replay the original topic lacks.
+    assert verdict(letter, {letter.position: "failed"}, frozenset({letter.position})) == "retry"
     bare = dead_letter(2)
     bare = type(bare)(bare.position, None, None, b"x", (("reason", b"r"),))
     assert verdict(bare, {}) == "unreplayable"

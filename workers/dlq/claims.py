@@ -30,6 +30,8 @@ class ReplayCounts:
     unreplayable: int = 0
     replayed: int = 0
     failed: int = 0
+    # --retry-unconfirmed: unconfirmed claims whose replay was found in the original topic.
+    found_replayed: int = 0
 
 
 def start_replay(connection: psycopg.Connection, selection: Selection, requested_by: str) -> int:
@@ -172,3 +174,72 @@ def claimed_positions(connection: psycopg.Connection, dlq_topic: str) -> dict[Po
         (dlq_topic,),
     ).fetchall()
     return {Position(dlq_topic, int(p), int(o)): str(state) for p, o, state in rows}
+
+
+# A claim is unconfirmed when Kafka refused its message (`failed`), or when the run that
+# claimed it is no longer running and never recorded an answer (`claimed`).
+_UNCONFIRMED = (
+    "(m.state = 'failed' OR (m.state = 'claimed' AND m.replay_id IN "
+    "(SELECT id FROM dlq_replays WHERE state <> 'running')))"
+)
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    position: Position
+    origin: Position
+    claimed_at_ms: int
+
+
+def unconfirmed_claims(connection: psycopg.Connection, dlq_topic: str) -> list[Unconfirmed]:
+    rows = connection.execute(
+        "SELECT m.dlq_partition, m.dlq_offset, m.original_topic, m.original_partition, "
+        "m.original_offset, (extract(epoch FROM m.claimed_at) * 1000)::bigint "
+        f"FROM dlq_replayed_messages m WHERE m.dlq_topic = %s AND {_UNCONFIRMED} "
+        "ORDER BY m.dlq_partition, m.dlq_offset",
+        (dlq_topic,),
+    ).fetchall()
+    return [
+        Unconfirmed(
+            Position(dlq_topic, int(p), int(o)), Position(str(t), int(op), int(oo)), int(at)
+        )
+        for p, o, t, op, oo, at in rows
+    ]
+
+
+def confirm(connection: psycopg.Connection, found: Mapping[Position, int]) -> int:
+    """Record unconfirmed claims as `produced` at the offsets their replay was found at."""
+    confirmed = 0
+    with connection.transaction():
+        for position, offset in found.items():
+            confirmed += connection.execute(
+                "UPDATE dlq_replayed_messages m SET state = 'produced', produced_offset = %s, "
+                "error = NULL, finished_at = now() WHERE m.dlq_topic = %s "
+                f"AND m.dlq_partition = %s AND m.dlq_offset = %s AND {_UNCONFIRMED}",
+                (offset, position.topic, position.partition, position.offset),
+            ).rowcount
+    return confirmed
+
+
+def reclaim(
+    connection: psycopg.Connection, replay_id: int, positions: Sequence[Position]
+) -> set[Position]:
+    """Claim again for run `replay_id` those of `positions` that are still unconfirmed (one
+    run wins each), committed on return; the positions it got."""
+    if not positions:
+        return set()
+    with connection.transaction():
+        rows = connection.execute(
+            "UPDATE dlq_replayed_messages m SET replay_id = %s, state = 'claimed', "
+            "error = NULL, claimed_at = now(), finished_at = NULL "
+            "FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS r(t, p, o) "
+            "WHERE m.dlq_topic = r.t AND m.dlq_partition = r.p AND m.dlq_offset = r.o "
+            f"AND {_UNCONFIRMED} RETURNING m.dlq_topic, m.dlq_partition, m.dlq_offset",
+            (
+                replay_id,
+                [position.topic for position in positions],
+                [position.partition for position in positions],
+                [position.offset for position in positions],
+            ),
+        ).fetchall()
+    return {Position(str(topic), int(p), int(o)) for topic, p, o in rows}

@@ -171,6 +171,12 @@ def make_dlq_group(registry_loader: str) -> click.Group:
     )
     @_selection_options
     @click.option("--dry-run", is_flag=True, help="Print what would be replayed; write nothing.")
+    @click.option(
+        "--retry-unconfirmed",
+        is_flag=True,
+        help="Also replay selected messages Kafka refused, or an interrupted run left without "
+        "an answer, unless the original topic already has them.",
+    )
     def dlq_replay(
         worker: str,
         reason: str | None,
@@ -178,6 +184,7 @@ def make_dlq_group(registry_loader: str) -> click.Group:
         until: datetime | None,
         dlq_topic: str | None,
         dry_run: bool,
+        retry_unconfirmed: bool,
     ) -> None:
         settings = Settings.from_env()
         selection = _selection(
@@ -185,19 +192,19 @@ def make_dlq_group(registry_loader: str) -> click.Group:
         )
         try:
             if dry_run:
-                _dry_run(settings, selection)
+                _dry_run(settings, selection, retry_unconfirmed)
             else:
-                _replay(settings, selection)
+                _replay(settings, selection, retry_unconfirmed)
         except TopicNotFound as error:
             raise click.ClickException(str(error)) from None
 
     return dlq
 
 
-def _dry_run(settings: Settings, selection: Selection) -> None:
+def _dry_run(settings: Settings, selection: Selection, retry_unconfirmed: bool) -> None:
     tally: dict[str, int] = {}
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
-        for letter, verdict in plan_replay(settings, connection, selection):
+        for letter, verdict in plan_replay(settings, connection, selection, retry_unconfirmed):
             tally[verdict] = tally.get(verdict, 0) + 1
             origin = letter.origin
             click.echo(
@@ -208,19 +215,21 @@ def _dry_run(settings: Settings, selection: Selection) -> None:
     click.echo(f"dry run, nothing written; {summary or 'no message matches'}")
 
 
-def _replay(settings: Settings, selection: Selection) -> None:
+def _replay(settings: Settings, selection: Selection, retry_unconfirmed: bool) -> None:
     configure_logging(settings.log_level, settings.log_format)
 
     def progress(counts: ReplayCounts) -> None:
         click.echo(f"... {counts.selected} selected, {counts.replayed} replayed", err=True)
 
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
-        report = replay(settings, connection, selection, _requested_by(), progress)
+        report = replay(
+            settings, connection, selection, _requested_by(), progress, retry_unconfirmed
+        )
     counts = report.counts
     for earlier in report.interrupted:
         click.echo(
             f"replay #{earlier} was interrupted: its messages still `claimed` may or may not "
-            "have been produced, and are never replayed again",
+            "have been produced; --retry-unconfirmed checks and finishes them",
             err=True,
         )
     click.echo(
@@ -228,8 +237,12 @@ def _replay(settings: Settings, selection: Selection) -> None:
         f"{counts.selected} selected, {counts.replayed} replayed, "
         f"{counts.already_replayed} already replayed, {counts.unreplayable} unreplayable, "
         f"{counts.failed} failed"
+        + (f", {counts.found_replayed} found in the original topic" if retry_unconfirmed else "")
     )
     for error, count in sorted(report.errors.items()):
         click.echo(f"  {count} refused by Kafka: {error}", err=True)
     if counts.failed:
-        raise click.ClickException(f"{counts.failed} messages were not replayed")
+        raise click.ClickException(
+            f"{counts.failed} messages were not replayed; once the cause is fixed, "
+            "--retry-unconfirmed replays them"
+        )

@@ -20,7 +20,8 @@ _SECRET_HEADER_NAME: Final = re.compile(
     re.IGNORECASE,
 )
 _SECRET_TEXT: Final = (
-    re.compile(rb"\b(?:wgt|sntry[su])_[A-Za-z0-9_+/=.-]+"),
+    # No word boundary before the prefix: a token glued to other bytes is still a token.
+    re.compile(rb"(?:wgt|sntry[su])_[A-Za-z0-9_+/=.-]+"),
     re.compile(rb"\b(?:Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE),
     re.compile(rb"(?<=://)[^/@\s:]+:[^/@\s]+(?=@)"),
 )

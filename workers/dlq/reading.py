@@ -49,7 +49,7 @@ def reader_configuration(settings: Settings) -> dict[str, Any]:
 def _start_offsets(
     consumer: Consumer, topic: str, partitions: list[int], since_ms: int | None
 ) -> dict[int, int]:
-    if since_ms is None:
+    if since_ms is None or not partitions:
         return dict.fromkeys(partitions, OFFSET_BEGINNING)
     found = consumer.offsets_for_times(
         [TopicPartition(topic, index, since_ms) for index in partitions],

@@ -9,10 +9,12 @@ Per batch of selected messages:
    partition, with the original key, value and headers plus `dlq_replayed_from`, and flush;
 3. record what Kafka answered (`produced` with its offset, or `failed` with the error).
 
-A crash between 1 and 3 leaves claims without an answer; they are never produced again, so
-the worst a crash does is leave a message not replayed (its claim says `claimed`, its run
-`interrupted`), never replay it twice. Only dead-lettered messages are replayed: billing's
-outcomes of a message it billed are never in its DLQ, so a replay cannot bill twice.
+A crash between 1 and 3 leaves claims without an answer; a run never produces them again,
+so the worst a crash does is leave a message not replayed (its claim says `claimed`, its run
+`interrupted`), never replay it twice. `--retry-unconfirmed` finishes them, and the messages
+Kafka refused, after looking for them in the original topic (`workers.dlq.unconfirmed`).
+Only dead-lettered messages are replayed: billing's outcomes of a message it billed are never
+in its DLQ, so a replay cannot bill twice.
 """
 
 from __future__ import annotations
@@ -31,14 +33,18 @@ from workers.dlq.claims import (
     ReplayCounts,
     claim,
     claimed_positions,
+    confirm,
     finish_replay,
     mark_interrupted,
+    reclaim,
     record_results,
     start_replay,
+    unconfirmed_claims,
 )
 from workers.dlq.letters import DeadLetter, Position
 from workers.dlq.reading import read_dead_letters
 from workers.dlq.selection import Selection
+from workers.dlq.unconfirmed import find_replays
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +54,7 @@ MAX_BATCH_BYTES: Final = 64 * 1024 * 1024
 DELIVERY_TIMEOUT_MS: Final = 60_000
 FLUSH_TIMEOUT_SECONDS: Final = DELIVERY_TIMEOUT_MS / 1000 + 30
 
-Verdict = str  # "replay", "unreplayable", or "already <claim state>"
+Verdict = str  # "replay", "retry", "unreplayable", or "already <claim state>"
 
 
 def batches(
@@ -71,7 +77,11 @@ def batches(
         yield batch
 
 
-def verdict(letter: DeadLetter, claims: dict[Position, str]) -> Verdict:
+def verdict(
+    letter: DeadLetter, claims: dict[Position, str], retried: frozenset[Position] = frozenset()
+) -> Verdict:
+    if letter.position in retried:
+        return "retry"
     state = claims.get(letter.position)
     if state is not None:
         return f"already {state}"
@@ -84,13 +94,30 @@ def selected_letters(settings: Settings, selection: Selection) -> Iterator[DeadL
             yield letter
 
 
+def _unconfirmed(
+    settings: Settings, connection: psycopg.Connection, dlq_topic: str
+) -> tuple[dict[Position, int], frozenset[Position]]:
+    """Unconfirmed claims of `dlq_topic`: those whose replay is in the original topic (with
+    its offset), and those to produce again."""
+    pending = unconfirmed_claims(connection, dlq_topic)
+    found = find_replays(settings, pending)
+    return found, frozenset(claim.position for claim in pending if claim.position not in found)
+
+
 def plan_replay(
-    settings: Settings, connection: psycopg.Connection, selection: Selection
+    settings: Settings,
+    connection: psycopg.Connection,
+    selection: Selection,
+    retry_unconfirmed: bool = False,
 ) -> Iterator[tuple[DeadLetter, Verdict]]:
     """What a replay of `selection` would do with each selected message; writes nothing."""
     claims = claimed_positions(connection, selection.dlq_topic)
+    retried: frozenset[Position] = frozenset()
+    if retry_unconfirmed:
+        found, retried = _unconfirmed(settings, connection, selection.dlq_topic)
+        claims.update(dict.fromkeys(found, "produced (found in the original topic)"))
     for letter in selected_letters(settings, selection):
-        yield letter, verdict(letter, claims)
+        yield letter, verdict(letter, claims, retried)
 
 
 @dataclass
@@ -139,8 +166,8 @@ def _produce(producer: Producer, letters: list[DeadLetter], claimed: set[Positio
         producer.poll(0)
     remaining = producer.flush(FLUSH_TIMEOUT_SECONDS)
     if remaining:
-        # Cannot happen past message.timeout.ms; what is left stays claimed (never produced
-        # again), as after a crash.
+        # Cannot happen past message.timeout.ms; what is left stays claimed and unconfirmed,
+        # as after a crash.
         logger.error("replayed messages without a delivery report", extra={"count": remaining})
     return deliveries
 
@@ -151,6 +178,7 @@ def replay(
     selection: Selection,
     requested_by: str,
     on_progress: Callable[[ReplayCounts], None] | None = None,
+    retry_unconfirmed: bool = False,
 ) -> ReplayReport:
     """Replay `selection` once; `connection` is autocommit and holds the run's lock."""
     interrupted = mark_interrupted(connection, selection.dlq_topic)
@@ -164,11 +192,18 @@ def replay(
     )
     state = "failed"
     try:
+        retried: frozenset[Position] = frozenset()
+        if retry_unconfirmed:
+            found, retried = _unconfirmed(settings, connection, selection.dlq_topic)
+            counts.found_replayed = confirm(connection, found)
         for batch in batches(selected_letters(settings, selection)):
             counts.selected += len(batch)
             replayable = [letter for letter in batch if letter.origin is not None]
             counts.unreplayable += len(batch) - len(replayable)
             claimed = claim(connection, replay_id, replayable)
+            claimed |= reclaim(
+                connection, replay_id, [r.position for r in replayable if r.position in retried]
+            )
             counts.already_replayed += len(replayable) - len(claimed)
             deliveries = _produce(producer, replayable, claimed)
             counts.replayed += len(deliveries.produced)
