@@ -111,6 +111,9 @@ def test_a_reset_is_refused_while_the_group_has_a_member_and_applied_once_it_has
 
     future = echo.groups("reset-offsets", "--to-datetime", "2999-01-01T00:00:00Z")
     assert future.exit_code == 0, future.stderr
+    assert future.lines[0].endswith(
+        "to datetime 2999-01-01T00:00:00+00:00: the first message at or after it"
+    )
     assert echo.committed() == ends
 
     earliest = echo.groups("reset-offsets", "--to-earliest")

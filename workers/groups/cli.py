@@ -124,7 +124,10 @@ def make_groups_group(registry_loader: str) -> click.Group:
                 (p.topic, p.partition): reset_target(p, reset, at_time.get((p.topic, p.partition)))
                 for p in partitions
             }
-            click.echo(f"group {group_id}, {topic_name}: {reset.describe()}")
+            target = reset.describe()
+            if moment is not None:
+                target += f" {moment.isoformat()}: the first message at or after it"
+            click.echo(f"group {group_id}, {topic_name}: {target}")
             click.echo("\n".join(reset_lines(partitions, targets)))
             if dry_run:
                 click.echo("dry run: nothing changed")
