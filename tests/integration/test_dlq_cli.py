@@ -362,3 +362,23 @@ def test_messages_kafka_refused_are_replayed_by_retry_unconfirmed_once_the_cause
     assert "2 selected, 2 replayed, 0 already replayed" in retried.stdout
     assert high_watermarks(settings, input_topic)[5] == 2
     assert set(claims(connection, dlq_topic).values()) == {"produced"}
+
+
+def test_dlq_topic_reads_another_topic_than_the_workers_own(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DLQ_TOPIC_ENV, raising=False)  # test-echo's own DLQ is test-echo-dlq
+    other = unique_name("dlq-other")
+    make_topics(settings, other, partitions=1)
+    write_dead_letters(settings, other, unique_name("dlq-echo-in"), 3)
+    wait_for_dead_letters(settings, other, 3)
+    shown = run_cli("dlq", "show", "test-echo", "--dlq-topic", other, "--limit", "2")
+    assert shown.exit_code == 0, shown.stderr
+    assert [line.split()[0] for line in shown.lines if line.startswith(other)] == [
+        f"{other}:0:1",
+        f"{other}:0:2",
+    ]
+    assert shown.stdout.count("reason:   poison_pill") == 2
+    missing = run_cli("dlq", "show", "test-echo", "--dlq-topic", unique_name("dlq-missing"))
+    assert missing.exit_code == 1
+    assert "does not exist" in missing.stderr

@@ -112,11 +112,13 @@ def make_dlq_group(registry_loader: str) -> click.Group:
             claims = _claims(settings, topic)
             known = known and claims is not None
             try:
-                letters = list(read_dead_letters(settings, topic))
+                # Streamed: a DLQ of chunks can hold gigabytes.
+                found = summarize(
+                    topic, owners[topic], read_dead_letters(settings, topic), claims or {}
+                )
             except TopicNotFound as error:
                 click.echo(f"warning: {error}", err=True)
-                letters = []
-            found = summarize(topic, owners[topic], letters, claims or {})
+                found = summarize(topic, owners[topic], [], claims or {})
             summaries += [s for s in found if s.worker in names or not workers]
         if not known:
             _warn_unknown_claims()
@@ -197,6 +199,10 @@ def make_dlq_group(registry_loader: str) -> click.Group:
                 _replay(settings, selection, retry_unconfirmed)
         except TopicNotFound as error:
             raise click.ClickException(str(error)) from None
+        except psycopg.errors.UndefinedTable:
+            raise click.ClickException(
+                "the replay tables are missing: run `workers migrate` first"
+            ) from None
 
     return dlq
 
