@@ -16,9 +16,11 @@ from workers.common.settings import Settings, SettingsError
 from workers.common.snowflake.cli import ids
 from workers.common.topics import create_topics, fleet_topics
 from workers.demo import make_demo_command
+from workers.dlq.cli import make_dlq_group
 from workers.files.cli import files
 from workers.fleet import FLEET_REGISTRY_LOADER
 from workers.gateway.cli import serve, tokens
+from workers.groups.cli import make_groups_group
 from workers.stack.cli import stack
 
 
@@ -73,6 +75,8 @@ def make_cli(registry_loader: str) -> click.Group:
 
     cli.add_command(make_demo_command(registry_loader))
     cli.add_command(make_run_command(registry_loader))
+    cli.add_command(make_dlq_group(registry_loader))
+    cli.add_command(make_groups_group(registry_loader))
     cli.add_command(stack)
     cli.add_command(ids)
     cli.add_command(orgs)

@@ -33,6 +33,14 @@ def test_the_classic_protocol_can_be_chosen() -> None:
     assert consumer_configuration(SETTINGS, options)["group.protocol"] == "classic"
 
 
+def test_a_member_is_named_by_its_client_id_unless_the_environment_names_it() -> None:
+    options = ConsumerOptions("g", client_id="billing-0")
+    assert consumer_configuration(SETTINGS, options)["client.id"] == "billing-0"
+    assert "client.id" not in consumer_configuration(SETTINGS, ConsumerOptions("g"))
+    configured = Settings(kafka_bootstrap_servers="h:1", kafka_config={"client.id": "mine"})
+    assert consumer_configuration(configured, options)["client.id"] == "mine"
+
+
 @pytest.mark.parametrize("brokers", [1, 3])
 def test_the_local_brokers_detect_a_dead_member_in_6_seconds(tmp_path: Any, brokers: int) -> None:
     layout = kafka_layout(StackPaths.under(tmp_path), 39092, brokers)

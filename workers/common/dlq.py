@@ -64,6 +64,11 @@ def dlq_origin(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int, int] | N
         return None
 
 
+#: The headers `dlq_headers` appends to the original ones, in this order
+#: (docs/reference.md, DLQ messages).
+DLQ_HEADER_NAMES = ("original_topic", "original_partition", "original_offset", "reason", "worker")
+
+
 class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
     def __init__(
         self, producer: Producer[KafkaPayload], topic: Topic, worker: str, metrics: FleetMetrics

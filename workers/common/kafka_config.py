@@ -52,6 +52,8 @@ class ConsumerOptions:
     queued_min_messages: int = DEFAULT_QUEUED_MIN_MESSAGES
     strict_offset_reset: bool = False
     group_protocol: str = GROUP_PROTOCOL_CONSUMER
+    # Names the member in `workers groups describe` (librdkafka's default is `rdkafka`).
+    client_id: str | None = None
 
 
 def consumer_configuration(
@@ -70,6 +72,7 @@ def consumer_configuration(
         # billing's exactly-once mode and every reader of its outputs rely on it).
         "isolation.level": "read_committed",
         "group.protocol": options.group_protocol,
+        **({"client.id": options.client_id} if options.client_id else {}),
         **settings.kafka_config,
     }
     if options.group_instance_id:

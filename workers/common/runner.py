@@ -185,6 +185,7 @@ def run_worker_process(
             max_poll_interval_ms=options.max_poll_interval_ms,
             group_instance_id=options.group_instance_id,
             group_protocol=options.group_protocol,
+            client_id=f"{definition.name}-{options.process_index}",
         ),
         stats_callback=lag_reporter,
     )

@@ -1,0 +1,2 @@
+"""Dead-letter queues for the operator: `workers dlq list | show | replay`
+(docs/operations.md, DLQ inspection and replay)."""
