@@ -4,11 +4,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from arroyo.dlq import DlqLimit
+from arroyo.types import Partition, Topic
 from click.testing import CliRunner
 
 from tests.support.echo_worker import ECHO_DLQ_TOPIC, ECHO_INPUT_TOPIC, build_definition
 from workers.cli import make_cli
 from workers.common import run_cli
+from workers.common.dlq_limit import DlqLimitExceeded, InvalidSeen
 from workers.common.registry import ConsumerRegistry, UnknownConsumerError
 from workers.common.runner import RunOptions
 from workers.common.settings import Settings
@@ -83,6 +86,10 @@ def test_run_passes_every_option_through(captured: list[RunOptions], tmp_path: P
             "pod-0",
             "--metrics-port",
             "0",
+            "--dlq-max-invalid-ratio",
+            "0.05",
+            "--dlq-max-consecutive-invalid",
+            "off",
             "--output-topic",
             "elsewhere",
             "--log-level",
@@ -105,6 +112,7 @@ def test_run_passes_every_option_through(captured: list[RunOptions], tmp_path: P
         commit_interval_ms=200,
         group_instance_id="pod-0",
         metrics_port=0,
+        dlq_limit=DlqLimit(max_invalid_ratio=0.05, max_consecutive_count=None),
         worker_options={"output_topic": "elsewhere"},
     )
 
@@ -118,6 +126,7 @@ def test_run_defaults_come_from_the_definition(captured: list[RunOptions]) -> No
     assert options.max_batch_size == definition.max_batch_size
     assert options.max_batch_time_ms == definition.max_batch_time_ms
     assert options.enable_dlq is True
+    assert options.dlq_limit == DlqLimit(max_invalid_ratio=0.01, max_consecutive_count=1000)
     assert options.worker_options == {"output_topic": "test-echo-output"}
 
 
@@ -136,6 +145,8 @@ def test_run_defaults_come_from_the_definition(captured: list[RunOptions]) -> No
             ["run", "test-echo", "--processes", "2", "--group-instance-id", "x"],
             "--group-instance-id needs --processes 1",
         ),
+        (["run", "test-echo", "--dlq-max-invalid-ratio", "-1"], "-1.0 is not in the range"),
+        (["run", "test-echo", "--dlq-max-consecutive-invalid", "many"], "'many' is not a valid"),
     ],
 )
 def test_run_usage_errors_are_specific(
@@ -145,6 +156,27 @@ def test_run_usage_errors_are_specific(
     assert result.exit_code == 2
     assert message in result.output
     assert captured == []
+
+
+def test_a_dlq_limit_stop_is_a_clear_error_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    partition = Partition(Topic("test-echo-input"), 2)
+    exceeded = DlqLimitExceeded(
+        "test-echo",
+        "max_consecutive_invalid",
+        "--dlq-max-consecutive-invalid 3: 4 invalid messages in a row",
+        partition,
+        41,
+        [InvalidSeen(partition, 41, "poison_pill: value starts with poison")],
+    )
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise exceeded
+
+    monkeypatch.setattr(run_cli, "run_worker_process", stopped)
+    result = CliRunner().invoke(make_cli(LOADER), ["run", "test-echo"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {exceeded}\n"
+    assert "test-echo-input[2] offset 41: --dlq-max-consecutive-invalid 3" in result.output
 
 
 def test_topics_cover_inputs_outputs_and_dlqs_with_large_messages() -> None:

@@ -12,8 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from arroyo.dlq import DlqLimit
 from prometheus_client import CollectorRegistry
 
+from workers.common.dlq_limit import (
+    DEFAULT_DLQ_MAX_CONSECUTIVE_INVALID,
+    DEFAULT_DLQ_MAX_INVALID_RATIO,
+    DlqLimitExceeded,
+)
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     DEFAULT_MAX_POLL_INTERVAL_MS,
@@ -32,6 +38,19 @@ from workers.common.settings import Settings
 from workers.common.supervisor import Supervisor
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class OrOff(click.ParamType[Any, Any]):
+    """A value of `inner`, or `off` (None): a limit that can be switched off."""
+
+    def __init__(self, inner: click.ParamType[Any, Any]) -> None:
+        self.inner = inner
+        self.name = f"{inner.name} or off"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+            return None
+        return self.inner.convert(value, param, ctx)
 
 
 def format_registry(registry: ConsumerRegistry) -> str:
@@ -125,6 +144,21 @@ def make_run_command(registry_loader: str) -> click.Command:
         help="consumer: Kafka 4's incremental protocol (KIP-848); classic: eager, older brokers.",
     )
     @click.option(
+        "--dlq-max-invalid-ratio",
+        type=OrOff(click.FloatRange(min=0.0)),
+        default=DEFAULT_DLQ_MAX_INVALID_RATIO,
+        metavar="RATIO|off",
+        help="Stop when a partition's invalid messages exceed this ratio to its valid ones "
+        "since it was assigned.",
+    )
+    @click.option(
+        "--dlq-max-consecutive-invalid",
+        type=OrOff(click.IntRange(min=0)),
+        default=DEFAULT_DLQ_MAX_CONSECUTIVE_INVALID,
+        metavar="N|off",
+        help="Stop when more than N invalid messages in a row arrive on a partition.",
+    )
+    @click.option(
         "--metrics-port",
         type=click.IntRange(min=0, max=65535),
         help="Serve Prometheus /metrics on this port.",
@@ -147,6 +181,8 @@ def make_run_command(registry_loader: str) -> click.Command:
         commit_interval_ms: int,
         group_instance_id: str | None,
         group_protocol: str,
+        dlq_max_invalid_ratio: float | None,
+        dlq_max_consecutive_invalid: int | None,
         metrics_port: int | None,
         log_level: str | None,
     ) -> None:
@@ -185,10 +221,17 @@ def make_run_command(registry_loader: str) -> click.Command:
             group_instance_id=group_instance_id,
             group_protocol=group_protocol,
             metrics_port=metrics_port,
+            dlq_limit=DlqLimit(
+                max_invalid_ratio=dlq_max_invalid_ratio,
+                max_consecutive_count=dlq_max_consecutive_invalid,
+            ),
             worker_options=parse_worker_options(definition, worker_args),
         )
         if processes == 1:
-            run_worker_process(definition, options, settings, CollectorRegistry())
+            try:
+                run_worker_process(definition, options, settings, CollectorRegistry())
+            except DlqLimitExceeded as exceeded:
+                raise click.ClickException(str(exceeded)) from None
             return
         multiprocess_dir = Path(
             os.environ.get("PROMETHEUS_MULTIPROC_DIR")
