@@ -16,7 +16,7 @@ from workers.common.registry import ConsumerRegistry, UnknownConsumerError
 from workers.common.runner import RunOptions
 from workers.common.settings import Settings
 from workers.common.topics import fleet_topics
-from workers.fleet import build_registry
+from workers.fleet import FLEET_REGISTRY_LOADER, build_registry
 
 LOADER = "tests.support.echo_worker:build_registry"
 
@@ -147,6 +147,7 @@ def test_run_defaults_come_from_the_definition(captured: list[RunOptions]) -> No
         ),
         (["run", "test-echo", "--dlq-max-invalid-ratio", "-1"], "-1.0 is not in the range"),
         (["run", "test-echo", "--dlq-max-consecutive-invalid", "many"], "'many' is not a valid"),
+        (["run", "nope", "--help"], "no consumer named 'nope'; known: test-echo"),
     ],
 )
 def test_run_usage_errors_are_specific(
@@ -156,6 +157,41 @@ def test_run_usage_errors_are_specific(
     assert result.exit_code == 2
     assert message in result.output
     assert captured == []
+
+
+def test_run_name_help_lists_the_shared_options_then_the_workers_own() -> None:
+    result = CliRunner().invoke(make_cli(LOADER), ["run", "test-echo", "--help"])
+    assert result.exit_code == 0, result.output
+    shared, _, own = result.output.partition("\nOptions of test-echo:\n")
+    assert "--dlq-max-invalid-ratio RATIO|off" in shared
+    assert "--dlq-max-consecutive-invalid N|off" in shared
+    assert "--output-topic" not in shared
+    assert own.splitlines()[0].strip() == build_definition().description
+    assert "--output-topic TEXT" in own
+    assert "Copies go here.  [default: test-echo-output]" in own
+    # Before NAME, with other options, or NAME's own: the same help.
+    for args in (
+        ["--help", "test-echo"],
+        ["--topic", "t", "test-echo", "--output-topic", "x", "--help"],
+    ):
+        again = CliRunner().invoke(make_cli(LOADER), ["run", *args])
+        assert again.output == result.output
+
+
+def test_run_help_without_a_name_lists_only_the_shared_options() -> None:
+    result = CliRunner().invoke(make_cli(LOADER), ["run", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--dlq-max-invalid-ratio" in result.output
+    assert "Options of" not in result.output
+    assert "--output-topic" not in result.output
+
+
+def test_the_fleets_workers_show_their_own_options() -> None:
+    result = CliRunner().invoke(make_cli(FLEET_REGISTRY_LOADER), ["run", "billing", "--help"])
+    assert result.exit_code == 0, result.output
+    own = result.output.split("\nOptions of billing:\n")[1]
+    for option in ("--outcomes-topic", "--processing-guarantee", "--transactional-id"):
+        assert option in own
 
 
 def test_a_dlq_limit_stop_is_a_clear_error_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:

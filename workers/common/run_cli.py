@@ -2,6 +2,8 @@
 
 Options shared by every consumer are declared here; a worker's own options come from its
 definition's `click_options` and are parsed from whatever arguments are left over.
+`workers run NAME --help` lists the shared options, then NAME's own in a section of their
+own (`RunCommand`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from workers.common.settings import Settings
 from workers.common.supervisor import Supervisor
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# Where `RunCommand.parse_args` leaves the definition whose options `--help` lists.
+_HELP_DEFINITION = "workers.run.help_definition"
 
 
 class OrOff(click.ParamType[Any, Any]):
@@ -51,6 +55,42 @@ class OrOff(click.ParamType[Any, Any]):
         if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
             return None
         return self.inner.convert(value, param, ctx)
+
+
+class RunCommand(click.Command):
+    """`workers run`; with a NAME, `--help` also lists the options of that worker."""
+
+    def __init__(self, *args: Any, registry_loader: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.registry_loader = registry_loader
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any(arg in ctx.help_option_names for arg in args):
+            parsed, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+            name = parsed.get("name")
+            if isinstance(name, str) and not name.startswith("-"):
+                try:
+                    definition = load_registry(self.registry_loader).get(name)
+                except UnknownConsumerError as error:
+                    raise click.UsageError(str(error), ctx) from None
+                ctx.meta[_HELP_DEFINITION] = definition
+        return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_options(ctx, formatter)
+        definition: ConsumerDefinition | None = ctx.meta.get(_HELP_DEFINITION)
+        if definition is None:
+            return
+        rows = [
+            record
+            for param in definition.click_options
+            if (record := param.get_help_record(ctx)) is not None
+        ]
+        with formatter.section(f"Options of {definition.name}"):
+            formatter.write_text(definition.description)
+            if rows:
+                formatter.write_paragraph()
+                formatter.write_dl(rows)
 
 
 def format_registry(registry: ConsumerRegistry) -> str:
@@ -85,8 +125,11 @@ def parse_worker_options(definition: ConsumerDefinition, args: tuple[str, ...]) 
 def make_run_command(registry_loader: str) -> click.Command:
     @click.command(
         "run",
+        cls=RunCommand,
+        registry_loader=registry_loader,
         context_settings={"ignore_unknown_options": True, "show_default": True},
-        help="Run the consumer NAME until SIGTERM/SIGINT; `--list` shows every NAME.",
+        help="Run the consumer NAME until SIGTERM/SIGINT; `--list` shows every NAME, "
+        "`NAME --help` its own options too.",
     )
     @click.argument("name", required=False)
     @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
