@@ -31,7 +31,12 @@ from arroyo.utils.metrics import configure_metrics
 from prometheus_client import CollectorRegistry
 
 from workers.common.dlq import build_dlq_policy
-from workers.common.dlq_limit import DEFAULT_DLQ_LIMIT, DlqLimiter, limits_enforced
+from workers.common.dlq_limit import (
+    DEFAULT_DLQ_LIMIT,
+    DlqLimiter,
+    DlqLimitExceeded,
+    limits_enforced,
+)
 from workers.common.dlq_limit_strategy import DlqLimitFirst
 from workers.common.heap import freeze_startup_heap
 from workers.common.kafka_config import (
@@ -58,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_JOIN_TIMEOUT_SECONDS = 25.0
 DLQ_FLUSH_TIMEOUT_SECONDS = 10.0
+#: After a DLQ-limit stop, how long `/metrics` waits for a scrape before the process exits:
+#: two of the PodMonitor's 15 s intervals (docs/operations.md, DLQ limits).
+FINAL_SCRAPE_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,12 @@ def run_worker_process(
     )
     try:
         run_until_shutdown(processor)
+    except DlqLimitExceeded:
+        # The process exits next, within seconds of its start when it is restarted on the
+        # same input: without one more scrape, Prometheus would rarely see the stop counted.
+        if metrics_server is not None:
+            metrics_server.wait_for_next_scrape(FINAL_SCRAPE_TIMEOUT_SECONDS)
+        raise
     finally:
         if dlq_producer is not None:
             dlq_producer.close().result(timeout=DLQ_FLUSH_TIMEOUT_SECONDS)
