@@ -177,3 +177,31 @@ def test_blob_ingest_stops_at_the_consecutive_limit_after_dead_lettering_up_to_i
     assert committed(stack, topic, topic) <= 5
     # The five within the limit went to the DLQ (Arroyo's DLQ producer is flushed at exit).
     assert dlq_offsets(stack, BLOB_DLQ_TOPIC, topic) == [0, 1, 2, 3, 4]
+
+
+def test_with_several_processes_the_stopped_child_stops_the_worker(
+    stack: Settings, tmp_path: Path
+) -> None:
+    topic = unique_name("dlq-limit-chunks")
+    make_topics(stack, topic, partitions=2)
+    make_topics(stack, BLOB_DLQ_TOPIC)
+    produce(stack, topic, ((b"key %d" % index, b"chunk %d" % index) for index in range(100)))
+    worker = WorkerProcess(
+        "blob-ingest",
+        "--topic", topic, "--consumer-group", topic, "--storage-url", f"file://{tmp_path}",
+        "--processes", "2", "--dlq-max-consecutive-invalid", "3",
+        log_name=topic,
+    )  # fmt: skip
+    code = worker.process.wait(EXIT_SECONDS)
+    text = worker.log.read_text()
+    assert code == 1, text[-3000:]
+    assert re.search(
+        rf"^Error: blob-ingest stopped: DLQ limit exceeded at {topic}\[[01]\] offset \d+: "
+        r"--dlq-max-consecutive-invalid 3: 4 invalid messages in a row\.$",
+        text,
+        re.MULTILINE,
+    ), text[-3000:]
+    # The child printed the error, not a traceback (log records are JSON lines).
+    assert not any(line.startswith("Traceback") for line in text.splitlines())
+    for partition, offset in committed_offsets(stack, topic, topic).items():
+        assert offset <= 3, (partition, offset)
