@@ -133,12 +133,9 @@ class DlqLimiter:
         self.__last: deque[InvalidSeen] = deque(maxlen=LAST_INVALID_SHOWN)
         self.reset({})
 
-    @property
-    def limit(self) -> DlqLimit:
-        return self.__limit
-
     def reset(self, assignment: Mapping[Partition, int]) -> None:
         """Start counting afresh from `assignment`'s offsets (the next message to read)."""
+        self.__last.clear()
         self.__valid = _Counts()
         self.__invalid = _Counts()
         self.__consecutive = _Counts()
