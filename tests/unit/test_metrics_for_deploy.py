@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+import urllib.request
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from workers.common.metrics import ConsumerLagReporter
+from workers.common.metrics import ConsumerLagReporter, start_metrics_server
 from workers.common.metrics.exposition import served_registry
 
 
@@ -85,3 +87,30 @@ def test_offsets_committed_in_transactions_drive_the_lag_and_committed_gauges() 
     reporter(stats())
     assert sample("workers_consumer_committed_offset") == 450
     assert sample("workers_consumer_lag_messages") == 50
+
+
+def test_a_server_can_wait_for_one_more_scrape_before_its_process_exits() -> None:
+    registry = CollectorRegistry()
+    Counter("workers_example_total", "Example.", registry=registry).inc()
+    server = start_metrics_server(0, registry, host="127.0.0.1")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(server.url, timeout=5) as response:
+            body: bytes = response.read()
+            return body.decode()
+
+    try:
+        assert "workers_example_total 1.0" in scrape()
+        # That scrape was answered before the wait began: it does not count.
+        assert server.wait_for_next_scrape(0.05) is False
+        waited: list[bool] = []
+        waiter = threading.Thread(target=lambda: waited.append(server.wait_for_next_scrape(30)))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while waiter.is_alive():  # Prometheus scraping every interval
+            assert time.monotonic() < deadline, "the scrape did not end the wait"
+            scrape()
+            waiter.join(0.05)
+        assert waited == [True]
+    finally:
+        server.shutdown()

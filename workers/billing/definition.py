@@ -264,6 +264,7 @@ def build_strategy_factory(context: StrategyContext) -> BillingStrategyFactory:
         max_batch_seconds=context.max_batch_time_seconds,
         aggregate_window_seconds=window_ms / 1000.0 if window_ms else None,
         dlq_topic=context.dlq_topic,
+        dlq_limiter=context.dlq_limiter,
         worker=context.worker,
     )
 

@@ -2,6 +2,8 @@
 
     TranslateOutcomes   decode + validate + count + encode (or aggregate) + spot custom
                         metrics; closes one `OutcomeBatch` per N messages / T seconds
+      → LimitDeadLetters counts the batch's invalid messages against the DLQ limits (when
+                        any is set); beyond one, the worker stops before the batch goes on
       → DeliverOutcomes produces each batch with confluent-kafka's `Producer.produce_batch`
                         and one delivery callback per batch, hands its custom-metric
                         projects to the `FlagWriter`, and from `poll()` forwards the offsets
@@ -68,6 +70,7 @@ from workers.billing.deliver import (
 )
 from workers.billing.deliver_in_transactions import DeliverInTransactions
 from workers.billing.flags import FlagStore, FlagWriter
+from workers.billing.limit_dead_letters import LimitDeadLetters
 from workers.billing.metrics import BillingMetrics
 from workers.billing.outcome import ClockNs, OutcomeEncoder
 from workers.billing.outcome_producer import OutcomeProducer
@@ -82,6 +85,7 @@ from workers.billing.translate import (
     TranslateOutcomes,
 )
 from workers.common.call_watchdog import CallWatchdog
+from workers.common.dlq_limit import DlqLimiter
 from workers.common.message_runs import MessageRun
 
 logger = logging.getLogger(__name__)
@@ -123,6 +127,7 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
         flag_writer_close_timeout: float = DEFAULT_FLAG_WRITER_CLOSE_TIMEOUT_SECONDS,
         flag_backoff: Backoff | None = None,
         dlq_topic: str | None = None,
+        dlq_limiter: DlqLimiter | None = None,
         worker: str = "billing",
     ) -> None:
         if (producer_factory is None) == (exactly_once is None):
@@ -138,6 +143,7 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
         self.__transactional_producer: TransactionalProducer | None = None
         self.__watchdog = CallWatchdog()
         self.__dlq_topic = dlq_topic
+        self.__dlq_limiter = dlq_limiter
         self.__worker = worker
         self.__on_dead_letter = metrics.dlq_message
         self.__producer: OutcomeProducer | None = None
@@ -210,11 +216,14 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
     ) -> ProcessingStrategy[MessageRun]:
         mode = self.__exactly_once
         if mode is None:
+            self.__reset_dlq_limits(partitions)
             return self.__translate(self.__at_least_once(commit))
         producer = self.__get_transactional_producer(mode)
         committed = dict(partitions)
 
         def build_chain() -> ProcessingStrategy[Any]:
+            # Also after an abort: the partitions are read again from `committed`.
+            self.__reset_dlq_limits(committed)
             return self.__translate(
                 DeliverInTransactions(
                     producer,
@@ -252,10 +261,15 @@ class BillingStrategyFactory(ProcessingStrategyFactory[MessageRun]):
             on_dead_letter=self.__on_dead_letter,
         )
 
+    def __reset_dlq_limits(self, partitions: Mapping[Partition, int]) -> None:
+        if self.__dlq_limiter is not None:
+            self.__dlq_limiter.reset(partitions)
+
     def __translate(self, deliver: ProcessingStrategy[Any]) -> ProcessingStrategy[Any]:
         writer = self.__flag_writer
+        limiter = self.__dlq_limiter
         return TranslateOutcomes(
-            deliver,
+            deliver if limiter is None else LimitDeadLetters(limiter, deliver),
             self.__counter,
             self.__encoder,
             self.tally,

@@ -3,8 +3,9 @@
 `DEMO_MIX` (the default): about 80 % billable usage counters (transactions and spans) for a
 few organisations and projects, 4 % custom-namespace counters, the rest non-billable buckets
 in every value encoding the schema allows (distributions as lists / `array` / `base64`
-(sometimes without padding) / `zstd`, sets likewise, gauges) and about 1 % malformed
-messages that the worker must send to the DLQ. `PRODUCTION_MIX` is what a real
+(sometimes without padding) / `zstd`, sets likewise, gauges) and about 0.5 % malformed
+messages that the worker must send to the DLQ (half the default DLQ limit: at 1 % a long
+run would stop the worker; docs/operations.md, DLQ limits). `PRODUCTION_MIX` is what a real
 `snuba-generic-metrics` topic looks like: about 10 % usage counters, 2 % custom metrics, the
 rest distributions, sets and gauges. Deterministic for a given seed.
 
@@ -53,7 +54,7 @@ class TrafficMix(NamedTuple):
     # the rest: gauges
 
 
-DEMO_MIX: Final = TrafficMix(0.01, 0.55, 0.81, 0.85, 0.91, 0.96)
+DEMO_MIX: Final = TrafficMix(0.005, 0.55, 0.81, 0.85, 0.91, 0.96)
 PRODUCTION_MIX: Final = TrafficMix(0.001, 0.071, 0.101, 0.121, 0.60, 0.85)
 
 # Payloads a consumer must reject, one per reason code (never billable).

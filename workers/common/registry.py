@@ -18,6 +18,7 @@ from arroyo.backends.kafka import KafkaPayload
 from arroyo.processing.strategies.abstract import ProcessingStrategyFactory
 
 from workers.common.demo_hooks import DemoHooks
+from workers.common.dlq_limit import DlqLimiter
 from workers.common.metrics import FleetMetrics
 from workers.common.settings import Settings
 
@@ -36,6 +37,9 @@ class StrategyContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     # Where a strategy that consumes runs copies invalid messages (None: DLQ disabled).
     dlq_topic: str | None = None
+    # What a strategy that consumes runs counts its invalid messages with, before copying
+    # them (None: no DLQ limit); other chains are limited by the runner (`DlqLimitFirst`).
+    dlq_limiter: DlqLimiter | None = None
     consumer_group: str = ""
     group_instance_id: str | None = None
     # Which of `workers run --processes N`'s consumer processes this is (0 for one process).
@@ -78,7 +82,8 @@ class ConsumerDefinition:
     # The worker's part in `workers demo`: its sample traffic and its summary.
     demo: DemoHooks | None = None
     # Fetch with `RunConsumer`: the chain receives one `MessageRun` per partition and
-    # fetch, and dead-letters invalid messages itself (to `StrategyContext.dlq_topic`).
+    # fetch, and dead-letters invalid messages itself (to `StrategyContext.dlq_topic`),
+    # after counting them with `StrategyContext.dlq_limiter` (docs/operations.md, DLQ limits).
     consumes_runs: bool = False
 
     @property

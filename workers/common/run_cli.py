@@ -2,6 +2,8 @@
 
 Options shared by every consumer are declared here; a worker's own options come from its
 definition's `click_options` and are parsed from whatever arguments are left over.
+`workers run NAME --help` lists the shared options, then NAME's own in a section of their
+own (`RunCommand`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from arroyo.dlq import DlqLimit
 from prometheus_client import CollectorRegistry
 
+from workers.common.dlq_limit import (
+    DEFAULT_DLQ_MAX_CONSECUTIVE_INVALID,
+    DEFAULT_DLQ_MAX_INVALID_RATIO,
+    DlqLimitExceeded,
+)
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     DEFAULT_MAX_POLL_INTERVAL_MS,
@@ -32,6 +40,57 @@ from workers.common.settings import Settings
 from workers.common.supervisor import Supervisor
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# Where `RunCommand.parse_args` leaves the definition whose options `--help` lists.
+_HELP_DEFINITION = "workers.run.help_definition"
+
+
+class OrOff(click.ParamType[Any, Any]):
+    """A value of `inner`, or `off` (None): a limit that can be switched off."""
+
+    def __init__(self, inner: click.ParamType[Any, Any]) -> None:
+        self.inner = inner
+        self.name = f"{inner.name} or off"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
+class RunCommand(click.Command):
+    """`workers run`; with a NAME, `--help` also lists the options of that worker."""
+
+    def __init__(self, *args: Any, registry_loader: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.registry_loader = registry_loader
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any(arg in ctx.help_option_names for arg in args):
+            parsed, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+            name = parsed.get("name")
+            if isinstance(name, str) and not name.startswith("-"):
+                try:
+                    definition = load_registry(self.registry_loader).get(name)
+                except UnknownConsumerError as error:
+                    raise click.UsageError(str(error), ctx) from None
+                ctx.meta[_HELP_DEFINITION] = definition
+        return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_options(ctx, formatter)
+        definition: ConsumerDefinition | None = ctx.meta.get(_HELP_DEFINITION)
+        if definition is None:
+            return
+        rows = [
+            record
+            for param in definition.click_options
+            if (record := param.get_help_record(ctx)) is not None
+        ]
+        with formatter.section(f"Options of {definition.name}"):
+            formatter.write_text(definition.description)
+            if rows:
+                formatter.write_paragraph()
+                formatter.write_dl(rows)
 
 
 def format_registry(registry: ConsumerRegistry) -> str:
@@ -66,8 +125,11 @@ def parse_worker_options(definition: ConsumerDefinition, args: tuple[str, ...]) 
 def make_run_command(registry_loader: str) -> click.Command:
     @click.command(
         "run",
+        cls=RunCommand,
+        registry_loader=registry_loader,
         context_settings={"ignore_unknown_options": True, "show_default": True},
-        help="Run the consumer NAME until SIGTERM/SIGINT; `--list` shows every NAME.",
+        help="Run the consumer NAME until SIGTERM/SIGINT; `--list` shows every NAME, "
+        "`NAME --help` its own options too.",
     )
     @click.argument("name", required=False)
     @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
@@ -125,6 +187,21 @@ def make_run_command(registry_loader: str) -> click.Command:
         help="consumer: Kafka 4's incremental protocol (KIP-848); classic: eager, older brokers.",
     )
     @click.option(
+        "--dlq-max-invalid-ratio",
+        type=OrOff(click.FloatRange(min=0.0)),
+        default=DEFAULT_DLQ_MAX_INVALID_RATIO,
+        metavar="RATIO|off",
+        help="Stop when a partition's invalid messages exceed this ratio to its valid ones "
+        "since it was assigned.",
+    )
+    @click.option(
+        "--dlq-max-consecutive-invalid",
+        type=OrOff(click.IntRange(min=0)),
+        default=DEFAULT_DLQ_MAX_CONSECUTIVE_INVALID,
+        metavar="N|off",
+        help="Stop when more than N invalid messages in a row arrive on a partition.",
+    )
+    @click.option(
         "--metrics-port",
         type=click.IntRange(min=0, max=65535),
         help="Serve Prometheus /metrics on this port.",
@@ -147,6 +224,8 @@ def make_run_command(registry_loader: str) -> click.Command:
         commit_interval_ms: int,
         group_instance_id: str | None,
         group_protocol: str,
+        dlq_max_invalid_ratio: float | None,
+        dlq_max_consecutive_invalid: int | None,
         metrics_port: int | None,
         log_level: str | None,
     ) -> None:
@@ -185,10 +264,17 @@ def make_run_command(registry_loader: str) -> click.Command:
             group_instance_id=group_instance_id,
             group_protocol=group_protocol,
             metrics_port=metrics_port,
+            dlq_limit=DlqLimit(
+                max_invalid_ratio=dlq_max_invalid_ratio,
+                max_consecutive_count=dlq_max_consecutive_invalid,
+            ),
             worker_options=parse_worker_options(definition, worker_args),
         )
         if processes == 1:
-            run_worker_process(definition, options, settings, CollectorRegistry())
+            try:
+                run_worker_process(definition, options, settings, CollectorRegistry())
+            except DlqLimitExceeded as exceeded:
+                raise click.ClickException(str(exceeded)) from None
             return
         multiprocess_dir = Path(
             os.environ.get("PROMETHEUS_MULTIPROC_DIR")

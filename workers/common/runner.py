@@ -4,7 +4,9 @@
 Arroyo's `StreamProcessor` until SIGTERM/SIGINT, then shuts down gracefully: the strategy
 chain is closed and joined (in-flight work finishes, bounded by `join_timeout`), the DLQ
 producer is flushed and the final offsets are committed synchronously before the consumer
-leaves the group.
+leaves the group. Invalid messages beyond the DLQ limits end the loop with `DlqLimitExceeded`
+instead, before the offset of the message that broke the limit is committed
+(`workers.common.dlq_limit`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from arroyo.backends.abstract import Consumer
 from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
 from arroyo.commit import CommitPolicy
-from arroyo.dlq import DlqPolicy
+from arroyo.dlq import DlqLimit, DlqPolicy
 from arroyo.processing import StreamProcessor
 from arroyo.processing.strategies import Healthcheck
 from arroyo.processing.strategies.abstract import ProcessingStrategy, ProcessingStrategyFactory
@@ -29,6 +31,13 @@ from arroyo.utils.metrics import configure_metrics
 from prometheus_client import CollectorRegistry
 
 from workers.common.dlq import build_dlq_policy
+from workers.common.dlq_limit import (
+    DEFAULT_DLQ_LIMIT,
+    DlqLimiter,
+    DlqLimitExceeded,
+    limits_enforced,
+)
+from workers.common.dlq_limit_strategy import DlqLimitFirst
 from workers.common.heap import freeze_startup_heap
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
@@ -54,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_JOIN_TIMEOUT_SECONDS = 25.0
 DLQ_FLUSH_TIMEOUT_SECONDS = 10.0
+#: After a DLQ-limit stop, how long `/metrics` waits for a scrape before the process exits:
+#: two of the PodMonitor's 15 s intervals (docs/operations.md, DLQ limits).
+FINAL_SCRAPE_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,8 @@ class RunOptions:
     group_instance_id: str | None = None
     group_protocol: str = GROUP_PROTOCOL_CONSUMER
     metrics_port: int | None = None
+    # `--dlq-max-invalid-ratio`, `--dlq-max-consecutive-invalid` (None: that limit is off).
+    dlq_limit: DlqLimit = DEFAULT_DLQ_LIMIT
     worker_options: Mapping[str, Any] = field(default_factory=dict)
     # Which of `--processes N`'s consumer processes this is (set by the supervisor).
     process_index: int = 0
@@ -105,6 +119,11 @@ def build_strategy_factory(
     consumer: Consumer[Any] | None = None,
     lag_reporter: ConsumerLagReporter | None = None,
 ) -> ProcessingStrategyFactory[Any]:
+    limiter = (
+        DlqLimiter(options.dlq_limit, definition.name, metrics)
+        if limits_enforced(options.dlq_limit)
+        else None
+    )
     context = StrategyContext(
         worker=definition.name,
         settings=settings,
@@ -114,6 +133,7 @@ def build_strategy_factory(
         metrics=metrics,
         options=options.worker_options,
         dlq_topic=definition.dlq_topic if options.enable_dlq else None,
+        dlq_limiter=limiter if definition.consumes_runs else None,
         consumer_group=options.consumer_group,
         group_instance_id=options.group_instance_id,
         process_index=options.process_index,
@@ -121,6 +141,8 @@ def build_strategy_factory(
         note_committed=lag_reporter.note_committed if lag_reporter is not None else None,
     )
     factory = definition.build_strategy_factory(context)
+    if limiter is not None and not definition.consumes_runs:
+        factory = DlqLimitFirst(limiter, factory)
     if options.healthcheck_file is not None:
         factory = HealthcheckFirst(options.healthcheck_file, factory)
     return factory
@@ -219,6 +241,12 @@ def run_worker_process(
     )
     try:
         run_until_shutdown(processor)
+    except DlqLimitExceeded:
+        # The process exits next, within seconds of its start when it is restarted on the
+        # same input: without one more scrape, Prometheus would rarely see the stop counted.
+        if metrics_server is not None:
+            metrics_server.wait_for_next_scrape(FINAL_SCRAPE_TIMEOUT_SECONDS)
+        raise
     finally:
         if dlq_producer is not None:
             dlq_producer.close().result(timeout=DLQ_FLUSH_TIMEOUT_SECONDS)

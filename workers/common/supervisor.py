@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -26,6 +27,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry
 
+from workers.common.dlq_limit import DlqLimitExceeded
 from workers.common.logs import configure_logging
 from workers.common.metrics import (
     mark_process_dead,
@@ -48,7 +50,12 @@ CHILD_SHUTDOWN_GRACE_SECONDS = 30.0
 def _child_main(registry_loader: str, name: str, options: RunOptions, settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     definition = load_registry(registry_loader).get(name)
-    run_worker_process(definition, options, settings, CollectorRegistry(), serve_metrics=False)
+    try:
+        run_worker_process(definition, options, settings, CollectorRegistry(), serve_metrics=False)
+    except DlqLimitExceeded as exceeded:
+        # The same error `workers run` prints with one process, instead of a traceback.
+        print(f"Error: {exceeded}", file=sys.stderr)
+        sys.exit(1)
 
 
 def child_healthcheck_file(healthcheck_file: Path, index: int) -> Path:

@@ -21,7 +21,8 @@ Series
 - Per step (`step_metrics`): `workers_step_messages_in_total`,
   `workers_step_messages_out_total`, `workers_step_messages_invalid_total{reason}`,
   `workers_step_latency_seconds`, `workers_batch_size_messages`; and
-  `workers_dlq_messages_total{reason}`. Reasons are short fixed codes (`[a-z0-9_]`, ≤ 64
+  `workers_dlq_messages_total{reason}`; `workers_dlq_limit_exceeded_total{limit}` (a process
+  stopped beyond a DLQ limit). Reasons are short fixed codes (`[a-z0-9_]`, ≤ 64
   characters, at most 32 per step); anything else is counted as `reason="other"`.
 - `workers_consumer_lag_messages{topic,partition}` (`lag`): librdkafka `consumer_lag`;
   `workers_consumer_committed_offset{topic,partition}`: librdkafka `committed_offset`.

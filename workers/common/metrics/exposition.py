@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
@@ -19,6 +19,42 @@ MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 _SHUTDOWN_JOIN_SECONDS: Final = 5.0
 
 
+class ScrapeWatch(Collector):
+    """Tells when a scrape that began after `wait_for_next` was called has been answered.
+
+    Served with the metrics (it collects nothing): a request's collection notes the current
+    generation in its handler thread, and the server reports the request `answered` from the
+    same thread once the response is written and the connection closed.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._generation = 0
+        self._answered = 0
+        self._request = threading.local()
+
+    def collect(self) -> Iterable[Metric]:
+        with self._changed:
+            self._request.generation = self._generation
+        return ()
+
+    def answered(self) -> None:
+        generation = getattr(self._request, "generation", None)
+        self._request.generation = None
+        if generation is None:
+            return
+        with self._changed:
+            self._answered = max(self._answered, generation)
+            self._changed.notify_all()
+
+    def wait_for_next(self, timeout: float) -> bool:
+        """Wait until a scrape that begins from now on is answered; False after `timeout`."""
+        with self._changed:
+            self._generation += 1
+            target = self._generation
+            return self._changed.wait_for(lambda: self._answered >= target, timeout)
+
+
 @dataclass(frozen=True)
 class MetricsServer:
     """A running `/metrics` HTTP server (a daemon thread); `shutdown()` stops it."""
@@ -27,6 +63,7 @@ class MetricsServer:
     port: int
     _server: WSGIServer
     _thread: threading.Thread
+    _scrapes: ScrapeWatch
 
     @property
     def url(self) -> str:
@@ -34,6 +71,11 @@ class MetricsServer:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/metrics"
+
+    def wait_for_next_scrape(self, timeout: float) -> bool:
+        """Keep serving until one more scrape is answered (a process about to exit lets
+        Prometheus see what it counted last); False when none came within `timeout`."""
+        return self._scrapes.wait_for_next(timeout)
 
     def shutdown(self) -> None:
         self._server.shutdown()
@@ -72,8 +114,23 @@ def start_metrics_server(
 
     Port 0 picks a free port (see `.port`).
     """
-    server, thread = start_http_server(port, addr=host, registry=served_registry(registry))
-    return MetricsServer(host=host, port=int(server.server_port), _server=server, _thread=thread)
+    scrapes = ScrapeWatch()
+    served = served_registry(registry)
+    served.register(scrapes)
+    server, thread = start_http_server(port, addr=host, registry=served)
+    close_request = server.shutdown_request
+
+    def answered(request: Any) -> None:
+        # Called by the request's handler thread once the response is written.
+        try:
+            close_request(request)
+        finally:
+            scrapes.answered()
+
+    server.shutdown_request = answered  # type: ignore[method-assign]
+    return MetricsServer(
+        host=host, port=int(server.server_port), _server=server, _thread=thread, _scrapes=scrapes
+    )
 
 
 def prepare_multiprocess_dir(path: Path) -> None:

@@ -15,6 +15,9 @@ Series (all with `worker` and `step` labels):
 - `workers_step_latency_seconds` histogram, 10 µs … 10 s
 - `workers_batch_size_messages` histogram, 1 … 100 000
 - `workers_dlq_messages_total{worker,reason}` (no `step`): messages sent to the DLQ topic.
+- `workers_dlq_limit_exceeded_total{worker,limit}` (no `step`): a process stopped because its
+  invalid messages went beyond a DLQ limit (`workers.common.dlq_limit`); both `limit` series
+  are exported at 0 from the start.
 
 Reasons are short fixed codes (`invalid_json`, `unknown_project`, ...), never messages:
 a reason is truncated to 64 characters and must match `[a-z0-9_]+`, otherwise it is recorded
@@ -48,6 +51,11 @@ logger = logging.getLogger(__name__)
 
 #: Distinct reason codes per step (and for the DLQ counter), `"other"` included.
 DEFAULT_MAX_REASONS: Final = 32
+#: The `limit` label of `workers_dlq_limit_exceeded_total` (`--dlq-max-invalid-ratio`,
+#: `--dlq-max-consecutive-invalid`).
+DLQ_LIMIT_INVALID_RATIO: Final = "max_invalid_ratio"
+DLQ_LIMIT_CONSECUTIVE_INVALID: Final = "max_consecutive_invalid"
+DLQ_LIMITS: Final = (DLQ_LIMIT_INVALID_RATIO, DLQ_LIMIT_CONSECUTIVE_INVALID)
 
 
 class _ReasonCounter:
@@ -229,6 +237,16 @@ class FleetMetrics:
             registry=registry,
         )
         self._dlq = _ReasonCounter(dlq_messages, (worker,), max_reasons, f"{worker} DLQ")
+        dlq_limit_exceeded = Counter(
+            "workers_dlq_limit_exceeded_total",
+            "Times a consumer process stopped because its invalid messages went beyond a "
+            "DLQ limit, by limit.",
+            ("worker", "limit"),
+            registry=registry,
+        )
+        self._dlq_limit_exceeded = {
+            limit: dlq_limit_exceeded.labels(worker, limit) for limit in DLQ_LIMITS
+        }
         self._steps: dict[str, StepMetrics] = {}
         self._lock = threading.Lock()
 
@@ -270,3 +288,7 @@ class FleetMetrics:
     def dlq_message(self, reason: str, n: int = 1) -> None:
         """`n` messages were sent to the DLQ topic; `reason` is a short fixed code."""
         self._dlq.inc(reason, n)
+
+    def dlq_limit_exceeded(self, limit: str) -> None:
+        """The process stops: an invalid message went beyond `limit` (one of `DLQ_LIMITS`)."""
+        self._dlq_limit_exceeded[limit].inc()
