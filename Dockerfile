@@ -16,7 +16,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 # pip installs from PyPI, unless the build passes PIP_NO_INDEX=1 and PIP_FIND_LINKS=DIR: then
-# from a local wheelhouse only (`./dev.sh image` mounts one at /tmp/wheels).
+# from a local wheelhouse only (`./dev.sh image` mounts one at /mnt).
 ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 \

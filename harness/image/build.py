@@ -2,9 +2,9 @@
 The image, built here).
 
 The build runs without network (`--network=none`): the base image comes from local storage
-(`--pull=never`), pip installs from the wheelhouse mounted at /tmp/wheels
-(`PIP_NO_INDEX`, `PIP_FIND_LINKS`; the empty mount point stays behind under /tmp, which
-every pod mounts a tmpfs or emptyDir over). The image is labelled with a hash of what it is built
+(`--pull=never`), pip installs from the wheelhouse mounted at /mnt (`PIP_NO_INDEX`,
+`PIP_FIND_LINKS`): a directory every Debian root filesystem has, so the mount leaves no
+mount point behind in the image. The image is labelled with a hash of what it is built
 from (the Dockerfile, the files its build stage copies, the base image, the wheelhouse): an
 unchanged tree is not built again, a changed one is built afresh and replaces the previous
 image, so nothing piles up in podman's storage.
@@ -33,7 +33,7 @@ from workers.stack.service import Echo
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 IMAGE: Final = "localhost/workers:dev"
-WHEELS_MOUNT: Final = "/tmp/wheels"
+WHEELS_MOUNT: Final = "/mnt"
 CONTEXT_LABEL: Final = "workers.build-context"
 _BUILD_TIMEOUT_SECONDS: Final = 1200.0
 
@@ -60,7 +60,7 @@ def _context_files(root: Path) -> Iterator[Path]:
 
 
 def context_id(root: Path, base_image_id: str, wheels: Path) -> str:
-    digest = hashlib.sha256(f"{base_image_id}\n{wheels.name}\n".encode())
+    digest = hashlib.sha256(f"{base_image_id}\n{wheels.name}\n{WHEELS_MOUNT}\n".encode())
     for file in [root / "Dockerfile", *_context_files(root)]:
         digest.update(f"{file.relative_to(root)}\n".encode())
         digest.update(file.read_bytes())

@@ -3,11 +3,11 @@ built here).
 
 The module's fixture does what `./dev.sh image` does (harness/image): it installs buildah,
 podman, runc and mmdebstrap when missing, makes the base image and the wheelhouse when
-missing, and builds the Dockerfile when the tree changed since the last build (seconds when
-nothing changed, about half a minute when `workers/` did, about three minutes from nothing).
-The containers then run with the pods' security context: user 10001, a read-only root
-filesystem with only a tmpfs at /tmp writable, no capabilities; with the host's network, so
-they reach the local stack on 127.0.0.1.
+missing, and builds the Dockerfile when the tree changed since the last build: seconds when
+nothing changed, half a minute to a minute when `workers/` did, two to three minutes from
+nothing. The containers then run with the pods' security context: user 10001, a read-only
+root filesystem with only a tmpfs at /tmp writable, no capabilities; with the host's
+network, so they reach the local stack on 127.0.0.1.
 """
 
 from __future__ import annotations
