@@ -127,7 +127,9 @@ def image_id(name: str) -> str | None:
         text=True,
         check=False,
     )
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
 
 
 def remove_image(identifier: str) -> None:
