@@ -1,5 +1,7 @@
 # The worker image: `docker build -t workers .`. Every process type of the Procfile runs from
 # it (`workers run NAME ...`, `workers migrate`, `workers topics create`).
+# `./dev.sh image` builds it here without a registry: a base made from Debian packages and a
+# local wheelhouse, offline (docs/deploying.md, The image, built here).
 #
 # - multi-stage: the build stage installs the package into a virtualenv; the final stage only
 #   copies that virtualenv (no pip run, no compilers: every dependency ships binary wheels);
@@ -13,6 +15,10 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# pip installs from PyPI, unless the build passes PIP_NO_INDEX=1 and PIP_FIND_LINKS=DIR: then
+# from a local wheelhouse only (`./dev.sh image` mounts one at /mnt).
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH

@@ -3,6 +3,7 @@
 # `./dev.sh test` (lint, type-check and the whole test suite against the real local stack).
 # Fast feedback without the stack: `./dev.sh lint` (ruff, format check, mypy) and
 # `./dev.sh unit` (every test not marked `integration`: tests/unit and tests/deploy).
+# `./dev.sh image` builds the container image here (buildah, podman: docs/deploying.md).
 # Every install is pinned by constraints.txt (the lock): `./dev.sh lock` resolves it afresh,
 # `./dev.sh lock-check` checks that .venv holds exactly its versions.
 set -euo pipefail
@@ -190,6 +191,13 @@ case "${1:-}" in
     for arg in "$@"; do case "$arg" in tests/*) paths=() ;; esac; done
     exec "$VENV/bin/pytest" -m "not integration" "${paths[@]}" "$@"
     ;;
+  image)
+    # The worker image, built with buildah from a base made here from Debian packages, and
+    # the podman command that runs it (harness/image, docs/deploying.md); installs the tools.
+    ensure_venv
+    shift
+    exec "$VENV/bin/python" -m harness.image "$@"
+    ;;
   lock)
     lock
     ;;
@@ -198,7 +206,7 @@ case "${1:-}" in
     lock_check
     ;;
   *)
-    echo "usage: ./dev.sh demo | test [pytest args] | lint | unit [pytest args] | lock | lock-check" >&2
+    echo "usage: ./dev.sh demo | test [pytest args] | lint | unit [pytest args] | image [--refresh-base] | lock | lock-check" >&2
     exit 2
     ;;
 esac
