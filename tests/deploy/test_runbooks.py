@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 from typing import Final
 
-import click
 import pytest
 import yaml
 
@@ -27,8 +26,6 @@ from tests.unit.test_docs_links import (
     relative_links,
     shown_commands,
 )
-from workers.cli import make_cli
-from workers.fleet import FLEET_REGISTRY_LOADER
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 DOCS: Final = ROOT / "docs"
@@ -36,10 +33,6 @@ RUNBOOKS: Final = DOCS / "runbooks"
 INDEX: Final = RUNBOOKS / "README.md"
 RUNBOOK_URL: Final = "https://github.com/workers-fleet/workers/blob/main/docs/runbooks/{alert}.md"
 SECTIONS: Final = ["What it means", "How to confirm", "What to do"]
-#: Command groups issue 17 specifies (`workers dlq ...`, `workers groups ...`) that the
-#: runbooks use before they exist on this branch: checked like every other command once the
-#: CLI has them.
-PENDING_GROUPS: Final = frozenset({"dlq", "groups"})
 
 _PROMQL_BLOCK = re.compile(r"^```promql\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _HISTOGRAM_SUFFIX = re.compile(r"_(bucket|count|sum)$")
@@ -105,18 +98,10 @@ def test_every_relative_link_of_a_runbook_resolves(page: Path) -> None:
             assert fragment in {anchor(heading) for heading in headings(path)}, target
 
 
-def _has_command_group(name: str) -> bool:
-    cli = make_cli(FLEET_REGISTRY_LOADER)
-    return cli.get_command(click.Context(cli), name) is not None
-
-
 @pytest.mark.parametrize("page", [INDEX, *runbook_pages()], ids=_page_id)
 def test_every_workers_command_shown_exists_with_its_options(page: Path) -> None:
     commands = shown_commands(page)
     for words in commands:
-        group = words.split()[0]
-        if group in PENDING_GROUPS and not _has_command_group(group):
-            continue
         check_command(words)
 
 

@@ -26,9 +26,9 @@ from confluent_kafka.cimpl import NewPartitions
 from harness.billing import usage_bucket
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
+from harness.worker_process import ROOT, WorkerProcess
 from tests.support.dlq_registry import DLQ_TOPIC_ENV, LOADER, run_cli
 from tests.support.kafka import produce, read_available, wait_until_committed
-from tests.support.worker_process import ROOT, WorkerProcess
 from workers.billing.counting import TRANSACTIONS_USAGE_METRIC_ID
 from workers.common.chunk_uploads import encode_headers
 from workers.common.dlq import dlq_headers

@@ -13,9 +13,9 @@ import pytest
 from harness.billing import usage_bucket
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
+from harness.worker_process import WorkerProcess
 from tests.support.billing import Topics, billing_worker
 from tests.support.kafka import produce, read_available, wait_until_committed
-from tests.support.worker_process import WorkerProcess
 from workers.billing.counting import TRANSACTIONS_USAGE_METRIC_ID
 from workers.billing.definition import AT_LEAST_ONCE, DLQ_TOPIC, EXACTLY_ONCE
 from workers.blob_ingest.definition import DLQ_TOPIC as BLOB_DLQ_TOPIC

@@ -9,9 +9,9 @@ import pytest
 
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
+from harness.worker_process import WorkerProcess
 from tests.support.dlq_registry import LOADER, CliResult, run_cli
 from tests.support.kafka import produce, read_available, wait_until_committed
-from tests.support.worker_process import WorkerProcess
 from workers.common.kafka_offsets import committed_offsets
 from workers.common.settings import Settings
 

@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Final
 
+from harness.worker_process import ROOT
 from tests.support import echo_worker
-from tests.support.worker_process import ROOT
 from workers.common.registry import ConsumerRegistry
 from workers.fleet import build_registry as build_fleet_registry
 

@@ -63,7 +63,7 @@ def test_worker_options() -> None:
         "custom_metric_flags": True,
         "processing_guarantee": "exactly-once",
         "transaction_interval_ms": DEFAULT_TRANSACTION_INTERVAL_MS,
-        "transaction_timeout_ms": 60_000,
+        "transaction_timeout_ms": 6_000,
         "transactional_id": None,
     }
     parsed = _parse(
