@@ -20,6 +20,7 @@ from workers.common.storage import (
     FilesystemBlobStorage,
     StorageError,
     random_blob_path,
+    synced_file,
 )
 from workers.common.storage import filesystem as filesystem_module
 from workers.common.storage.filesystem import TEMPORARY_PREFIX
@@ -231,13 +232,13 @@ def test_failure_while_renaming_keeps_finished_objects_whole_and_cleans_the_rest
 def test_failure_in_the_middle_of_a_write_is_never_visible(
     storage: FilesystemBlobStorage, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = filesystem_module._write_synced_file
+    real_write = synced_file.write_synced_file
 
     def write_half_then_fail(path: Path, data: bytes) -> None:
         real_write(path, data[: len(data) // 2])
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(filesystem_module, "_write_synced_file", write_half_then_fail)
+    monkeypatch.setattr(filesystem_module, "write_synced_file", write_half_then_fail)
     path = random_blob_path()
     with pytest.raises(StorageError, match="Input/output error"):
         storage.put(path, SECRET_PAYLOAD)

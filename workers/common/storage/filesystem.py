@@ -6,7 +6,8 @@ durable with as few `fsync` calls as correctness allows:
 1. write every object to a temporary file `.tmp-<uuid hex>` in its final directory and
    `fsync` it (once per file); files are written and synced by a small thread pool, since
    `fsync` waits on the disk and releases the GIL, so the batch pays for a few syncs in a row
-   rather than one per object;
+   rather than one per object (objects of 256 KiB and more with direct I/O, see
+   `synced_file.py`);
 2. wait until every file of the batch is synced;
 3. rename each one over its final name (atomic: a reader sees the old object or the whole
    new one, never a part);
@@ -52,6 +53,7 @@ from workers.common.storage.base import (
     StoredObject,
     is_blob_path,
 )
+from workers.common.storage.synced_file import write_synced_file
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class FilesystemBlobStorage(BlobStorage):
             # escape the cleanup of temporary files.
             temporaries = [temporary for temporary, _ in pending]
             failures = self._in_pool(
-                _write_synced_file,
+                write_synced_file,
                 [(file, data) for file, (_, data) in zip(temporaries, items, strict=True)],
                 [path for path, _ in items],
             )
@@ -141,7 +143,7 @@ class FilesystemBlobStorage(BlobStorage):
         try:
             directories, new_directories = self._prepare_directories(items)
             failures = self._in_pool(
-                _write_synced_file,
+                write_synced_file,
                 [(final, data) for final, (_, data) in zip(finals, items, strict=True)],
                 [path for path, _ in items],
             )
@@ -422,23 +424,6 @@ class FilesystemBlobStorage(BlobStorage):
                 continue
             except OSError:
                 logger.warning("could not remove a temporary blob file", extra={"file": str(path)})
-
-
-def _write_synced_file(path: Path | str, data: bytes) -> None:
-    """Create `path` (it must not exist), write `data` and fsync it; a failed write removes
-    the file it created."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-        os.fsync(descriptor)
-    except BaseException:
-        os.close(descriptor)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    os.close(descriptor)
 
 
 def _fsync_directory(path: Path) -> None:
