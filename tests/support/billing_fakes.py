@@ -27,7 +27,6 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sentry_kafka_schemas import get_codec
 
-from workers.billing.backoff import Backoff
 from workers.billing.batch import OutcomeBatch
 from workers.billing.counting import (
     DEFAULT_BILLABLE_METRICS,
@@ -43,6 +42,7 @@ from workers.billing.metrics import BillingMetrics
 from workers.billing.outcome import ClockNs, OutcomeEncoder
 from workers.billing.tally import BillingTally
 from workers.billing.translate import TranslateOutcomes
+from workers.common.backoff import Backoff
 from workers.common.message_runs import Headers, MessageRun
 from workers.common.metrics import FleetMetrics
 

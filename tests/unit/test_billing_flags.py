@@ -10,7 +10,6 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from harness.waiting import wait_for
-from workers.billing.backoff import Backoff
 from workers.billing.custom_metrics import CustomMetricDetector, Mri, parse_mri
 from workers.billing.flags import (
     FlagCheck,
@@ -21,6 +20,7 @@ from workers.billing.flags import (
     flag_cache_key,
 )
 from workers.billing.metrics import BillingMetrics
+from workers.common.backoff import Backoff
 from workers.demo.billing import outcome_totals
 
 

@@ -31,13 +31,13 @@ from tests.support.billing_fakes import (
     custom_bucket,
 )
 from tests.support.transactional_fakes import FakeGroupConsumer, FakeTransactionalProducer
-from workers.billing.backoff import Backoff
 from workers.billing.factory import BillingStrategyFactory
 from workers.billing.transactions import (
     ExactlyOnce,
     FatalProducerError,
     ProducerFenced,
 )
+from workers.common.backoff import Backoff
 from workers.common.call_watchdog import STUCK_EXIT_CODE, CallWatchdog
 from workers.common.message_runs import MessageRun
 from workers.common.metrics import FleetMetrics

@@ -21,13 +21,13 @@ from arroyo.types import (
 )
 from confluent_kafka import KafkaError
 
-from workers.billing.backoff import Backoff
 from workers.billing.batch import DeadLetter, OutcomeBatch, remaining
 from workers.billing.dead_letters import log_dead_letter, produce_dead_letter, skip_dead_letter
 from workers.billing.flags import FlagJob, FlagWriter
 from workers.billing.metrics import BillingMetrics
 from workers.billing.outcome_producer import OutcomeDeliveryError, OutcomeProducer, is_retriable
 from workers.billing.tally import BillingTally
+from workers.common.backoff import Backoff
 from workers.common.dlq import reason_code
 
 logger = logging.getLogger(__name__)

@@ -60,7 +60,6 @@ from arroyo.types import (
 )
 from confluent_kafka import KafkaException
 
-from workers.billing.backoff import Backoff
 from workers.billing.counting import BillingCounter
 from workers.billing.custom_metrics import CustomMetricDetector
 from workers.billing.deliver import (
@@ -84,6 +83,7 @@ from workers.billing.translate import (
     DEFAULT_MAX_BATCH_SECONDS,
     TranslateOutcomes,
 )
+from workers.common.backoff import Backoff
 from workers.common.call_watchdog import CallWatchdog
 from workers.common.dlq_limit import DlqLimiter
 from workers.common.message_runs import MessageRun

@@ -50,7 +50,6 @@ import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 
-from workers.billing.backoff import Backoff
 from workers.billing.metrics import (
     CHECK_ALREADY_FLAGGED,
     CHECK_FLAGGED,
@@ -61,6 +60,7 @@ from workers.billing.metrics import (
     BillingMetrics,
 )
 from workers.billing.tally import StepRecorder
+from workers.common.backoff import Backoff
 from workers.common.projects import HAS_CUSTOM_METRICS_FLAG
 
 logger = logging.getLogger(__name__)

@@ -5,19 +5,22 @@ Worker options (after the shared ones):
 - `--decode-threads N` (default 2): threads that decompress and hash chunks of 64 KiB and more;
 - `--batches-in-flight N` (default 3): batches being stored or committed at once (one commits
   while the others are stored; each holds up to `--max-batch-bytes`);
+- `--database-outage-seconds S` (default 60): how long a batch's lookup or transaction is
+  retried while PostgreSQL is unreachable before the worker exits;
 - `--storage-url URL`: overrides `BLOB_STORAGE_URL` for this worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Final
 
 import click
 
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
-from workers.blob_ingest.persist import BlobWriter
+from workers.blob_ingest.persist import DEFAULT_DATABASE_OUTAGE_SECONDS, BlobWriter
 from workers.blob_ingest.strategy import (
     DEFAULT_BATCHES_IN_FLIGHT,
     DEFAULT_DECODE_THREADS,
@@ -63,6 +66,13 @@ CLICK_OPTIONS: Final = (
         show_default=True,
         help="Batches being stored or committed at once (the next waits).",
     ),
+    click.Option(
+        ["--database-outage-seconds"],
+        type=click.FloatRange(min=0),
+        default=DEFAULT_DATABASE_OUTAGE_SECONDS,
+        show_default=True,
+        help="How long a batch retries while PostgreSQL is unreachable before the worker exits.",
+    ),
     click.Option(["--storage-url"], help="Blob storage URL (default: BLOB_STORAGE_URL)."),
 )
 
@@ -84,10 +94,27 @@ def build_strategy_factory(context: StrategyContext) -> BlobIngestStrategyFactor
         resources.close()
         raise
     blob_metrics = BlobIngestMetrics(context.metrics.registry, context.worker)
+    # Ends the database retries of a batch in flight when the worker stops.
+    stopping = threading.Event()
+
+    def shut_down() -> None:
+        stopping.set()
+        resources.close()
+
     return BlobIngestStrategyFactory(
         validator=ChunkValidator(KnownOrganizations(pool).exists, context.metrics, blob_metrics),
         persister=BatchPersister(
-            BlobWriter(pool, storage, ids.generate), context.metrics, blob_metrics
+            BlobWriter(
+                pool,
+                storage,
+                ids.generate,
+                database_outage_seconds=float(
+                    context.options.get("database_outage_seconds", DEFAULT_DATABASE_OUTAGE_SECONDS)
+                ),
+                stopping=stopping,
+            ),
+            context.metrics,
+            blob_metrics,
         ),
         max_batch_size=context.max_batch_size,
         max_batch_time_seconds=context.max_batch_time_seconds,
@@ -96,7 +123,7 @@ def build_strategy_factory(context: StrategyContext) -> BlobIngestStrategyFactor
         batches_in_flight=int(
             context.options.get("batches_in_flight") or DEFAULT_BATCHES_IN_FLIGHT
         ),
-        on_shutdown=resources.close,
+        on_shutdown=shut_down,
     )
 
 

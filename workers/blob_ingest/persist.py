@@ -14,29 +14,46 @@ overlaps from one batch to the next (docs/reference.md, Blob store; docs/blob-in
    unreferenced blobs after 24 h, so a chunk just confirmed present cannot vanish); owners are
    inserted with `ON CONFLICT DO NOTHING`;
 5. after the commit, objects written for lost races are deleted. If the transaction fails
-   for any other reason the objects just written are deleted too (best effort; what a
-   crash leaves behind is found by `workers blobs sweep`).
+   with an error from the server (the transaction was rolled back) the objects just written
+   are deleted too (best effort; what a crash leaves behind is found by `workers blobs sweep`).
+
+A lost connection (`psycopg.OperationalError`: PostgreSQL restarting, a failover, a network
+cut) leaves the outcome of the transaction in doubt: the COMMIT may have been applied with
+its answer lost. The objects are then kept, and the batch's transaction is tried again with
+exponential backoff for up to `database_outage_seconds` (the lookup of stage one too). A retry
+whose INSERT finds a row with its own object's path recognises its earlier, committed attempt
+and keeps that object. Past the window the error ends the worker, and its objects are left
+to the sweep (docs/blob-ingest.md, Faults).
 `discard(stored)` deletes the objects of a stored batch that will not be committed.
 `persist(chunks)` is both stages in a row. About five round trips per batch, whatever its size.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from workers.blob_ingest.decode import VerifiedChunk
+from workers.common.backoff import Backoff
 from workers.common.blob_lifecycle import REUSE_REFRESH_AFTER
 from workers.common.storage import BlobStorage, random_blob_paths
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+#: How long a batch waits for the database to come back before the worker gives up: a
+#: PostgreSQL restart or failover takes seconds.
+DEFAULT_DATABASE_OUTAGE_SECONDS = 60.0
+
+T = TypeVar("T")
 
 
 def joined(values: Iterable[str | int]) -> str:
@@ -95,11 +112,21 @@ class ChunkWriter(Protocol):
 
 class BlobWriter:
     def __init__(
-        self, pool: ConnectionPool, storage: BlobStorage, generate_id: Callable[[], int]
+        self,
+        pool: ConnectionPool,
+        storage: BlobStorage,
+        generate_id: Callable[[], int],
+        database_outage_seconds: float = DEFAULT_DATABASE_OUTAGE_SECONDS,
+        backoff: Callable[[], Backoff] = Backoff,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.__pool = pool
         self.__storage = storage
         self.__generate_id = generate_id
+        self.__outage_seconds = database_outage_seconds
+        self.__backoff = backoff
+        # Set when the worker stops: a retry wait ends at once and the error is raised.
+        self.__stopping = stopping if stopping is not None else threading.Event()
 
     def persist(self, chunks: Sequence[VerifiedChunk]) -> PersistResult:
         return self.commit(self.store(chunks))
@@ -110,13 +137,7 @@ class BlobWriter:
         for chunk in chunks:
             unique.setdefault(chunk.checksum, chunk)
             owners.add((chunk.checksum, chunk.organization_id))
-        with self.__pool.connection() as connection:
-            rows = connection.execute(
-                "SELECT checksum, id FROM blobs "
-                "WHERE checksum = ANY(string_to_array(%s, ',')::char(40)[])",
-                (joined(unique),),
-            ).fetchall()
-        existing: dict[str, int] = {checksum.strip(): blob_id for checksum, blob_id in rows}
+        existing = self.__while_database_unavailable("lookup", lambda: self.__lookup(unique))
         # Sorted by checksum: concurrent writers then take unique-index entries in one order
         # and cannot deadlock on each other.
         missing = [checksum for checksum in sorted(unique) if checksum not in existing]
@@ -133,7 +154,9 @@ class BlobWriter:
     def commit(self, stored: StoredBatch) -> PersistResult:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return self.__commit_once(stored)
+                return self.__while_database_unavailable(
+                    "commit", functools.partial(self.__commit_once, stored)
+                )
             except psycopg.errors.ForeignKeyViolation:
                 # The sweep deleted an unreferenced blob between our lookup and our owner
                 # insert; the next attempt no longer finds it and stores the chunk anew.
@@ -147,12 +170,43 @@ class BlobWriter:
         if stored.new_blobs:
             self.__delete_quietly([blob.path for blob in stored.new_blobs])
 
+    def __lookup(self, checksums: Iterable[str]) -> dict[str, int]:
+        """checksum → id of the blobs that exist."""
+        with self.__pool.connection() as connection:
+            rows = connection.execute(
+                "SELECT checksum, id FROM blobs "
+                "WHERE checksum = ANY(string_to_array(%s, ',')::char(40)[])",
+                (joined(checksums),),
+            ).fetchall()
+        return {checksum.strip(): blob_id for checksum, blob_id in rows}
+
+    def __while_database_unavailable(self, step: str, work: Callable[[], T]) -> T:
+        """`work()`, tried again with backoff while the connection fails, for up to the
+        outage window."""
+        deadline = time.monotonic() + self.__outage_seconds
+        backoff = self.__backoff()
+        while True:
+            try:
+                return work()
+            except psycopg.OperationalError as error:
+                delay = backoff.next_delay()
+                if time.monotonic() + delay > deadline or self.__stopping.is_set():
+                    raise
+                logger.warning(
+                    "database unavailable; retrying",
+                    extra={"step": step, "error": type(error).__name__, "retry_in_s": delay},
+                )
+                self.__stopping.wait(delay)
+
     def __commit_once(self, stored: StoredBatch) -> PersistResult:
         new_blobs = stored.new_blobs
         blob_ids = dict(stored.existing)
         reused_ids = list(blob_ids.values())
         try:
             lost, owners_added = self.__write_rows(new_blobs, reused_ids, blob_ids, stored.owners)
+        except psycopg.OperationalError:
+            # In doubt: the rows may be committed, so their objects stay.
+            raise
         except BaseException:
             self.discard(stored)
             raise
@@ -195,15 +249,23 @@ class BlobWriter:
                 ).fetchall()
                 won = {checksum.strip(): blob_id for checksum, blob_id in inserted}
                 blob_ids.update(won)
-                lost = [blob for blob in new_blobs if blob.checksum not in won]
-                if lost:
-                    winners = connection.execute(
-                        "SELECT checksum, id FROM blobs WHERE checksum = ANY(%s)",
-                        ([blob.checksum for blob in lost],),
+                conflicting = [blob for blob in new_blobs if blob.checksum not in won]
+                if conflicting:
+                    rows = connection.execute(
+                        "SELECT checksum, id, path FROM blobs WHERE checksum = ANY(%s)",
+                        ([blob.checksum for blob in conflicting],),
                     ).fetchall()
-                    blob_ids.update({checksum.strip(): blob_id for checksum, blob_id in winners})
+                    winners = {
+                        checksum.strip(): (blob_id, path) for checksum, blob_id, path in rows
+                    }
+                    blob_ids.update(
+                        {checksum: blob_id for checksum, (blob_id, _) in winners.items()}
+                    )
+                    # A row with our own path is this batch's earlier attempt, committed with
+                    # its answer lost: not a race, and its object must stay.
+                    lost = [blob for blob in conflicting if winners[blob.checksum][1] != blob.path]
                     # Adopted rows are reused blobs: they get the 12 h touch as well.
-                    reused_ids = [*reused_ids, *(blob_id for _, blob_id in winners)]
+                    reused_ids = [*reused_ids, *(winners[blob.checksum][0] for blob in lost)]
             if reused_ids:
                 connection.execute(
                     "UPDATE blobs SET timestamp = now() WHERE id = ANY(%s) "

@@ -41,6 +41,8 @@ GROUP_PROTOCOL_CLASSIC = "classic"
 GROUP_PROTOCOLS = (GROUP_PROTOCOL_CONSUMER, GROUP_PROTOCOL_CLASSIC)
 # Large enough for 8 MiB chunks plus headers and batch overhead.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+FETCH_MAX_BYTES = MAX_MESSAGE_BYTES
+MAX_PARTITION_FETCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,13 @@ def consumer_configuration(
 ) -> dict[str, Any]:
     overrides: dict[str, Any] = {
         "max.poll.interval.ms": options.max_poll_interval_ms,
-        "fetch.max.bytes": MAX_MESSAGE_BYTES * 4,
-        "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
+        # A fetch answer is one allocation in librdkafka: kept at or under 16 MiB, glibc serves
+        # it again from memory already mapped instead of mapping (and zeroing) fresh pages
+        # every time, which took about a fifth of the CPU of large-chunk ingest
+        # (docs/benchmarks.md, Blob ingest). A message larger than either limit is still
+        # fetched, alone (KIP-74).
+        "fetch.max.bytes": FETCH_MAX_BYTES,
+        "max.partition.fetch.bytes": MAX_PARTITION_FETCH_BYTES,
         # librdkafka waits this long to fetch again once its prefetch queue was full
         # (default 1000 ms): with large messages that stalls a consumer for a second.
         "fetch.queue.backoff.ms": 10,

@@ -11,9 +11,10 @@ durable with as few `fsync` calls as correctness allows:
 2. wait until every file of the batch is synced;
 3. rename each one over its final name (atomic: a reader sees the old object or the whole
    new one, never a part);
-4. `fsync` each distinct directory that gained an entry, once per batch (in parallel too): the
-   objects' directories, plus the parent of every directory this process has not yet seen
-   durable (a directory made by this batch, or by another process, needs its own entry synced).
+4. `fsync` each distinct directory that gained an entry, once per batch (in parallel when
+   there are many): the objects' directories, plus the parent of every directory this process
+   has not yet seen durable (a directory made by this batch, or by another process, needs its
+   own entry synced).
 Writers that put a batch's objects in one directory (`random_blob_paths`) pay for one
 directory sync per batch instead of one per object.
 
@@ -61,6 +62,8 @@ logger = logging.getLogger(__name__)
 TEMPORARY_PREFIX: Final = ".tmp-"
 #: Threads that write and fsync a batch's files; fsync waits on the disk, not the CPU.
 DEFAULT_SYNC_THREADS: Final = 8
+#: Directories synced on the calling thread rather than in the pool (see `_sync_directories`).
+INLINE_DIRECTORY_SYNCS: Final = 4
 
 
 def describe_os_error(error: OSError) -> str:
@@ -210,7 +213,19 @@ class FilesystemBlobStorage(BlobStorage):
         return failures
 
     def _sync_directories(self, directories: set[Path]) -> tuple[str, OSError] | None:
-        """fsync every directory, in parallel; the first failure, with its key, if any."""
+        """fsync every directory; the first failure, with its key, if any.
+
+        A few (a blob-ingest batch has one, three when its directory is new) are synced on
+        the calling thread: in the pool they would queue behind the file writes of a batch
+        stored concurrently, and this batch would end only when that one does. More go to the
+        pool, in parallel."""
+        if len(directories) <= INLINE_DIRECTORY_SYNCS:
+            for directory in sorted(directories):
+                try:
+                    _fsync_directory(directory)
+                except OSError as failure:
+                    return self._key_of(directory), failure
+            return None
         syncs = {
             self._key_of(directory): self._sync_pool.submit(_fsync_directory, directory)
             for directory in sorted(directories)

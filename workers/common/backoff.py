@@ -1,4 +1,5 @@
-"""Exponential backoff for the billing worker's retries (flag work, outcome re-produces)."""
+"""Exponential backoff for retries: billing's flag work and outcome re-produces, blob-ingest's
+database work."""
 
 from __future__ import annotations
 
