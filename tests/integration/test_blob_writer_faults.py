@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,11 +18,11 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from harness.waiting import wait_for
 from workers.blob_ingest.decode import VerifiedChunk
 from workers.blob_ingest.persist import BlobWriter
 from workers.common.backoff import Backoff
 from workers.common.database import create_pool
+from workers.common.database_outage import DatabaseOutage
 from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.common.storage.filesystem import FilesystemBlobStorage
@@ -95,9 +94,9 @@ class Writing:
     organization_id: int
     connection: psycopg.Connection[Any]
 
-    def writer(self, **options: Any) -> BlobWriter:
-        options.setdefault("backoff", quick_backoff)
-        return BlobWriter(self.failing, self.storage, lambda: next(_ids), **options)  # type: ignore[arg-type]
+    def writer(self, outage_seconds: float = 60.0) -> BlobWriter:
+        outage = DatabaseOutage(outage_seconds, backoff=quick_backoff)
+        return BlobWriter(self.failing, self.storage, lambda: next(_ids), outage)  # type: ignore[arg-type]
 
     def chunks(self, count: int) -> list[VerifiedChunk]:
         return chunks(self.organization_id, count)
@@ -158,7 +157,7 @@ def test_past_the_outage_window_the_error_is_raised_and_the_objects_stay(
     writing: Writing,
 ) -> None:
     batch = writing.chunks(5)
-    writer = writing.writer(database_outage_seconds=0.2)
+    writer = writing.writer(outage_seconds=0.2)
     stored = writer.store(batch)
     writing.failing.fail_before = 10_000
     with pytest.raises(psycopg.OperationalError):
@@ -166,27 +165,3 @@ def test_past_the_outage_window_the_error_is_raised_and_the_objects_stay(
     assert writing.rows(batch) == {}
     # In doubt, so kept: the sweep deletes them once they are old enough.
     assert writing.objects() == sorted(blob.path for blob in stored.new_blobs)
-
-
-def test_stopping_ends_a_retry_wait_at_once(writing: Writing) -> None:
-    stopping = threading.Event()
-    writer = writing.writer(
-        database_outage_seconds=3600, backoff=lambda: Backoff(3600, 3600), stopping=stopping
-    )
-    writing.failing.fail_before = 10_000
-    outcome: list[BaseException] = []
-
-    def store() -> None:
-        try:
-            writer.store(writing.chunks(1))
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=store)
-    thread.start()
-    wait_for(lambda: writing.failing.uses >= 1, 30, "the first failed attempt")
-    stopping.set()
-    thread.join(30)
-    assert not thread.is_alive()
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], psycopg.OperationalError)

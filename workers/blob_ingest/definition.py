@@ -5,8 +5,9 @@ Worker options (after the shared ones):
 - `--decode-threads N` (default 2): threads that decompress and hash chunks of 64 KiB and more;
 - `--batches-in-flight N` (default 3): batches being stored or committed at once (one commits
   while the others are stored; each holds up to `--max-batch-bytes`);
-- `--database-outage-seconds S` (default 60): how long a batch's lookup or transaction is
-  retried while PostgreSQL is unreachable before the worker exits;
+- `--database-outage-seconds S` (default 60): how long database work (a batch's lookup and
+  transaction, an organization check) is retried while PostgreSQL is unreachable before the
+  worker exits;
 - `--storage-url URL`: overrides `BLOB_STORAGE_URL` for this worker.
 """
 
@@ -20,7 +21,7 @@ import click
 
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.organizations import KnownOrganizations
-from workers.blob_ingest.persist import DEFAULT_DATABASE_OUTAGE_SECONDS, BlobWriter
+from workers.blob_ingest.persist import BlobWriter
 from workers.blob_ingest.strategy import (
     DEFAULT_BATCHES_IN_FLIGHT,
     DEFAULT_DECODE_THREADS,
@@ -30,6 +31,7 @@ from workers.blob_ingest.strategy import (
 )
 from workers.common.chunk_uploads import CHUNK_UPLOADS_TOPIC
 from workers.common.database import create_pool
+from workers.common.database_outage import DEFAULT_DATABASE_OUTAGE_SECONDS, DatabaseOutage
 from workers.common.registry import ConsumerDefinition, StrategyContext
 from workers.common.snowflake import (
     LeasedSnowflakeGenerator,
@@ -71,7 +73,8 @@ CLICK_OPTIONS: Final = (
         type=click.FloatRange(min=0),
         default=DEFAULT_DATABASE_OUTAGE_SECONDS,
         show_default=True,
-        help="How long a batch retries while PostgreSQL is unreachable before the worker exits.",
+        help="How long database work is retried while PostgreSQL is unreachable before the "
+        "worker exits.",
     ),
     click.Option(["--storage-url"], help="Blob storage URL (default: BLOB_STORAGE_URL)."),
 )
@@ -96,23 +99,21 @@ def build_strategy_factory(context: StrategyContext) -> BlobIngestStrategyFactor
     blob_metrics = BlobIngestMetrics(context.metrics.registry, context.worker)
     # Ends the database retries of a batch in flight when the worker stops.
     stopping = threading.Event()
+    outage = DatabaseOutage(
+        float(context.options.get("database_outage_seconds", DEFAULT_DATABASE_OUTAGE_SECONDS)),
+        stopping=stopping,
+    )
 
     def shut_down() -> None:
         stopping.set()
         resources.close()
 
     return BlobIngestStrategyFactory(
-        validator=ChunkValidator(KnownOrganizations(pool).exists, context.metrics, blob_metrics),
+        validator=ChunkValidator(
+            KnownOrganizations(pool, outage=outage).exists, context.metrics, blob_metrics
+        ),
         persister=BatchPersister(
-            BlobWriter(
-                pool,
-                storage,
-                ids.generate,
-                database_outage_seconds=float(
-                    context.options.get("database_outage_seconds", DEFAULT_DATABASE_OUTAGE_SECONDS)
-                ),
-                stopping=stopping,
-            ),
+            BlobWriter(pool, storage, ids.generate, outage),
             context.metrics,
             blob_metrics,
         ),

@@ -20,7 +20,8 @@ overlaps from one batch to the next (docs/reference.md, Blob store; docs/blob-in
 A lost connection (`psycopg.OperationalError`: PostgreSQL restarting, a failover, a network
 cut) leaves the outcome of the transaction in doubt: the COMMIT may have been applied with
 its answer lost. The objects are then kept, and the batch's transaction is tried again with
-exponential backoff for up to `database_outage_seconds` (the lookup of stage one too). A retry
+exponential backoff for up to the outage window (`DatabaseOutage`; the lookup of stage one
+too). A retry
 whose INSERT finds a row with its own object's path recognises its earlier, committed attempt
 and keeps that object. Past the window the error ends the worker, and its objects are left
 to the sweep (docs/blob-ingest.md, Faults).
@@ -32,28 +33,21 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from workers.blob_ingest.decode import VerifiedChunk
-from workers.common.backoff import Backoff
 from workers.common.blob_lifecycle import REUSE_REFRESH_AFTER
+from workers.common.database_outage import DatabaseOutage
 from workers.common.storage import BlobStorage, random_blob_paths
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-#: How long a batch waits for the database to come back before the worker gives up: a
-#: PostgreSQL restart or failover takes seconds.
-DEFAULT_DATABASE_OUTAGE_SECONDS = 60.0
-
-T = TypeVar("T")
 
 
 def joined(values: Iterable[str | int]) -> str:
@@ -116,17 +110,12 @@ class BlobWriter:
         pool: ConnectionPool,
         storage: BlobStorage,
         generate_id: Callable[[], int],
-        database_outage_seconds: float = DEFAULT_DATABASE_OUTAGE_SECONDS,
-        backoff: Callable[[], Backoff] = Backoff,
-        stopping: threading.Event | None = None,
+        outage: DatabaseOutage | None = None,
     ) -> None:
         self.__pool = pool
         self.__storage = storage
         self.__generate_id = generate_id
-        self.__outage_seconds = database_outage_seconds
-        self.__backoff = backoff
-        # Set when the worker stops: a retry wait ends at once and the error is raised.
-        self.__stopping = stopping if stopping is not None else threading.Event()
+        self.__outage = outage if outage is not None else DatabaseOutage()
 
     def persist(self, chunks: Sequence[VerifiedChunk]) -> PersistResult:
         return self.commit(self.store(chunks))
@@ -137,7 +126,7 @@ class BlobWriter:
         for chunk in chunks:
             unique.setdefault(chunk.checksum, chunk)
             owners.add((chunk.checksum, chunk.organization_id))
-        existing = self.__while_database_unavailable("lookup", lambda: self.__lookup(unique))
+        existing = self.__outage.run("lookup", lambda: self.__lookup(unique))
         # Sorted by checksum: concurrent writers then take unique-index entries in one order
         # and cannot deadlock on each other.
         missing = [checksum for checksum in sorted(unique) if checksum not in existing]
@@ -154,9 +143,7 @@ class BlobWriter:
     def commit(self, stored: StoredBatch) -> PersistResult:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return self.__while_database_unavailable(
-                    "commit", functools.partial(self.__commit_once, stored)
-                )
+                return self.__outage.run("commit", functools.partial(self.__commit_once, stored))
             except psycopg.errors.ForeignKeyViolation:
                 # The sweep deleted an unreferenced blob between our lookup and our owner
                 # insert; the next attempt no longer finds it and stores the chunk anew.
@@ -179,24 +166,6 @@ class BlobWriter:
                 (joined(checksums),),
             ).fetchall()
         return {checksum.strip(): blob_id for checksum, blob_id in rows}
-
-    def __while_database_unavailable(self, step: str, work: Callable[[], T]) -> T:
-        """`work()`, tried again with backoff while the connection fails, for up to the
-        outage window."""
-        deadline = time.monotonic() + self.__outage_seconds
-        backoff = self.__backoff()
-        while True:
-            try:
-                return work()
-            except psycopg.OperationalError as error:
-                delay = backoff.next_delay()
-                if time.monotonic() + delay > deadline or self.__stopping.is_set():
-                    raise
-                logger.warning(
-                    "database unavailable; retrying",
-                    extra={"step": step, "error": type(error).__name__, "retry_in_s": delay},
-                )
-                self.__stopping.wait(delay)
 
     def __commit_once(self, stored: StoredBatch) -> PersistResult:
         new_blobs = stored.new_blobs

@@ -44,6 +44,9 @@ from arroyo.types import BrokerValue, Partition, Topic
 from confluent_kafka import Consumer as ConfluentConsumer
 from confluent_kafka import KafkaError
 
+from workers.common.commit_retry import commit_failover_window
+from workers.common.retry_window import RetryWindow
+
 logger = logging.getLogger(__name__)
 
 #: Messages fetched per `consume()` call (librdkafka returns fewer when fewer are ready):
@@ -176,12 +179,16 @@ class RunConsumer(Consumer[MessageRun]):
         configuration: Mapping[str, Any],
         max_fetch_messages: int = DEFAULT_MAX_FETCH_MESSAGES,
         max_wait_seconds: float = DEFAULT_MAX_WAIT_SECONDS,
+        commit_window: RetryWindow | None = None,
     ) -> None:
         if max_fetch_messages < 1:
             raise ValueError("max_fetch_messages must be >= 1")
         if max_wait_seconds <= 0:
             raise ValueError("max_wait_seconds must be positive")
         self.__inner = KafkaConsumer(configuration)
+        self.__commit_window = (
+            commit_window if commit_window is not None else commit_failover_window()
+        )
         # Arroyo keeps its confluent-kafka consumer private; `consume()` is the one call it
         # does not expose. Checked here so an Arroyo upgrade fails loudly, not subtly.
         confluent = getattr(self.__inner, "_KafkaConsumer__consumer", None)
@@ -305,7 +312,7 @@ class RunConsumer(Consumer[MessageRun]):
         self.__inner.stage_offsets(offsets)
 
     def commit_offsets(self) -> Mapping[Partition, int] | None:
-        return self.__inner.commit_offsets()
+        return self.__commit_window.run("commit", self.__inner.commit_offsets)
 
     def close(self, timeout: float | None = None) -> None:
         self.__ready.clear()

@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from arroyo.backends.abstract import Consumer
-from arroyo.backends.kafka import KafkaConsumer, KafkaPayload, KafkaProducer
+from arroyo.backends.kafka import KafkaPayload, KafkaProducer
 from arroyo.commit import CommitPolicy
 from arroyo.dlq import DlqLimit, DlqPolicy
 from arroyo.processing import StreamProcessor
@@ -30,6 +30,7 @@ from arroyo.types import Commit, Partition, Topic
 from arroyo.utils.metrics import configure_metrics
 from prometheus_client import CollectorRegistry
 
+from workers.common.commit_retry import FailoverKafkaConsumer
 from workers.common.dlq import build_dlq_policy
 from workers.common.dlq_limit import (
     DEFAULT_DLQ_LIMIT,
@@ -225,7 +226,9 @@ def run_worker_process(
             options.group_instance_id, group_instance_ids(settings, options.consumer_group)
         )
     consumer: Consumer[Any] = (
-        RunConsumer(configuration) if definition.consumes_runs else KafkaConsumer(configuration)
+        RunConsumer(configuration)
+        if definition.consumes_runs
+        else FailoverKafkaConsumer(configuration)
     )
     processor = build_processor(
         consumer, definition, options, settings, metrics, dlq_policy, lag_reporter
