@@ -48,13 +48,8 @@ class WriteRecorder:
         monkeypatch.setattr(os, "fsync", fsync)
 
 
-@pytest.fixture
-def directory(tmp_path: Path) -> Path:
-    return tmp_path
-
-
-def direct_io_supported(directory: Path) -> bool:
-    probe = directory / "probe"
+def direct_io_supported(folder: Path) -> bool:
+    probe = folder / "probe"
     descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         flags = fcntl.fcntl(descriptor, fcntl.F_GETFL)
@@ -77,13 +72,13 @@ def direct_io_supported(directory: Path) -> bool:
     ],
 )
 def test_a_large_object_is_written_directly_in_aligned_pieces_and_keeps_its_size(
-    directory: Path, size: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not direct_io_supported(directory):
-        pytest.skip(f"{directory} has no direct I/O")
+    if not direct_io_supported(tmp_path):
+        pytest.skip(f"{tmp_path} has no direct I/O")
     recorder = WriteRecorder(monkeypatch)
     data = os.urandom(size)
-    path = directory / "object"
+    path = tmp_path / "object"
     write_synced_file(path, data)
     assert path.read_bytes() == data
     assert recorder.fsyncs == 1
@@ -95,11 +90,11 @@ def test_a_large_object_is_written_directly_in_aligned_pieces_and_keeps_its_size
 
 
 def test_a_small_object_goes_through_the_page_cache(
-    directory: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorder = WriteRecorder(monkeypatch)
     data = os.urandom(DIRECT_IO_MIN_BYTES - 1)
-    path = directory / "object"
+    path = tmp_path / "object"
     write_synced_file(path, memoryview(data))
     assert path.read_bytes() == data
     assert recorder.writes
@@ -108,7 +103,7 @@ def test_a_small_object_goes_through_the_page_cache(
 
 
 def test_a_filesystem_without_direct_io_gets_a_buffered_write(
-    directory: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_fcntl = fcntl.fcntl
 
@@ -119,16 +114,16 @@ def test_a_filesystem_without_direct_io_gets_a_buffered_write(
 
     monkeypatch.setattr(fcntl, "fcntl", refuse_direct_io)
     data = os.urandom(2 * STAGING_BUFFER_BYTES + 3)
-    path = directory / "object"
+    path = tmp_path / "object"
     write_synced_file(path, data)
     assert path.read_bytes() == data
 
 
 def test_a_failed_direct_write_removes_the_file(
-    directory: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not direct_io_supported(directory):
-        pytest.skip(f"{directory} has no direct I/O")
+    if not direct_io_supported(tmp_path):
+        pytest.skip(f"{tmp_path} has no direct I/O")
     real_pwrite = os.pwrite
 
     def fail_second_piece(descriptor: int, data: Any, offset: int) -> int:
@@ -137,26 +132,26 @@ def test_a_failed_direct_write_removes_the_file(
         return real_pwrite(descriptor, data, offset)
 
     monkeypatch.setattr(os, "pwrite", fail_second_piece)
-    path = directory / "object"
+    path = tmp_path / "object"
     with pytest.raises(OSError, match="No space left on device"):
         write_synced_file(path, os.urandom(2 * STAGING_BUFFER_BYTES))
     assert not path.exists()
 
 
 def test_a_short_direct_write_that_breaks_alignment_is_an_error(
-    directory: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not direct_io_supported(directory):
-        pytest.skip(f"{directory} has no direct I/O")
+    if not direct_io_supported(tmp_path):
+        pytest.skip(f"{tmp_path} has no direct I/O")
     monkeypatch.setattr(os, "pwrite", lambda descriptor, data, offset: 100)
-    path = directory / "object"
+    path = tmp_path / "object"
     with pytest.raises(OSError, match="direct write stopped at 100 bytes"):
         write_synced_file(path, os.urandom(DIRECT_IO_MIN_BYTES))
     assert not path.exists()
 
 
-def test_an_existing_file_is_never_overwritten(directory: Path) -> None:
-    path = directory / "object"
+def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "object"
     path.write_bytes(b"first")
     with pytest.raises(FileExistsError):
         write_synced_file(path, os.urandom(DIRECT_IO_MIN_BYTES))

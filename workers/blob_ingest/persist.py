@@ -21,10 +21,9 @@ A lost connection (`psycopg.OperationalError`: PostgreSQL restarting, a failover
 cut) leaves the outcome of the transaction in doubt: the COMMIT may have been applied with
 its answer lost. The objects are then kept, and the batch's transaction is tried again with
 exponential backoff for up to the outage window (`DatabaseOutage`; the lookup of stage one
-too). A retry
-whose INSERT finds a row with its own object's path recognises its earlier, committed attempt
-and keeps that object. Past the window the error ends the worker, and its objects are left
-to the sweep (docs/blob-ingest.md, Faults).
+too). A retry whose INSERT finds a row with its own object's path recognises its earlier,
+committed attempt and keeps that object. Past the window the error ends the worker, and its
+objects are left to the sweep (docs/blob-ingest.md, Faults).
 `discard(stored)` deletes the objects of a stored batch that will not be committed.
 `persist(chunks)` is both stages in a row. About five round trips per batch, whatever its size.
 """
