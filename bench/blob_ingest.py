@@ -82,7 +82,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +132,13 @@ from workers.common.settings import Settings
 from workers.common.snowflake import LeasedSnowflakeGenerator, WorkerIdLeases, lease_redis_client
 from workers.common.storage import BlobStorage, StoredObject, open_blob_storage
 from workers.common.storage.filesystem import DEFAULT_SYNC_THREADS
+from workers.common.storage.filesystem_sync import (
+    SYNC_METHODS,
+    SyncMethod,
+    choose_sync_method,
+    parse_sync_setting,
+    syncfs,
+)
 from workers.common.topics import DEFAULT_TOPIC_CONFIG, TopicSpec, create_topics
 
 Mode = Literal["batched", "per-chunk"]
@@ -550,39 +557,56 @@ def pooled_ceiling(ceilings: Sequence[DiskCeiling]) -> DiskCeiling:
     return DiskCeiling(files, files / rate)
 
 
-def measure_disk_ceiling(scratch: Path, size: int, files: int) -> DiskCeiling:
+def measure_disk_ceiling(
+    scratch: Path, size: int, files: int, method: SyncMethod, batch: int
+) -> DiskCeiling:
     """Durable small files with nothing else: what the storage step can do at best here.
 
-    `files` random `size`-byte files, each created, written and fsynced by the filesystem
-    backend's own pool size of threads, then one directory fsync: the per-file work the
-    worker's filesystem backend cannot avoid (it adds a batch's fresh directory, the lookup
-    and the bookkeeping).
+    `files` random `size`-byte files, each created and written by the filesystem backend's
+    own pool size of threads, made durable as the backend does with `method`: `file` fsyncs
+    each file and then the directory; `filesystem` writes `batch` files at a time (the
+    worker's batch size) and syncs each batch with one `syncfs`, the descriptor opened before
+    the batch's first write. The worker's backend adds a batch's fresh directory, the lookup
+    and the bookkeeping.
     """
-    directory = scratch / f"disk-ceiling-{uuid.uuid4().hex[:8]}"
+    directory = scratch / f"disk-ceiling-{method}-{uuid.uuid4().hex[:8]}"
     directory.mkdir()
     payloads = [os.urandom(size) for _ in range(files)]
+    fsync_each = method == "file"
 
     def write(index: int) -> None:
         descriptor = os.open(directory / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(descriptor, payloads[index])
-            os.fsync(descriptor)
+            if fsync_each:
+                os.fsync(descriptor)
         finally:
             os.close(descriptor)
 
     os.sync()
     started = time.perf_counter()
+    step = files if fsync_each else batch
     with ThreadPoolExecutor(DEFAULT_SYNC_THREADS) as pool:
-        list(pool.map(write, range(files)))
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        for first in range(0, files, step):
+            descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                list(pool.map(write, range(first, min(files, first + step))))
+                if fsync_each:
+                    os.fsync(descriptor)
+                else:
+                    syncfs(descriptor)
+            finally:
+                os.close(descriptor)
     # The files stay until the bench ends: ext4 skips the inodes of files deleted within the
     # last minute when it allocates new ones, which made every file created after a delete
     # cost several times the CPU (docs/benchmarks.md, Blob ingest).
     return DiskCeiling(files, time.perf_counter() - started)
+
+
+CEILING_DESCRIPTIONS: Final[Mapping[SyncMethod, str]] = {
+    "file": f"4 KiB files written and fsynced one by one by {DEFAULT_SYNC_THREADS} threads",
+    "filesystem": f"4 KiB files written by {DEFAULT_SYNC_THREADS} threads, one syncfs a batch",
+}
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -667,10 +691,12 @@ def write_chart(results: Sequence[RunResult], path: Path) -> None:
 def figures(
     results: Sequence[RunResult],
     chart: Path,
-    ceiling: DiskCeiling | None,
-    ceilings: Sequence[DiskCeiling] = (),
+    sync_method: SyncMethod,
+    ceilings: Mapping[SyncMethod, Sequence[DiskCeiling]],
 ) -> dict[str, Any]:
     ratio = ratios(results)
+    measured = ceilings.get(sync_method, ())
+    ceiling = pooled_ceiling(measured) if measured else None
     by_key = {(r.spec.mode, r.spec.chunk_size): r for r in results}
     batched_4k = by_key.get(("batched", 4 * KIB))
     runs = []
@@ -706,10 +732,16 @@ def figures(
             "batched_4KiB_at_least_5000_chunks_per_s": batched_4k is not None
             and batched_4k.chunks_per_second >= TARGET_CHUNKS_PER_S_4K,
         },
+        "storage_sync": sync_method,
         "disk_ceiling_4KiB_files_per_s": (
             round(ceiling.files_per_second, 1) if ceiling is not None else None
         ),
-        "disk_ceiling_4KiB_measurements": [round(c.files_per_second, 1) for c in ceilings],
+        "disk_ceiling_4KiB_measurements": [round(c.files_per_second, 1) for c in measured],
+        "disk_ceiling_4KiB_by_sync": {
+            method: round(pooled_ceiling(values).files_per_second, 1)
+            for method, values in ceilings.items()
+            if values
+        },
         "batched_4KiB_vs_disk_ceiling": (
             round(batched_4k.chunks_per_second / ceiling.files_per_second, 2)
             if ceiling is not None and batched_4k is not None
@@ -785,8 +817,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     scratch = Path(tempfile.mkdtemp(prefix="bench-blob-ingest-", dir=args.scratch_dir))
     results: list[RunResult] = []
-    ceiling: DiskCeiling | None = None
-    ceilings: list[DiskCeiling] = []
+    # The backend's way of syncing decides which ceiling the batched run is held to; the
+    # other is measured beside it for comparison.
+    sync_method = choose_sync_method(scratch, parse_sync_setting(settings.blob_storage_sync))
+    sync_methods: tuple[SyncMethod, ...] = (
+        sync_method,
+        *(m for m in SYNC_METHODS if m != sync_method),
+    )
+    ceilings: dict[SyncMethod, list[DiskCeiling]] = {m: [] for m in sync_methods}
+
+    def measure_ceilings() -> None:
+        for method in sync_methods:
+            ceilings[method].append(
+                measure_disk_ceiling(
+                    scratch, 4 * KIB, args.disk_ceiling_files, method, args.max_batch_size
+                )
+            )
+
     try:
         started = time.perf_counter()
         paddings = {
@@ -825,11 +872,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             owners_before = owner_rows(settings, organization.id)
             beside = args.disk_ceiling_files and (mode, size) == ("batched", 4 * KIB)
             if beside:
-                ceilings.append(measure_disk_ceiling(scratch, 4 * KIB, args.disk_ceiling_files))
+                measure_ceilings()
             os.sync()
             result = run_in_fresh_process(spec)
             if beside:
-                ceilings.append(measure_disk_ceiling(scratch, 4 * KIB, args.disk_ceiling_files))
+                measure_ceilings()
             owners_added = owner_rows(settings, organization.id) - owners_before
             objects = stored_objects(root)
             persisted = result.persisted
@@ -848,10 +895,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"--- profile {mode} {size_label(size)} ({profile}) ---", file=sys.stderr)
                 print(result.profile_top, file=sys.stderr)
             results.append(result)
-        if args.disk_ceiling_files and not ceilings:
-            ceilings.append(measure_disk_ceiling(scratch, 4 * KIB, args.disk_ceiling_files))
-        if ceilings:
-            ceiling = pooled_ceiling(ceilings)
+        if args.disk_ceiling_files and not ceilings[sync_method]:
+            measure_ceilings()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         delete_topics(settings, list(topics.values()))
@@ -859,17 +904,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             remove_rows(settings, organization.id)
 
     print_table(results)
-    if ceiling is not None:
+    for method in sync_methods:
+        if not ceilings[method]:
+            continue
+        pooled = pooled_ceiling(ceilings[method])
         print(
-            f"disk ceiling (4 KiB files created, written and fsynced by "
-            f"{DEFAULT_SYNC_THREADS} threads, nothing else): {ceiling.files_per_second:,.0f} "
-            f"files/s in {args.scratch_dir} ("
-            + " and ".join(f"{c.files_per_second:,.0f}" for c in ceilings)
-            + (" before and after the batched 4 KiB run)" if len(ceilings) == 2 else ")")
+            f"disk ceiling, {CEILING_DESCRIPTIONS[method]} "
+            f"({'the backend here' if method == sync_method else 'for comparison'}): "
+            f"{pooled.files_per_second:,.0f} files/s in {args.scratch_dir} ("
+            + " and ".join(f"{c.files_per_second:,.0f}" for c in ceilings[method])
+            + (" before and after the batched 4 KiB run)" if len(ceilings[method]) == 2 else ")")
         )
     write_chart(results, args.chart)
     print(f"chart: {args.chart}")
-    report.print_figures(figures(results, args.chart, ceiling, ceilings))
+    report.print_figures(figures(results, args.chart, sync_method, ceilings))
 
 
 if __name__ == "__main__":

@@ -124,3 +124,10 @@ def test_s3_settings_are_read_and_the_secret_is_masked() -> None:
     assert "very-secret" not in repr(shown)
     with pytest.raises(SettingsError, match="S3_ADDRESSING_STYLE must be one of auto, path"):
         Settings.from_env({"S3_ADDRESSING_STYLE": "sideways"})
+
+
+def test_blob_storage_sync_is_read_and_checked() -> None:
+    assert Settings.from_env({}).blob_storage_sync == "auto"
+    assert Settings.from_env({"BLOB_STORAGE_SYNC": "file"}).blob_storage_sync == "file"
+    with pytest.raises(SettingsError, match="BLOB_STORAGE_SYNC must be one of auto, file"):
+        Settings.from_env({"BLOB_STORAGE_SYNC": "never"})

@@ -207,7 +207,7 @@ class StorageContract:
 
 
 class TestFilesystemStorageContract(StorageContract):
-    @pytest.fixture
-    def storage(self, tmp_path: Path) -> Iterator[BlobStorage]:
-        with FilesystemBlobStorage(tmp_path / "blobs") as storage:
+    @pytest.fixture(params=["file", "filesystem"])
+    def storage(self, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[BlobStorage]:
+        with FilesystemBlobStorage(tmp_path / "blobs", sync=request.param) as storage:
             yield storage

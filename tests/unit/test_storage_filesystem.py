@@ -1,4 +1,7 @@
-"""Filesystem backend specifics: fsync batching, atomic renames, cleanup, failures."""
+"""Filesystem backend specifics: fsync batching, atomic renames, cleanup, failures.
+
+These tests sync per file (`sync="file"`); one `syncfs` per batch is in
+`test_storage_filesystem_sync.py`."""
 
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def storage(root: Path) -> Iterator[FilesystemBlobStorage]:
-    with FilesystemBlobStorage(root) as storage:
+    with FilesystemBlobStorage(root, sync="file") as storage:
         yield storage
 
 
@@ -117,7 +120,8 @@ def test_directories_made_by_another_process_are_synced_once_by_this_one(
     storage: FilesystemBlobStorage, root: Path, recorder: SyncRecorder
 ) -> None:
     storage.put("aa/0001/first", b"1")
-    with FilesystemBlobStorage(root) as other:  # like a second process: knows nothing yet
+    # Like a second process: knows nothing yet.
+    with FilesystemBlobStorage(root, sync="file") as other:
         recorder.events.clear()
         other.put_many([("aa/0001/second", b"2"), ("aa/0001/third", b"3")])
         directories = [p for p in recorder.synced() if TEMPORARY_PREFIX not in p]
@@ -170,7 +174,7 @@ def test_put_new_many_refuses_a_path_that_holds_an_object_and_leaves_none_of_the
 def test_put_new_many_failing_mid_batch_leaves_none_of_its_objects(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    storage = FilesystemBlobStorage(root, sync_threads=2)
+    storage = FilesystemBlobStorage(root, sync_threads=2, sync="file")
     items = [(random_blob_path(), SECRET_PAYLOAD) for _ in range(6)]
     monkeypatch.setattr(os, "fsync", fail_on_call(3, os.fsync))
     with pytest.raises(StorageError) as raised:
@@ -202,7 +206,7 @@ def test_failure_while_syncing_leaves_no_object_and_no_temporary_file(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One sync thread: "the second fsync" is then the second object's.
-    storage = FilesystemBlobStorage(root, sync_threads=1)
+    storage = FilesystemBlobStorage(root, sync_threads=1, sync="file")
     items = [(random_blob_path(), SECRET_PAYLOAD) for _ in range(3)]
     monkeypatch.setattr(os, "fsync", fail_on_call(2, os.fsync))
     with pytest.raises(StorageError) as raised:
@@ -232,13 +236,13 @@ def test_failure_while_renaming_keeps_finished_objects_whole_and_cleans_the_rest
 def test_failure_in_the_middle_of_a_write_is_never_visible(
     storage: FilesystemBlobStorage, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = synced_file.write_synced_file
+    real_write = synced_file.write_new_file
 
-    def write_half_then_fail(path: Path, data: bytes) -> None:
-        real_write(path, data[: len(data) // 2])
+    def write_half_then_fail(path: Path, data: bytes, *, fsync: bool) -> None:
+        real_write(path, data[: len(data) // 2], fsync=fsync)
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(filesystem_module, "write_synced_file", write_half_then_fail)
+    monkeypatch.setattr(filesystem_module, "write_new_file", write_half_then_fail)
     path = random_blob_path()
     with pytest.raises(StorageError, match="Input/output error"):
         storage.put(path, SECRET_PAYLOAD)

@@ -69,6 +69,8 @@ class Settings:
     snowflake_region: int = 0
     # Blob storage: `file:///path` or `s3://bucket/prefix`; None = `<state_dir>/blobs`.
     blob_storage_url: str | None = None
+    # How file storage makes a batch durable (docs/blob-ingest.md, Storage).
+    blob_storage_sync: str = "auto"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_access_key_id: str | None = None
@@ -109,6 +111,9 @@ class Settings:
             topic_partitions=_positive_int(environ, "WORKERS_TOPIC_PARTITIONS", 4),
             snowflake_region=_snowflake_region(environ.get("WORKERS_SNOWFLAKE_REGION") or "0"),
             blob_storage_url=environ.get("BLOB_STORAGE_URL") or None,
+            blob_storage_sync=_choice(
+                environ, "BLOB_STORAGE_SYNC", ("auto", "file", "filesystem"), "auto"
+            ),
             s3_endpoint_url=environ.get("S3_ENDPOINT_URL") or None,
             s3_region=environ.get("S3_REGION") or None,
             s3_access_key_id=environ.get("S3_ACCESS_KEY_ID") or None,
@@ -361,6 +366,11 @@ ENVIRONMENT_VARIABLES: tuple[EnvironmentVariable, ...] = (
         "BLOB_STORAGE_URL",
         "file://<WORKERS_STATE_DIR>/blobs",
         "Where blob bytes live: `file:///absolute/path` or `s3://bucket/optional/prefix`.",
+    ),
+    EnvironmentVariable(
+        "BLOB_STORAGE_SYNC",
+        "auto",
+        "File storage: `filesystem` (one syncfs per batch), `file` (fsync per file) or `auto`.",
     ),
     EnvironmentVariable(
         "S3_ENDPOINT_URL", "-", "S3-compatible server, e.g. `http://127.0.0.1:9000`; unset = AWS."

@@ -1,28 +1,31 @@
 """Blob storage in a local (or mounted) directory.
 
 A key `ab/cdef/0123...` is the file `<root>/ab/cdef/0123...`. `put_many` makes a batch
-durable with as few `fsync` calls as correctness allows:
+durable with as few syncs as correctness allows, in one of two ways (`sync`,
+`filesystem_sync.py`):
 
-1. write every object to a temporary file `.tmp-<uuid hex>` in its final directory and
-   `fsync` it (once per file); files are written and synced by a small thread pool, since
-   `fsync` waits on the disk and releases the GIL, so the batch pays for a few syncs in a row
-   rather than one per object (objects of 256 KiB and more with direct I/O, see
-   `synced_file.py`);
-2. wait until every file of the batch is synced;
-3. rename each one over its final name (atomic: a reader sees the old object or the whole
-   new one, never a part);
-4. `fsync` each distinct directory that gained an entry, once per batch (in parallel when
-   there are many): the objects' directories, plus the parent of every directory this process
-   has not yet seen durable (a directory made by this batch, or by another process, needs its
-   own entry synced).
-Writers that put a batch's objects in one directory (`random_blob_paths`) pay for one
-directory sync per batch instead of one per object.
+- `filesystem` (where `syncfs` can be trusted, the default there): the batch's files are
+  written by a small thread pool, then one `syncfs` makes every file and directory entry of
+  the batch durable at once;
+- `file`: each file is `fsync`ed by the pool thread that wrote it (`fsync` waits on the disk
+  and releases the GIL, so the batch pays for a few syncs in a row rather than one per
+  object), then each distinct directory that gained an entry is `fsync`ed once per batch (on
+  the calling thread, in parallel when there are many): the objects' directories, plus the
+  parent of every directory this process has not yet seen durable (a directory made by this
+  batch, or by another process, needs its own entry synced). Batches of fewer than
+  `FILESYSTEM_SYNC_MIN_OBJECTS` are always synced this way.
+
+`put_many` writes every object to a temporary file `.tmp-<uuid hex>` in its final directory,
+syncs the contents, renames each over its final name (atomic: a reader sees the old object or
+the whole new one, never a part) and then syncs the names. Objects of 256 KiB and more are
+written with direct I/O (`synced_file.py`). Writers that put a batch's objects in one
+directory (`random_blob_paths`) pay for one directory sync per batch instead of one per object.
 
 `put_new_many` (objects at fresh keys that nothing reads before it returns) skips the
-temporary file: each file is created at its final name, written and fsynced by the pool, then
-the directories are synced as above. The rename cost about a fifth of the throughput for
-4 KiB objects on the development VM (docs/benchmarks.md, Blob ingest). The pool runs one task
-per thread, each taking the next object until none is left, not one future per object.
+temporary file: each file is created at its final name and written by the pool, then the
+batch is synced as above. The rename cost about a fifth of the throughput for 4 KiB objects
+on the development VM (docs/benchmarks.md, Blob ingest). The pool runs one task per thread,
+each taking the next object until none is left, not one future per object.
 
 Temporary files never appear in `iter_objects` (names starting with `.` are not keys). A
 failed batch removes its temporary files; a crash can leave some behind, which
@@ -45,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from workers.common.storage.base import (
     BlobNotFoundError,
@@ -54,7 +57,13 @@ from workers.common.storage.base import (
     StoredObject,
     is_blob_path,
 )
-from workers.common.storage.synced_file import write_synced_file
+from workers.common.storage.filesystem_sync import (
+    SyncMethod,
+    SyncSetting,
+    choose_sync_method,
+    syncfs,
+)
+from workers.common.storage.synced_file import write_new_file
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +71,10 @@ logger = logging.getLogger(__name__)
 TEMPORARY_PREFIX: Final = ".tmp-"
 #: Threads that write and fsync a batch's files; fsync waits on the disk, not the CPU.
 DEFAULT_SYNC_THREADS: Final = 8
+#: Batches of fewer objects are synced per file even where `syncfs` is used: on the
+#: development VM one object with its directory synced at 517 objects/s by `fsync` and 296 by
+#: `syncfs`, four break even, sixteen gained 2 to 2.2 times (docs/benchmarks.md, Blob ingest).
+FILESYSTEM_SYNC_MIN_OBJECTS: Final = 4
 #: Directories synced on the calling thread rather than in the pool (see `_sync_directories`).
 INLINE_DIRECTORY_SYNCS: Final = 4
 
@@ -78,7 +91,9 @@ def describe_os_error(error: OSError) -> str:
 class FilesystemBlobStorage(BlobStorage):
     """Objects as files under an absolute `root` directory (created if missing)."""
 
-    def __init__(self, root: Path, sync_threads: int = DEFAULT_SYNC_THREADS) -> None:
+    def __init__(
+        self, root: Path, sync_threads: int = DEFAULT_SYNC_THREADS, sync: SyncSetting = "auto"
+    ) -> None:
         if not root.is_absolute():
             raise ValueError(f"blob storage root must be an absolute path, got {str(root)!r}")
         if sync_threads < 1:
@@ -91,7 +106,20 @@ class FilesystemBlobStorage(BlobStorage):
         self._durable_directories: set[Path] = set()
         self._lock = threading.Lock()
         self._create_root()
-        logger.info("blob storage opened", extra={"backend": "file", "root": str(root)})
+        try:
+            self._sync_method: SyncMethod = choose_sync_method(root, sync)
+        except Exception:
+            self._sync_pool.shutdown()
+            raise
+        logger.info(
+            "blob storage opened",
+            extra={"backend": "file", "root": str(root), "sync": self._sync_method},
+        )
+
+    @property
+    def sync_method(self) -> SyncMethod:
+        """`file` (fsync per file and directory) or `filesystem` (one syncfs per batch)."""
+        return self._sync_method
 
     @property
     def root(self) -> Path:
@@ -105,59 +133,64 @@ class FilesystemBlobStorage(BlobStorage):
     def _do_put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
         pending: list[tuple[Path, Path]] = []  # (temporary file, final name)
         renamed = 0
-        current = items[0][0]
+        current: str | None = items[0][0]
         try:
-            directories, new_directories = self._prepare_directories(items)
-            for path, _ in items:
-                final = self._root / path
-                # Recorded before the write so that a failed write is cleaned up too.
-                pending.append((final.parent / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}", final))
-            # Every write has ended when this returns, so no file still being written can
-            # escape the cleanup of temporary files.
-            temporaries = [temporary for temporary, _ in pending]
-            failures = self._in_pool(
-                write_synced_file,
-                [(file, data) for file, (_, data) in zip(temporaries, items, strict=True)],
-                [path for path, _ in items],
-            )
-            if failures:
-                current, error = failures[0]
-                raise error
-            for (temporary, final), (path, _) in zip(pending, items, strict=True):
-                current = path
-                os.replace(temporary, final)
-                renamed += 1
-            failed_sync = self._sync_directories(directories)
-            if failed_sync:
-                current, error = failed_sync
-                raise error
+            with self._batch_sync(len(items)) as sync:
+                directories, new_directories = self._prepare_directories(items)
+                for path, _ in items:
+                    final = self._root / path
+                    # Recorded before the write so that a failed write is cleaned up too.
+                    pending.append((final.parent / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex}", final))
+                # Every write has ended when this returns, so no file still being written can
+                # escape the cleanup of temporary files.
+                temporaries = [temporary for temporary, _ in pending]
+                failures = self._in_pool(
+                    [(file, data) for file, (_, data) in zip(temporaries, items, strict=True)],
+                    [path for path, _ in items],
+                    fsync=sync.fsync_each_file,
+                )
+                if failures:
+                    current, error = failures[0]
+                    raise error
+                # The contents are durable before any name points at them.
+                current = None
+                sync.files()
+                for (temporary, final), (path, _) in zip(pending, items, strict=True):
+                    current = path
+                    os.replace(temporary, final)
+                    renamed += 1
+                failed_sync = sync.names(directories)
+                if failed_sync:
+                    current, error = failed_sync
+                    raise error
         except OSError as error:
             self._remove_quietly(temporary for temporary, _ in pending[renamed:])
             raise StorageError("put_many", current, describe_os_error(error)) from error
         self._mark_durable(new_directories, items, directories)
 
     def _do_put_new_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Each file created at its final name, written and fsynced by the pool (one task per
-        thread, each taking the next object): no temporary file, no rename."""
-        current = items[0][0]
+        """Each file created at its final name and written by the pool (one task per thread,
+        each taking the next object), then synced: no temporary file, no rename."""
+        current: str | None = items[0][0]
         root = str(self._root)
         finals = [f"{root}/{path}" for path, _ in items]  # no Path per object: 3 µs each
         failed: set[str] = set()
         try:
-            directories, new_directories = self._prepare_directories(items)
-            failures = self._in_pool(
-                write_synced_file,
-                [(final, data) for final, (_, data) in zip(finals, items, strict=True)],
-                [path for path, _ in items],
-            )
-            if failures:
-                failed = {key for key, _ in failures}
-                current, error = failures[0]
-                raise error
-            failed_sync = self._sync_directories(directories)
-            if failed_sync:
-                current, error = failed_sync
-                raise error
+            with self._batch_sync(len(items)) as sync:
+                directories, new_directories = self._prepare_directories(items)
+                failures = self._in_pool(
+                    [(final, data) for final, (_, data) in zip(finals, items, strict=True)],
+                    [path for path, _ in items],
+                    fsync=sync.fsync_each_file,
+                )
+                if failures:
+                    failed = {key for key, _ in failures}
+                    current, error = failures[0]
+                    raise error
+                failed_sync = sync.names(directories)
+                if failed_sync:
+                    current, error = failed_sync
+                    raise error
         except OSError as error:
             # A failed file was removed by its writer (or was never ours: it existed); the
             # batch's other objects go too.
@@ -166,6 +199,21 @@ class FilesystemBlobStorage(BlobStorage):
             )
             raise StorageError("put_new_many", current, describe_os_error(error)) from error
         self._mark_durable(new_directories, items, directories)
+
+    @contextlib.contextmanager
+    def _batch_sync(self, objects: int) -> Iterator[_BatchSync]:
+        """How a batch of `objects` becomes durable. With `syncfs` the descriptor is opened
+        before the batch's first write, so that the sync reports any of their writeback
+        errors. Fewer than `FILESYSTEM_SYNC_MIN_OBJECTS` are synced per file: one `syncfs`
+        costs more than an `fsync` or two."""
+        if self._sync_method == "file" or objects < FILESYSTEM_SYNC_MIN_OBJECTS:
+            yield _FileSync(self)
+            return
+        descriptor = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            yield _FilesystemSync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def _prepare_directories(
         self, items: Sequence[tuple[str, bytes]]
@@ -182,14 +230,11 @@ class FilesystemBlobStorage(BlobStorage):
         return directories, created
 
     def _in_pool(
-        self,
-        write: Callable[[Path | str, bytes], None],
-        files: Sequence[tuple[Path | str, bytes]],
-        keys: Sequence[str],
+        self, files: Sequence[tuple[Path | str, bytes]], keys: Sequence[str], *, fsync: bool
     ) -> list[tuple[str, OSError]]:
-        """`write` every file with the pool: one task per thread, each taking the next file
-        until none is left (no future per file). Returns the failures, with their keys, once
-        every write has ended."""
+        """Write every new file with the pool (and fsync it when syncing per file): one task
+        per thread, each taking the next file until none is left (no future per file).
+        Returns the failures, with their keys, once every write has ended."""
         lock = threading.Lock()
         queue = iter(zip(keys, files, strict=True))
         failures: list[tuple[str, OSError]] = []
@@ -202,7 +247,7 @@ class FilesystemBlobStorage(BlobStorage):
                     return
                 key, (path, data) = item
                 try:
-                    write(path, data)
+                    write_new_file(path, data, fsync=fsync)
                 except OSError as error:
                     failures.append((key, error))
 
@@ -439,6 +484,52 @@ class FilesystemBlobStorage(BlobStorage):
                 continue
             except OSError:
                 logger.warning("could not remove a temporary blob file", extra={"file": str(path)})
+
+
+class _BatchSync(Protocol):
+    #: Whether each file is fsynced as it is written.
+    fsync_each_file: bool
+
+    def files(self) -> None:
+        """Make the batch's file contents durable (before renames point at them)."""
+
+    def names(self, directories: set[Path]) -> tuple[str | None, OSError] | None:
+        """Make the batch's files and their names durable; the first failure, with its key
+        (None when the whole filesystem's sync failed)."""
+
+
+class _FileSync:
+    """Each file was fsynced as it was written; the directories are synced one by one."""
+
+    fsync_each_file = True
+
+    def __init__(self, storage: FilesystemBlobStorage) -> None:
+        self._storage = storage
+
+    def files(self) -> None:
+        return None
+
+    def names(self, directories: set[Path]) -> tuple[str | None, OSError] | None:
+        return self._storage._sync_directories(directories)
+
+
+class _FilesystemSync:
+    """One `syncfs` covers every file and directory entry the batch wrote."""
+
+    fsync_each_file = False
+
+    def __init__(self, descriptor: int) -> None:
+        self._descriptor = descriptor
+
+    def files(self) -> None:
+        syncfs(self._descriptor)
+
+    def names(self, directories: set[Path]) -> tuple[str | None, OSError] | None:
+        try:
+            syncfs(self._descriptor)
+        except OSError as error:
+            return None, error
+        return None
 
 
 def _fsync_directory(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Writing one new file durably: create it, write it, `fsync` it (docs/blob-ingest.md, Storage).
+"""Writing one new file durably: create it, write it, `fsync` it (docs/blob-ingest.md, Storage);
+or leave the `fsync` to a caller that syncs the whole filesystem once per batch.
 
 Objects of `DIRECT_IO_MIN_BYTES` and more are written with direct I/O (`O_DIRECT`): the
 bytes go from an aligned buffer straight to the disk instead of being copied into the page
@@ -10,7 +11,7 @@ ingest). Below that size the page cache is as fast and needs no staging copy.
 Direct I/O wants the buffer, the file offset and the length aligned. Each writing thread
 stages the data through its own page-aligned buffer of `STAGING_BUFFER_BYTES` (allocated on
 its first large write and kept), the last piece is padded with zeros to `ALIGNMENT` and the
-file is then truncated to its real size. `fsync` is still needed afterwards: direct I/O
+file is then truncated to its real size. A sync is still needed afterwards: direct I/O
 bypasses the page cache, not the disk's write cache, and the file's size and extents are
 metadata. A filesystem without direct I/O (`fcntl` refuses `O_DIRECT` with `EINVAL`) gets the
 ordinary buffered write.
@@ -53,13 +54,20 @@ _staging = _StagingBuffer()
 def write_synced_file(path: Path | str, data: bytes | memoryview) -> None:
     """Create `path` (it must not exist), write `data` and fsync it; a failed write removes
     the file it created."""
+    write_new_file(path, data, fsync=True)
+
+
+def write_new_file(path: Path | str, data: bytes | memoryview, *, fsync: bool) -> None:
+    """`write_synced_file`, or without the `fsync` for a caller that makes the file durable
+    another way (one `syncfs` for a whole batch, `filesystem_sync.py`)."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         if len(data) >= DIRECT_IO_MIN_BYTES and _enable_direct_io(descriptor):
             _write_direct(descriptor, memoryview(data).cast("B"))
         else:
             _write_buffered(descriptor, memoryview(data))
-        os.fsync(descriptor)
+        if fsync:
+            os.fsync(descriptor)
     except BaseException:
         os.close(descriptor)
         with contextlib.suppress(OSError):

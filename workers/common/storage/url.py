@@ -15,6 +15,7 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from workers.common.settings import redact_url
 from workers.common.storage.base import BlobStorage, InvalidBlobPath
 from workers.common.storage.filesystem import FilesystemBlobStorage
+from workers.common.storage.filesystem_sync import SyncSetting
 from workers.common.storage.s3 import (
     S3BlobStorage,
     S3Options,
@@ -66,11 +67,14 @@ def parse_storage_url(url: str) -> FileLocation | S3Location:
     return _s3_location(parts, shown)
 
 
-def open_storage(url: str, *, s3_options: S3Options | None = None) -> BlobStorage:
-    """The backend for `url`, opened (the caller closes it). `s3_options` is for `s3://`."""
+def open_storage(
+    url: str, *, s3_options: S3Options | None = None, sync: SyncSetting = "auto"
+) -> BlobStorage:
+    """The backend for `url`, opened (the caller closes it). `s3_options` is for `s3://`,
+    `sync` for `file://`."""
     location = parse_storage_url(url)
     if isinstance(location, FileLocation):
-        return FilesystemBlobStorage(location.root)
+        return FilesystemBlobStorage(location.root, sync=sync)
     return S3BlobStorage(location.bucket, prefix=location.prefix, options=s3_options)
 
 
