@@ -59,8 +59,10 @@ the inodes of files deleted in the last minute again on every file it creates, s
 Prints a table, writes a bar chart (`bench/results/blob_ingest.png`, prints its path) and,
 as the last line, one JSON object with the figures. Afterwards the temporary storage dirs,
 the topics and the rows and organization the bench created are removed (`--keep-rows` keeps
-the rows). `--profile DIR` runs every child under cProfile, prints where the time goes and
-keeps the `.prof` files in DIR (outside the repository, e.g. /tmp).
+the rows; `--keep-files` keeps the files, for runs back to back: ext4 makes new files dearer
+for one to six minutes after many were deleted, so a run right after another that deleted
+its 30,000 files pays for them). `--profile DIR` runs every child under cProfile, prints
+where the time goes and keeps the `.prof` files in DIR (outside the repository, e.g. /tmp).
 Usage: `python -m bench.blob_ingest [--chunks-4k N] [--per-chunk-4k N] [--chunks-1m N]
 [--per-chunk-1m N] [--profile DIR]` (needs `workers stack up` and `workers migrate`).
 """
@@ -782,6 +784,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-rows", action="store_true", help="keep the rows afterwards")
     parser.add_argument(
+        "--keep-files",
+        action="store_true",
+        help="keep the storage and ceiling files (so the next run does not pay for deleting them)",
+    )
+    parser.add_argument(
         "--disk-ceiling-files",
         type=int,
         default=5_000,
@@ -898,7 +905,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.disk_ceiling_files and not ceilings[sync_method]:
             measure_ceilings()
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if args.keep_files:
+            print(f"kept the files in {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
         delete_topics(settings, list(topics.values()))
         if not args.keep_rows:
             remove_rows(settings, organization.id)

@@ -101,7 +101,7 @@ class RunTaskInPool(ProcessingStrategy[FilteredPayload | TPayload], Generic[TPay
         if isinstance(message.payload, FilteredPayload):
             self.__queue.append((message, _Done(None), 0))
             return
-        work = cast(Message[TPayload], message)
+        work = cast("Message[TPayload]", message)
         outcome: _Outcome[TResult | None]
         if self.__in_pool(work):
             outcome = self.__pool.submit(self.__function, work)
@@ -139,7 +139,7 @@ class RunTaskInPool(ProcessingStrategy[FilteredPayload | TPayload], Generic[TPay
             raise
         is_filtered = isinstance(message.payload, FilteredPayload)
         forwarded = message if is_filtered else message.replace(result)
-        self.__next_step.submit(cast(Message[FilteredPayload | TResult], forwarded))
+        self.__next_step.submit(cast("Message[FilteredPayload | TResult]", forwarded))
         self.__queue.popleft()
         self.__pending_bytes -= weight
 

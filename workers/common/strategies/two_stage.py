@@ -91,7 +91,7 @@ class TwoStagePipeline(
             raise MessageRejected
         sequence = self.__submitted
         self.__submitted += 1
-        work = cast(Message[TPayload], message)
+        work = cast("Message[TPayload]", message)
         first = self.__stage_one.submit(self.__run_first, sequence, work)
         second = self.__stage_two.submit(self.__run_second, sequence, first)
         self.__queue.append((message, second))
@@ -148,7 +148,7 @@ class TwoStagePipeline(
     def __forward_head(self) -> None:
         message, second = self.__queue[0]
         if second is None:
-            self.__next_step.submit(cast(Message[FilteredPayload | TResult], message))
+            self.__next_step.submit(cast("Message[FilteredPayload | TResult]", message))
         else:
             result = second.result()  # raises the stage's failure
             self.__next_step.submit(message.replace(result))
