@@ -6,7 +6,7 @@ flushes its cache each time; concurrent calls share a commit, so a pool of threa
 small files still cost a journal commit each few. `syncfs` (`filesystem`) writes back every
 dirty page of the filesystem, commits the journal once and flushes the disk once: a batch of
 a thousand 4 KiB files needs one commit instead of hundreds. On the development VM, 5,000
-files became durable 2.3 to 2.6 times faster (docs/benchmarks.md, Blob ingest).
+files became durable 2 to 3 times faster (docs/benchmarks.md, Blob ingest).
 
 `syncfs` is only trusted where it reports failures and where it is known to cover data and
 metadata:
