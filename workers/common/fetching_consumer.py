@@ -100,9 +100,9 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
         self.__max_fetch = max_fetch_messages
         self.__max_wait = max_wait_seconds
         self.__ready: deque[BrokerValue[TPayload] | Exception] = deque()
-        self.partitions: dict[tuple[str, int], Partition] = {}
+        self._partitions: dict[tuple[str, int], Partition] = {}
         # The subscription's only topic (a fast path of `pack`); None for several.
-        self.topic: str | None = None
+        self._topic: str | None = None
         self.__epoch = 0
 
     @abstractmethod
@@ -170,7 +170,7 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
             if on_revoke is not None:
                 on_revoke(partitions)
 
-        self.topic = topics[0].name if len(topics) == 1 else None
+        self._topic = topics[0].name if len(topics) == 1 else None
         self.__inner.subscribe(topics, on_assign=on_assign, on_revoke=revoked)
 
     def unsubscribe(self) -> None:
@@ -246,7 +246,7 @@ class FetchingKafkaConsumer(FetchingConsumer[KafkaPayload]):
 
     def pack(self, messages: Sequence[Any]) -> list[BrokerValue[KafkaPayload] | Exception]:
         items: list[BrokerValue[KafkaPayload] | Exception] = []
-        partitions = self.partitions
+        partitions = self._partitions
         for message in messages:
             error = message.error()
             if error is not None:

@@ -2,10 +2,10 @@
 
 Arroyo's `StreamProcessor` does a fixed amount of work per message it polls (a
 `BrokerValue`, a `Message`, metric timers, the strategy's `submit` and `poll`): about
-20 µs, several times what a cheap worker spends on the message itself. `RunConsumer` takes
-that cost once per run instead: a `FetchingConsumer` (`fetching_consumer.py`, which fetches
-with librdkafka's batch `consume()`), it hands Arroyo one `BrokerValue[MessageRun]` per
-partition and fetch, whose offset is the run's last message.
+20 µs, several times what a cheap worker spends on the message itself. `RunConsumer`, a
+`FetchingConsumer` (`fetching_consumer.py`: librdkafka's batch `consume()`), takes that cost
+once per run instead: it hands Arroyo one `BrokerValue[MessageRun]` per partition and fetch,
+whose offset is the run's last message.
 
 Semantics a strategy must keep in mind:
 - committing the run's `committable` commits every message of the run, so a strategy that
@@ -152,4 +152,4 @@ class RunConsumer(FetchingConsumer[MessageRun]):
         super().__init__(configuration, max_fetch_messages, max_wait_seconds, commit_window)
 
     def pack(self, messages: Sequence[Any]) -> list[BrokerValue[MessageRun] | Exception]:
-        return runs_of(messages, self.partitions, self.epoch, self.topic)
+        return runs_of(messages, self._partitions, self.epoch, self._topic)
