@@ -117,7 +117,11 @@ def test_an_untrusted_filesystem_syncs_per_file_and_refuses_syncfs_when_forced(
     monkeypatch.setattr(filesystem_sync, "filesystem_magic", lambda path: NFS_MAGIC)
     with FilesystemBlobStorage(root) as storage:
         assert storage.sync_method == "file"
-    with pytest.raises(SyncUnavailable, match=r"type 0x6969, not one of btrfs, ext4, tmpfs, xfs"):
+    with pytest.raises(
+        StorageError,
+        match=r"^storage open failed: .*/blobs: syncfs cannot be used: .*/blobs is on a "
+        r"filesystem of type 0x6969, not one of btrfs, ext4, tmpfs, xfs$",
+    ):
         FilesystemBlobStorage(root, sync="filesystem")
 
 

@@ -60,6 +60,7 @@ from workers.common.storage.base import (
 from workers.common.storage.filesystem_sync import (
     SyncMethod,
     SyncSetting,
+    SyncUnavailable,
     choose_sync_method,
     syncfs,
 )
@@ -108,9 +109,10 @@ class FilesystemBlobStorage(BlobStorage):
         self._create_root()
         try:
             self._sync_method: SyncMethod = choose_sync_method(root, sync)
-        except Exception:
+        except (SyncUnavailable, OSError) as error:
             self._sync_pool.shutdown()
-            raise
+            detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
+            raise StorageError("open", None, f"{root}: syncfs cannot be used: {detail}") from error
         logger.info(
             "blob storage opened",
             extra={"backend": "file", "root": str(root), "sync": self._sync_method},
