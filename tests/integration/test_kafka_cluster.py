@@ -22,8 +22,10 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
+from confluent_kafka.admin._metadata import ClusterMetadata
 
 from harness.kafka import make_topics, unique_name
+from harness.waiting import wait_for
 from workers.cli import make_cli
 from workers.common.kafka_config import admin_configuration, producer_configuration
 from workers.common.local_kafka import local_bootstrap_servers
@@ -128,7 +130,14 @@ def test_topics_create_replicates_three_times_with_two_in_sync(cluster: Settings
         assert f"{name} " in result.output
     assert result.output.count("replication=3") == len(names), result.output
     admin = AdminClient(admin_configuration(cluster))
-    metadata = admin.list_topics(timeout=10)
+
+    def every_topic_known() -> ClusterMetadata | None:
+        # The controller has created them; the broker answering this request may learn of
+        # them a moment later (brokers follow the metadata log on their own).
+        metadata = admin.list_topics(timeout=10)
+        return metadata if all(name in metadata.topics for name in names) else None
+
+    metadata = wait_for(every_topic_known, timeout=30, what="every fleet topic in the metadata")
     for name in names:
         partitions = metadata.topics[name].partitions.values()
         assert {len(partition.replicas) for partition in partitions} == {3}, name
