@@ -16,7 +16,7 @@ from workers.stack.errors import StackError
 from workers.stack.lifecycle import terminate
 from workers.stack.logs import start_log
 from workers.stack.paths import StackPaths
-from workers.stack.pids import find_own_pid, live_pid, remove_file
+from workers.stack.pids import find_own_pid, pid_alive, read_pid, remove_file
 from workers.stack.procfs import process_cwd, process_name
 from workers.stack.service import LOCALHOST, Echo
 
@@ -125,8 +125,11 @@ class RedisService:
         )
 
     def poll_ready(self) -> str | None:
-        # The daemonized server writes its pid file once it runs.
-        if live_pid(self._pid_file, self._is_ours) is None:
+        # The daemonized server writes its pid file once it runs. It creates the file before
+        # it writes the pid, so an empty file is a server starting, not a leftover (`launch`
+        # removed those): it is read again on the next poll, never removed.
+        pid = read_pid(self._pid_file)
+        if pid is None or not (pid_alive(pid) and self._is_ours(pid)):
             return "no redis-server process yet"
         return self.probe()
 
