@@ -11,8 +11,11 @@ to a live broker. Errors that say this member lost its partitions are never retr
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
+from arroyo.backends.kafka import KafkaConsumer
+from arroyo.types import Partition
 from confluent_kafka import KafkaError, KafkaException
 
 from workers.common.retry_window import RetryWindow
@@ -42,3 +45,16 @@ def is_failover_error(error: BaseException) -> bool:
 
 def commit_failover_window(seconds: float = DEFAULT_COMMIT_OUTAGE_SECONDS) -> RetryWindow:
     return RetryWindow(is_failover_error, seconds, "offset commit failed")
+
+
+class FailoverKafkaConsumer(KafkaConsumer):
+    """Arroyo's `KafkaConsumer`, its commits retried through a broker failover."""
+
+    def __init__(
+        self, configuration: Mapping[str, Any], commit_window: RetryWindow | None = None
+    ) -> None:
+        super().__init__(configuration)
+        self.__window = commit_window if commit_window is not None else commit_failover_window()
+
+    def commit_offsets(self) -> Mapping[Partition, int] | None:
+        return self.__window.run("commit", super().commit_offsets)
