@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 from workers.common.storage.base import (
     BlobNotFoundError,
@@ -137,7 +137,7 @@ class FilesystemBlobStorage(BlobStorage):
         renamed = 0
         current: str | None = items[0][0]
         try:
-            with self._batch_sync(len(items)) as sync:
+            with self._batch_descriptor(len(items)) as batch:
                 directories, new_directories = self._prepare_directories(items)
                 for path, _ in items:
                     final = self._root / path
@@ -149,19 +149,20 @@ class FilesystemBlobStorage(BlobStorage):
                 failures = self._in_pool(
                     [(file, data) for file, (_, data) in zip(temporaries, items, strict=True)],
                     [path for path, _ in items],
-                    fsync=sync.fsync_each_file,
+                    fsync=batch is None,
                 )
                 if failures:
                     current, error = failures[0]
                     raise error
                 # The contents are durable before any name points at them.
                 current = None
-                sync.files()
+                if batch is not None:
+                    syncfs(batch)
                 for (temporary, final), (path, _) in zip(pending, items, strict=True):
                     current = path
                     os.replace(temporary, final)
                     renamed += 1
-                failed_sync = sync.names(directories)
+                failed_sync = self._sync_names(batch, directories)
                 if failed_sync:
                     current, error = failed_sync
                     raise error
@@ -178,18 +179,18 @@ class FilesystemBlobStorage(BlobStorage):
         finals = [f"{root}/{path}" for path, _ in items]  # no Path per object: 3 µs each
         failed: set[str] = set()
         try:
-            with self._batch_sync(len(items)) as sync:
+            with self._batch_descriptor(len(items)) as batch:
                 directories, new_directories = self._prepare_directories(items)
                 failures = self._in_pool(
                     [(final, data) for final, (_, data) in zip(finals, items, strict=True)],
                     [path for path, _ in items],
-                    fsync=sync.fsync_each_file,
+                    fsync=batch is None,
                 )
                 if failures:
                     failed = {key for key, _ in failures}
                     current, error = failures[0]
                     raise error
-                failed_sync = sync.names(directories)
+                failed_sync = self._sync_names(batch, directories)
                 if failed_sync:
                     current, error = failed_sync
                     raise error
@@ -203,19 +204,34 @@ class FilesystemBlobStorage(BlobStorage):
         self._mark_durable(new_directories, items, directories)
 
     @contextlib.contextmanager
-    def _batch_sync(self, objects: int) -> Iterator[_BatchSync]:
-        """How a batch of `objects` becomes durable. With `syncfs` the descriptor is opened
-        before the batch's first write, so that the sync reports any of their writeback
-        errors. Fewer than `FILESYSTEM_SYNC_MIN_OBJECTS` are synced per file: one `syncfs`
-        costs more than an `fsync` or two."""
+    def _batch_descriptor(self, objects: int) -> Iterator[int | None]:
+        """The descriptor a batch of `objects` is synced through with `syncfs`, or None when
+        each file is fsynced as it is written. The descriptor is opened before the batch's
+        first write, so that the sync reports any of their writeback errors. Fewer than
+        `FILESYSTEM_SYNC_MIN_OBJECTS` are synced per file: one `syncfs` costs more than an
+        `fsync` or two."""
         if self._sync_method == "file" or objects < FILESYSTEM_SYNC_MIN_OBJECTS:
-            yield _FileSync(self)
+            yield None
             return
         descriptor = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            yield _FilesystemSync(descriptor)
+            yield descriptor
         finally:
             os.close(descriptor)
+
+    def _sync_names(
+        self, descriptor: int | None, directories: set[Path]
+    ) -> tuple[str | None, OSError] | None:
+        """Make the batch's files and names durable: one `syncfs` through `descriptor`, or
+        each of `directories` fsynced. The first failure, with its key (None when the whole
+        filesystem's sync failed)."""
+        if descriptor is None:
+            return self._sync_directories(directories)
+        try:
+            syncfs(descriptor)
+        except OSError as error:
+            return None, error
+        return None
 
     def _prepare_directories(
         self, items: Sequence[tuple[str, bytes]]
@@ -486,52 +502,6 @@ class FilesystemBlobStorage(BlobStorage):
                 continue
             except OSError:
                 logger.warning("could not remove a temporary blob file", extra={"file": str(path)})
-
-
-class _BatchSync(Protocol):
-    #: Whether each file is fsynced as it is written.
-    fsync_each_file: bool
-
-    def files(self) -> None:
-        """Make the batch's file contents durable (before renames point at them)."""
-
-    def names(self, directories: set[Path]) -> tuple[str | None, OSError] | None:
-        """Make the batch's files and their names durable; the first failure, with its key
-        (None when the whole filesystem's sync failed)."""
-
-
-class _FileSync:
-    """Each file was fsynced as it was written; the directories are synced one by one."""
-
-    fsync_each_file = True
-
-    def __init__(self, storage: FilesystemBlobStorage) -> None:
-        self._storage = storage
-
-    def files(self) -> None:
-        return None
-
-    def names(self, directories: set[Path]) -> tuple[str | None, OSError] | None:
-        return self._storage._sync_directories(directories)
-
-
-class _FilesystemSync:
-    """One `syncfs` covers every file and directory entry the batch wrote."""
-
-    fsync_each_file = False
-
-    def __init__(self, descriptor: int) -> None:
-        self._descriptor = descriptor
-
-    def files(self) -> None:
-        syncfs(self._descriptor)
-
-    def names(self, directories: set[Path]) -> tuple[str | None, OSError] | None:
-        try:
-            syncfs(self._descriptor)
-        except OSError as error:
-            return None, error
-        return None
 
 
 def _fsync_directory(path: Path) -> None:
