@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from arroyo.backends.kafka import KafkaConsumer
 from arroyo.types import Partition
 from confluent_kafka import KafkaError, KafkaException
 
+from workers.common.closing_consumer import ClosingKafkaConsumer
 from workers.common.retry_window import RetryWindow
 
 DEFAULT_COMMIT_OUTAGE_SECONDS: Final = 30.0
@@ -47,8 +47,9 @@ def commit_failover_window(seconds: float = DEFAULT_COMMIT_OUTAGE_SECONDS) -> Re
     return RetryWindow(is_failover_error, seconds, "offset commit failed")
 
 
-class FailoverKafkaConsumer(KafkaConsumer):
-    """Arroyo's `KafkaConsumer`, its commits retried through a broker failover."""
+class FailoverKafkaConsumer(ClosingKafkaConsumer):
+    """Arroyo's `KafkaConsumer`, its commits retried through a broker failover (and `tell()`
+    refused once `close()` began, see `closing_consumer`)."""
 
     def __init__(
         self, configuration: Mapping[str, Any], commit_window: RetryWindow | None = None

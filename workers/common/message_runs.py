@@ -6,7 +6,8 @@ Arroyo's `StreamProcessor` does a fixed amount of work per message it polls (a
 that cost once per run instead: it fetches with librdkafka's batch `consume()` and hands
 Arroyo one `BrokerValue[MessageRun]` per partition and fetch, whose offset is the run's
 last message. Everything else (subscription, assignment, pause/resume, seek, staged
-offsets, commits) is Arroyo's own `KafkaConsumer`, which this class wraps.
+offsets, commits) is Arroyo's own `KafkaConsumer` (as `ClosingKafkaConsumer`), which this
+class wraps.
 
 Semantics a strategy must keep in mind:
 - committing the run's `committable` commits every message of the run, so a strategy that
@@ -32,7 +33,6 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 from arroyo.backends.abstract import Consumer
-from arroyo.backends.kafka import KafkaConsumer
 from arroyo.errors import (
     ConsumerError,
     EndOfPartition,
@@ -44,6 +44,7 @@ from arroyo.types import BrokerValue, Partition, Topic
 from confluent_kafka import Consumer as ConfluentConsumer
 from confluent_kafka import KafkaError
 
+from workers.common.closing_consumer import ClosingKafkaConsumer
 from workers.common.commit_retry import commit_failover_window
 from workers.common.retry_window import RetryWindow
 
@@ -185,7 +186,7 @@ class RunConsumer(Consumer[MessageRun]):
             raise ValueError("max_fetch_messages must be >= 1")
         if max_wait_seconds <= 0:
             raise ValueError("max_wait_seconds must be positive")
-        self.__inner = KafkaConsumer(configuration)
+        self.__inner = ClosingKafkaConsumer(configuration)
         self.__commit_window = (
             commit_window if commit_window is not None else commit_failover_window()
         )
