@@ -11,24 +11,24 @@ chunks:
 Each run is `BlobIngestStrategyFactory` (`ChunkValidator` → `BatchStep` → `BatchPersister`
 around the chosen writer → `CommitOffsets`) wired as `workers.blob_ingest.definition` wires it
 (pool from `create_pool`, storage from `open_blob_storage`, ids from a leased snowflake
-generator, the worker's default batch limits), driven by an in-process `StreamProcessor` on a
-`KafkaConsumer` built from `consumer_configuration`. Every mode/size gets its own fresh topic
-and consumer group. All events are produced before any timing starts (confluent `Producer`,
-`message.max.bytes` 16 MiB): the same generator, organization, sizes and headers for both
-modes, with random bytes per chunk so that nothing deduplicates, not even against the other
-mode's run (the checksum is globally unique, so identical events would turn the second run
-into owner-only inserts). The clock runs from the first message the validator sees to the
-return of the batch that brings the persisted count to the target; then the processor is
-told to stop (as in `bench.consumer_throughput`). Each topic holds one batch's worth of
-padding events after the counted ones: Arroyo polls with a 1 s timeout and checks the batch
-time only between polls, so a last partial batch on an input that has gone idle would wait
-up to ~1 s, which would be measured as ingest time (a third of a 3 s run); with padding the
-batch holding the target-th chunk closes full, as in a steady stream. The rate is the chunks
-persisted by then (the target, rounded up to that batch) over the elapsed time; batches that
-reach the persister after the target (the padding, flushed when the processor shuts down) are
-passed on without being persisted. Before each run the page cache is flushed (`os.sync()`),
-so the producer's Kafka writes are not written back inside a timed window; the storage dirs
-are all removed at the end, so no run pays for the previous one's deletes.
+generator, the worker's default batch limits), driven by an in-process `StreamProcessor` on the
+worker's `FetchingKafkaConsumer` built from `consumer_configuration`. Every mode/size gets its
+own fresh topic and consumer group. All events are produced before any timing starts (confluent
+`Producer`, `message.max.bytes` 16 MiB): the same generator, organization, sizes and headers
+for both modes, with random bytes per chunk so that nothing deduplicates, not even against the
+other mode's run (the checksum is globally unique, so identical events would turn the second
+run into owner-only inserts). The clock runs from the first message the validator sees to the
+return of the batch that brings the persisted count to the target; then the processor is told
+to stop (as in `bench.consumer_throughput`). Each topic holds one batch's worth of padding
+events after the counted ones: Arroyo polls with a 1 s timeout and checks the batch time only
+between polls, so a last partial batch on an input that has gone idle would wait up to ~1 s,
+which would be measured as ingest time (a third of a 3 s run); with padding the batch holding
+the target-th chunk closes full, as in a steady stream. The rate is the chunks persisted by
+then (the target, rounded up to that batch) over the elapsed time; batches that reach the
+persister after the target (the padding, flushed when the processor shuts down) are passed on
+without being persisted. Before each run the page cache is flushed (`os.sync()`), so the
+producer's Kafka writes are not written back inside a timed window; the storage dirs are all
+removed at the end, so no run pays for the previous one's deletes.
 
 Peak RSS: each run happens in a fresh interpreter started with `multiprocessing`'s *spawn*
 method and reports `VmHWM` from `/proc/self/status`: the high-water mark of that process's
@@ -91,7 +91,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import psycopg
-from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
+from arroyo.backends.kafka import KafkaPayload
 from arroyo.commit import CommitPolicy
 from arroyo.processing import StreamProcessor
 from arroyo.processing.strategies.batching import ValuesBatch
@@ -121,6 +121,7 @@ from workers.blob_ingest.strategy import (
 )
 from workers.common.chunk_uploads import encode_headers
 from workers.common.database import create_pool
+from workers.common.fetching_consumer import FetchingKafkaConsumer
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     MAX_MESSAGE_BYTES,
@@ -387,7 +388,7 @@ def measure(spec: RunSpec) -> RunResult:
             batches_in_flight=spec.batches_in_flight,
         )
         group = unique_name(f"bench-blob-{spec.mode}-{spec.chunk_size}")
-        consumer = KafkaConsumer(consumer_configuration(settings, ConsumerOptions(group)))
+        consumer = FetchingKafkaConsumer(consumer_configuration(settings, ConsumerOptions(group)))
         processor = StreamProcessor(
             consumer,
             Topic(spec.topic),

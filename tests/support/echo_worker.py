@@ -1,6 +1,6 @@
 """A real consumer registered only in tests: validates messages and copies them to a topic.
 
-Chain: RunTask(validate) → Produce(output topic) → CommitOffsets. A message whose value
+Chain: RunTask(validate) → ProduceAll(output topic) → CommitOffsets. A message whose value
 starts with `poison` raises `InvalidMessage` with reason `poison_pill: ...`, so the runtime
 routes it to the DLQ. Every forwarded message keeps its key and carries the source offset in
 an `echo_offset` header, so tests can tell exactly which input offsets were processed.
@@ -13,10 +13,11 @@ from collections.abc import Mapping
 import click
 from arroyo.backends.kafka import KafkaPayload, KafkaProducer
 from arroyo.dlq import InvalidMessage
-from arroyo.processing.strategies import CommitOffsets, Produce, RunTask
+from arroyo.processing.strategies import CommitOffsets, RunTask
 from arroyo.processing.strategies.abstract import ProcessingStrategy, ProcessingStrategyFactory
 from arroyo.types import BrokerValue, Commit, Message, Partition, Topic
 
+from tests.support.produce_all import ProduceAll
 from workers.common.kafka_config import producer_configuration
 from workers.common.registry import ConsumerDefinition, ConsumerRegistry, StrategyContext
 
@@ -57,7 +58,7 @@ class EchoStrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
     ) -> ProcessingStrategy[KafkaPayload]:
         return RunTask(
             self.__validate,
-            Produce(self.__producer, self.__output, CommitOffsets(commit)),
+            ProduceAll(self.__producer, self.__output, CommitOffsets(commit)),
         )
 
     def shutdown(self) -> None:

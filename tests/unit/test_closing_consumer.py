@@ -5,7 +5,7 @@ that error replaced the one that stopped the worker (docs/rebalancing.md, Closin
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from arroyo.backends.kafka import KafkaPayload, build_kafka_consumer_configuration
@@ -18,10 +18,11 @@ from arroyo.types import Commit, Message, Partition, Topic
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from workers.common.closing_consumer import ClosingKafkaConsumer
-from workers.common.commit_retry import FailoverKafkaConsumer
+from workers.common.fetching_consumer import FetchingConsumer, FetchingKafkaConsumer
 from workers.common.message_runs import RunConsumer
 
 TOPIC = "closing"
+FetchingConsumerT = TypeVar("FetchingConsumerT", bound=FetchingConsumer[Any])
 Revoke = Callable[[Any, list[TopicPartition]], None]
 
 
@@ -69,7 +70,7 @@ class SteppedCloseConfluent:
         self.__closing = False
         self.commits: list[list[tuple[int, int]]] = []
         self.tells_while_closing: list[object] = []
-        self.owner: ClosingKafkaConsumer | RunConsumer | None = None
+        self.owner: FetchingConsumer[Any] | None = None
 
     def subscribe(self, topics: list[str], on_assign: Revoke, on_revoke: Revoke) -> None:
         self.__on_assign, self.__on_revoke = on_assign, on_revoke
@@ -86,12 +87,13 @@ class SteppedCloseConfluent:
     def memberid(self) -> str:
         return "member"
 
-    def poll(self, timeout: float | None = None) -> StubMessage | None:
+    def consume(self, count: int, timeout: float) -> list[StubMessage]:
         if self.__on_assign is not None:
             assign, self.__on_assign = self.__on_assign, None
             assign(self, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])
-            return None
-        return self.__messages.pop(0) if self.__messages else None
+            return []
+        taken, self.__messages = self.__messages[:count], self.__messages[count:]
+        return taken
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
         if self.__closing:
@@ -162,14 +164,21 @@ def configuration() -> dict[str, Any]:
     }
 
 
-def stepped_consumer(stub: SteppedCloseConfluent) -> FailoverKafkaConsumer:
-    consumer = FailoverKafkaConsumer(configuration())
-    consumer._KafkaConsumer__consumer.close()  # type: ignore[attr-defined]
-    consumer._KafkaConsumer__consumer = stub  # type: ignore[attr-defined]
+def stepped(consumer: FetchingConsumerT, stub: SteppedCloseConfluent) -> FetchingConsumerT:
+    # The stub stands in for librdkafka's consumer, in Arroyo's consumer and in ours.
+    inner: ClosingKafkaConsumer = consumer._FetchingConsumer__inner  # type: ignore[attr-defined]
+    inner._KafkaConsumer__consumer.close()  # type: ignore[attr-defined]
+    inner._KafkaConsumer__consumer = stub  # type: ignore[attr-defined]
+    consumer._FetchingConsumer__confluent = stub  # type: ignore[attr-defined]
+    stub.owner = consumer
     return consumer
 
 
-def processor(consumer: FailoverKafkaConsumer, factory: CountingFactory) -> StreamProcessor[Any]:
+def stepped_consumer(stub: SteppedCloseConfluent) -> FetchingKafkaConsumer:
+    return stepped(FetchingKafkaConsumer(configuration()), stub)
+
+
+def processor(consumer: FetchingKafkaConsumer, factory: CountingFactory) -> StreamProcessor[Any]:
     return StreamProcessor(
         consumer,
         Topic(TOPIC),
@@ -193,7 +202,7 @@ def test_a_graceful_shutdown_closing_in_steps_rebuilds_no_chain() -> None:
     stub = SteppedCloseConfluent(messages=1)
     factory = CountingFactory()
     worker = processor(stepped_consumer(stub), factory)
-    for _ in range(2):  # the assignment, then the one message
+    for _ in range(2):  # the assignment and the one message, then an empty poll
         worker._run_once()
     worker.signal_shutdown()
     worker.run()
@@ -202,10 +211,12 @@ def test_a_graceful_shutdown_closing_in_steps_rebuilds_no_chain() -> None:
     assert stub.commits == [[(0, 1)]]
 
 
-def test_tell_is_refused_from_the_moment_close_begins() -> None:
+@pytest.mark.parametrize("consumer_class", [FetchingKafkaConsumer, RunConsumer])
+def test_tell_is_refused_from_the_moment_close_begins(
+    consumer_class: Callable[[dict[str, Any]], FetchingConsumer[Any]],
+) -> None:
     stub = SteppedCloseConfluent(messages=0)
-    consumer = stepped_consumer(stub)
-    stub.owner = consumer
+    consumer = stepped(consumer_class(configuration()), stub)
     consumer.subscribe([Topic(TOPIC)])
     consumer.poll(0)
     assert set(consumer.tell()) == {Partition(Topic(TOPIC), 0), Partition(Topic(TOPIC), 1)}
@@ -213,17 +224,3 @@ def test_tell_is_refused_from_the_moment_close_begins() -> None:
     assert [type(told) for told in stub.tells_while_closing] == [InvalidState]
     with pytest.raises(InvalidState):
         consumer.tell()
-
-
-def test_run_consumer_refuses_tell_from_the_moment_close_begins() -> None:
-    stub = SteppedCloseConfluent(messages=0)
-    consumer = RunConsumer(configuration())
-    inner = consumer._RunConsumer__inner  # type: ignore[attr-defined]
-    inner._KafkaConsumer__consumer.close()
-    inner._KafkaConsumer__consumer = stub
-    stub.owner = consumer
-    consumer.subscribe([Topic(TOPIC)])
-    inner.poll(0)
-    assert len(consumer.tell()) == 2
-    consumer.close()
-    assert [type(told) for told in stub.tells_while_closing] == [InvalidState]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -11,7 +11,9 @@ from arroyo.types import Partition, Topic
 from confluent_kafka import KafkaError, KafkaException
 
 from workers.common.backoff import Backoff
-from workers.common.commit_retry import FailoverKafkaConsumer, is_failover_error
+from workers.common.commit_retry import is_failover_error
+from workers.common.fetching_consumer import FetchingConsumer, FetchingKafkaConsumer
+from workers.common.message_runs import RunConsumer
 from workers.common.retry_window import RetryWindow
 
 COMMITTED = {Partition(Topic("t"), 0): 42}
@@ -67,14 +69,16 @@ def configuration() -> dict[str, Any]:
     )
 
 
-@pytest.fixture
-def consumer() -> FailoverKafkaConsumer:
-    # Never connects: commits go to the patched `KafkaConsumer.commit_offsets`.
-    return FailoverKafkaConsumer(configuration(), quick_window())
+@pytest.fixture(params=[FetchingKafkaConsumer, RunConsumer])
+def consumer(request: pytest.FixtureRequest) -> FetchingConsumer[Any]:
+    # Never connects: commits go to the patched `KafkaConsumer.commit_offsets`, which the
+    # fetching consumers (single messages and runs) wrap.
+    consumer_class: Callable[..., FetchingConsumer[Any]] = request.param
+    return consumer_class(configuration(), commit_window=quick_window())
 
 
 def test_a_commit_timing_out_during_a_failover_is_tried_again(
-    consumer: FailoverKafkaConsumer, monkeypatch: pytest.MonkeyPatch
+    consumer: FetchingConsumer[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit = FlakyCommit(
         kafka_error(KafkaError._TIMED_OUT), kafka_error(KafkaError.COORDINATOR_NOT_AVAILABLE)
@@ -85,7 +89,7 @@ def test_a_commit_timing_out_during_a_failover_is_tried_again(
 
 
 def test_a_member_that_lost_its_partitions_is_not_retried(
-    consumer: FailoverKafkaConsumer, monkeypatch: pytest.MonkeyPatch
+    consumer: FetchingConsumer[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit = FlakyCommit(kafka_error(KafkaError.UNKNOWN_MEMBER_ID))
     monkeypatch.setattr(KafkaConsumer, "commit_offsets", commit)
@@ -95,7 +99,7 @@ def test_a_member_that_lost_its_partitions_is_not_retried(
 
 
 def test_past_the_window_the_timeout_is_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    consumer = FailoverKafkaConsumer(configuration(), quick_window(0.0))
+    consumer = FetchingKafkaConsumer(configuration(), commit_window=quick_window(0.0))
     commit = FlakyCommit(*(kafka_error(KafkaError._TIMED_OUT) for _ in range(100)))
     monkeypatch.setattr(KafkaConsumer, "commit_offsets", commit)
     with pytest.raises(KafkaException):

@@ -154,7 +154,7 @@ class FakeConfluent:
 def _run_consumer(fake: FakeConfluent, **options: Any) -> RunConsumer:
     # The fake stands in for librdkafka's consumer.
     consumer = RunConsumer(configuration(), **options)
-    consumer._RunConsumer__confluent = fake  # type: ignore[attr-defined]
+    consumer._FetchingConsumer__confluent = fake  # type: ignore[attr-defined]
     return consumer
 
 

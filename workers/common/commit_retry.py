@@ -11,13 +11,10 @@ to a live broker. Errors that say this member lost its partitions are never retr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
-from arroyo.types import Partition
 from confluent_kafka import KafkaError, KafkaException
 
-from workers.common.closing_consumer import ClosingKafkaConsumer
 from workers.common.retry_window import RetryWindow
 
 DEFAULT_COMMIT_OUTAGE_SECONDS: Final = 30.0
@@ -45,17 +42,3 @@ def is_failover_error(error: BaseException) -> bool:
 
 def commit_failover_window(seconds: float = DEFAULT_COMMIT_OUTAGE_SECONDS) -> RetryWindow:
     return RetryWindow(is_failover_error, seconds, "offset commit failed")
-
-
-class FailoverKafkaConsumer(ClosingKafkaConsumer):
-    """Arroyo's `KafkaConsumer`, its commits retried through a broker failover (and `tell()`
-    refused once `close()` began, see `closing_consumer`)."""
-
-    def __init__(
-        self, configuration: Mapping[str, Any], commit_window: RetryWindow | None = None
-    ) -> None:
-        super().__init__(configuration)
-        self.__window = commit_window if commit_window is not None else commit_failover_window()
-
-    def commit_offsets(self) -> Mapping[Partition, int] | None:
-        return self.__window.run("commit", super().commit_offsets)

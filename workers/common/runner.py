@@ -30,7 +30,6 @@ from arroyo.types import Commit, Partition, Topic
 from arroyo.utils.metrics import configure_metrics
 from prometheus_client import CollectorRegistry
 
-from workers.common.commit_retry import FailoverKafkaConsumer
 from workers.common.dlq import build_dlq_policy
 from workers.common.dlq_limit import (
     DEFAULT_DLQ_LIMIT,
@@ -39,6 +38,7 @@ from workers.common.dlq_limit import (
     limits_enforced,
 )
 from workers.common.dlq_limit_strategy import DlqLimitFirst
+from workers.common.fetching_consumer import FetchingKafkaConsumer
 from workers.common.heap import freeze_startup_heap
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
@@ -228,7 +228,7 @@ def run_worker_process(
     consumer: Consumer[Any] = (
         RunConsumer(configuration)
         if definition.consumes_runs
-        else FailoverKafkaConsumer(configuration)
+        else FetchingKafkaConsumer(configuration)
     )
     processor = build_processor(
         consumer, definition, options, settings, metrics, dlq_policy, lag_reporter

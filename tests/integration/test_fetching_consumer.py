@@ -1,17 +1,20 @@
-"""`RunConsumer` against the real local Kafka: runs per partition, pause, rebalance, commits."""
+"""The fetching consumers against the real local Kafka: `RunConsumer` (runs per partition) and
+`FetchingKafkaConsumer` (single messages); pause, rebalance, commits."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
+from arroyo.backends.kafka import KafkaPayload
 from arroyo.types import BrokerValue, Partition, Topic
 
 from harness.kafka import make_topics, unique_name
 from harness.waiting import wait_for
 from tests.support.kafka import produce
+from workers.common.fetching_consumer import FetchingConsumer, FetchingKafkaConsumer
 from workers.common.kafka_config import ConsumerOptions, consumer_configuration
 from workers.common.kafka_offsets import committed_offsets
 from workers.common.message_runs import MessageRun, RunConsumer
@@ -22,8 +25,20 @@ pytestmark = pytest.mark.integration
 MESSAGES = 2_000
 
 
-def build(settings: Settings, group: str, max_fetch: int = 500) -> RunConsumer:
-    return RunConsumer(
+CONSUMERS: dict[str, Callable[..., FetchingConsumer[Any]]] = {
+    "runs": RunConsumer,
+    "messages": FetchingKafkaConsumer,
+}
+
+
+@pytest.fixture(params=sorted(CONSUMERS))
+def kind(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def build(settings: Settings, group: str, kind: str, max_fetch: int = 500) -> FetchingConsumer[Any]:
+    return CONSUMERS[kind](
         consumer_configuration(settings, ConsumerOptions(group_id=group)),
         max_fetch_messages=max_fetch,
     )
@@ -42,21 +57,28 @@ class Assignment:
         self.revoked.extend(partitions)
 
 
-def values_of(run: BrokerValue[MessageRun]) -> list[tuple[int, int]]:
-    """(partition, offset) of every message of the run, checked against the run's own."""
+def values_of(item: BrokerValue[Any]) -> list[tuple[int, int]]:
+    """(partition, offset) of every message of a run, checked against the run's own; or of
+    the one message handed out."""
+    if isinstance(item.payload, KafkaPayload):
+        return [(item.partition.index, item.offset)]
+    assert isinstance(item.payload, MessageRun)
     positions = []
-    for raw in run.payload.messages:
+    for raw in item.payload.messages:
         offset = raw.offset()
         assert offset is not None
-        positions.append((run.partition.index, offset))
-    assert positions[-1][1] == run.offset
+        positions.append((item.partition.index, offset))
+    assert positions[-1][1] == item.offset
     return positions
 
 
 def drain(
-    consumer: RunConsumer, seen: list[tuple[int, int]], until: int, timeout: float = 60.0
-) -> list[BrokerValue[MessageRun]]:
-    runs: list[BrokerValue[MessageRun]] = []
+    consumer: FetchingConsumer[Any],
+    seen: list[tuple[int, int]],
+    until: int,
+    timeout: float = 60.0,
+) -> list[BrokerValue[Any]]:
+    runs: list[BrokerValue[Any]] = []
 
     def more() -> bool:
         run = consumer.poll(0.2)
@@ -77,16 +99,20 @@ def topic(settings: Settings) -> str:
     return name
 
 
-def test_runs_cover_every_message_once_in_partition_order_and_commit(
-    settings: Settings, topic: str
+def test_every_message_is_handed_out_once_in_partition_order_and_committed(
+    settings: Settings, topic: str, kind: str
 ) -> None:
     group = unique_name("runs-group")
-    consumer = build(settings, group)
+    consumer = build(settings, group, kind)
     consumer.subscribe([Topic(topic)])
     seen: list[tuple[int, int]] = []
     runs = drain(consumer, seen, MESSAGES)
     assert len(seen) == len(set(seen)) == MESSAGES
-    assert len(runs) < MESSAGES // 10  # consumed in runs, not one by one
+    if kind == "runs":
+        assert len(runs) < MESSAGES // 10  # consumed in runs, not one by one
+    else:
+        assert len(runs) == MESSAGES
+        assert all(run.payload.value == run.payload.key for run in runs)
     for partition in {p for p, _ in seen}:
         offsets = [o for p, o in seen if p == partition]
         assert offsets == list(range(len(offsets)))
@@ -100,21 +126,21 @@ def test_runs_cover_every_message_once_in_partition_order_and_commit(
     assert sum(committed.values()) == MESSAGES
 
 
-def test_pause_drops_fetched_runs_and_resume_fetches_them_again(
-    settings: Settings, topic: str
+def test_pause_drops_fetched_items_and_resume_fetches_them_again(
+    settings: Settings, topic: str, kind: str
 ) -> None:
-    consumer = build(settings, unique_name("runs-pause"), max_fetch=300)
+    consumer = build(settings, unique_name("runs-pause"), kind, max_fetch=300)
     assignment = Assignment()
     consumer.subscribe([Topic(topic)], on_assign=assignment.assigned)
     seen: list[tuple[int, int]] = []
     drain(consumer, seen, 1)
-    # Runs of the other partitions may be fetched and waiting: pausing everything drops them.
+    # Items of the other partitions may be fetched and waiting: pausing everything drops them.
     paused = list(consumer.tell())
     consumer.pause(paused)
     assert sorted(consumer.paused(), key=lambda p: p.index) == sorted(paused, key=lambda p: p.index)
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        assert consumer.poll(0.05) is None, "a paused consumer returned a run"
+        assert consumer.poll(0.05) is None, "a paused consumer handed something out"
     consumer.resume(paused)
     drain(consumer, seen, MESSAGES)
     assert len(seen) == len(set(seen)) == MESSAGES
@@ -122,10 +148,11 @@ def test_pause_drops_fetched_runs_and_resume_fetches_them_again(
 
 
 def test_a_rebalance_hands_every_message_to_exactly_one_member(
-    settings: Settings, topic: str
+    settings: Settings, topic: str, kind: str
 ) -> None:
     group = unique_name("runs-rebalance")
-    first, second = build(settings, group, max_fetch=100), build(settings, group, max_fetch=100)
+    first = build(settings, group, kind, max_fetch=100)
+    second = build(settings, group, kind, max_fetch=100)
     first_assignment, second_assignment = Assignment(), Assignment()
     first.subscribe(
         [Topic(topic)], on_assign=first_assignment.assigned, on_revoke=first_assignment.revoke
@@ -167,7 +194,7 @@ def test_a_rebalance_hands_every_message_to_exactly_one_member(
     wait_for(everything, timeout=60, interval=0.0, what="every message consumed")
     assert handed_out > 0
     # Every message was consumed; nothing a member handed out after the move is a duplicate
-    # of what the other member handed out (runs of revoked partitions were dropped).
+    # of what the other member handed out (items of revoked partitions were dropped).
     assert len(total) == len(set(total)) == MESSAGES
     first.close()
     second.close()
