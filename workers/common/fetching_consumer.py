@@ -19,6 +19,12 @@ pause/resume, seek, staged offsets, commits) is Arroyo's `KafkaConsumer`, which 
 - An error event inside a fetch is raised from `poll()` in its place: the items before it
   are handed out first, the items after it by the following polls (none is dropped).
 - Offset commits are retried through a broker failover (`commit_retry.py`).
+- A rebalance while Arroyo's processor is paused by backpressure (docs/rebalancing.md,
+  Rebalancing while paused): Arroyo rebuilds the chain, forgets the message it was holding
+  and that it had paused, and drops a message returned by the poll that rebalanced it. So a
+  poll that rebalanced returns nothing (its items are handed out by the next), and after a
+  rebalance while paused the partition of the held message is read again from that message
+  and the partitions kept are resumed.
 """
 
 from __future__ import annotations
@@ -105,6 +111,11 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
         # The subscription's only topic (a fast path of `pack`); None for several.
         self._topic: str | None = None
         self.__epoch = 0
+        # The partition of the last item handed out and the position before it: while
+        # paused, the message Arroyo's processor holds.
+        self.__last_handed_out: tuple[Partition, int] | None = None
+        self.__rebalanced = False
+        self.__closing = False
 
     @abstractmethod
     def pack(self, messages: Sequence[Any]) -> list[BrokerValue[TPayload] | Exception]:
@@ -115,7 +126,10 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
 
     def poll(self, timeout: float | None = None) -> BrokerValue[TPayload] | None:
         if not self.__ready:
+            self.__rebalanced = False
             self.__fetch(timeout)
+            if self.__rebalanced:
+                return None
         offsets: MutableMapping[Partition, int] = self.__inner.tell()  # type: ignore[assignment]
         while self.__ready:
             item = self.__ready.popleft()
@@ -128,6 +142,7 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
                 raise item
             # A rebalance inside `consume()` may have taken the partition away.
             if item.partition in offsets:
+                self.__last_handed_out = (item.partition, offsets[item.partition])
                 offsets[item.partition] = item.offset + 1
                 return item
         return None
@@ -166,13 +181,48 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
         on_assign: Callable[[Mapping[Partition, int]], None] | None = None,
         on_revoke: Callable[[Sequence[Partition]], None] | None = None,
     ) -> None:
+        def assigned(partitions: Mapping[Partition, int]) -> None:
+            paused = self.__paused_for_rebalance()
+            if on_assign is not None:
+                on_assign(partitions)
+            self.__after_rebalance(paused, revoked=())
+
         def revoked(partitions: Sequence[Partition]) -> None:
             self.__drop_ready(partitions)
+            paused = self.__paused_for_rebalance() if partitions else False
             if on_revoke is not None:
                 on_revoke(partitions)
+            if partitions:
+                self.__after_rebalance(paused, revoked=partitions)
 
         self._topic = topics[0].name if len(topics) == 1 else None
-        self.__inner.subscribe(topics, on_assign=on_assign, on_revoke=revoked)
+        self.__inner.subscribe(topics, on_assign=assigned, on_revoke=revoked)
+
+    def __paused_for_rebalance(self) -> bool:
+        # Arroyo's processor pauses every partition, and only when backpressure lasted.
+        return not self.__closing and bool(self.__inner.paused())
+
+    def __after_rebalance(self, paused: bool, revoked: Sequence[Partition]) -> None:
+        """Arroyo's processor has just rebuilt its chain (it does on every change)."""
+        self.__rebalanced = True
+        if not paused:
+            return
+        kept = [partition for partition in self.__inner.tell() if partition not in revoked]
+        held = self.__last_handed_out
+        if held is not None and held[0] in kept:
+            self.seek({held[0]: held[1]})
+        resumed = [partition for partition in self.__inner.paused() if partition in kept]
+        if resumed:
+            self.__inner.resume(resumed)
+        logger.info(
+            "rebalanced while paused; reading the held message again and resuming",
+            extra={
+                "held": None
+                if held is None
+                else f"{held[0].topic.name}[{held[0].index}]@{held[1]}",
+                "resumed": len(resumed),
+            },
+        )
 
     def unsubscribe(self) -> None:
         self.__ready.clear()
@@ -220,6 +270,7 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
         return self.__commit_window.run("commit", self.__inner.commit_offsets)
 
     def close(self, timeout: float | None = None) -> None:
+        self.__closing = True
         self.__ready.clear()
         self.__inner.close(timeout)
 
