@@ -1,5 +1,6 @@
-"""A strategy that refuses every message while its gate is closed (backpressure on demand)
-and records those it accepts, for tests of what a rebalance does to a paused member."""
+"""Test strategies around Arroyo's processor: `PassThrough`, a step that hands everything to
+the next one (subclasses change `submit`), and `GatedStep`, which refuses every message while
+its gate is closed (backpressure on demand) and records those it accepts."""
 
 from __future__ import annotations
 
@@ -17,12 +18,32 @@ class Gate:
         self.accepted: list[tuple[int, int]] = []
 
 
-class GatedStep(ProcessingStrategy[KafkaPayload]):
+class PassThrough(ProcessingStrategy[KafkaPayload]):
+    def __init__(self, next_step: ProcessingStrategy[KafkaPayload]) -> None:
+        self.next_step = next_step
+
+    def submit(self, message: Message[KafkaPayload]) -> None:
+        self.next_step.submit(message)
+
+    def poll(self) -> None:
+        self.next_step.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.next_step.join(timeout)
+
+    def close(self) -> None:
+        self.next_step.close()
+
+    def terminate(self) -> None:
+        self.next_step.terminate()
+
+
+class GatedStep(PassThrough):
     """Refuses every message while the gate is closed; records those it accepts."""
 
     def __init__(self, gate: Gate, next_step: ProcessingStrategy[KafkaPayload]) -> None:
+        super().__init__(next_step)
         self.__gate = gate
-        self.__next_step = next_step
 
     def submit(self, message: Message[KafkaPayload]) -> None:
         if not self.__gate.open:
@@ -30,19 +51,7 @@ class GatedStep(ProcessingStrategy[KafkaPayload]):
         value = message.value
         assert isinstance(value, BrokerValue)
         self.__gate.accepted.append((value.partition.index, value.offset))
-        self.__next_step.submit(message)
-
-    def poll(self) -> None:
-        self.__next_step.poll()
-
-    def join(self, timeout: float | None = None) -> None:
-        self.__next_step.join(timeout)
-
-    def close(self) -> None:
-        self.__next_step.close()
-
-    def terminate(self) -> None:
-        self.__next_step.terminate()
+        self.next_step.submit(message)
 
 
 class GatedFactory(ProcessingStrategyFactory[KafkaPayload]):

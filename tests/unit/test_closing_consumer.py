@@ -17,6 +17,7 @@ from arroyo.processing.strategies.abstract import ProcessingStrategyFactory
 from arroyo.types import Commit, Message, Partition, Topic
 
 from tests.support.confluent_stub import StubConfluent, configuration, with_stub
+from tests.support.gated_strategy import PassThrough
 from workers.common.fetching_consumer import FetchingConsumer, FetchingKafkaConsumer
 from workers.common.message_runs import RunConsumer
 
@@ -27,30 +28,18 @@ class Crash(Exception):
     pass
 
 
-class CommitFirstCrashOnSecond(ProcessingStrategy[KafkaPayload]):
+class CommitFirstCrashOnSecond(PassThrough):
     """Hands the first message to `CommitOffsets`; raises `Crash` on the second."""
 
     def __init__(self, next_step: ProcessingStrategy[KafkaPayload]) -> None:
-        self.__next_step = next_step
+        super().__init__(next_step)
         self.__seen = 0
 
     def submit(self, message: Message[KafkaPayload]) -> None:
         self.__seen += 1
         if self.__seen > 1:
             raise Crash("the worker's own error")
-        self.__next_step.submit(message)
-
-    def poll(self) -> None:
-        self.__next_step.poll()
-
-    def join(self, timeout: float | None = None) -> None:
-        self.__next_step.join(timeout)
-
-    def close(self) -> None:
-        self.__next_step.close()
-
-    def terminate(self) -> None:
-        self.__next_step.terminate()
+        self.next_step.submit(message)
 
 
 class CountingFactory(ProcessingStrategyFactory[KafkaPayload]):
