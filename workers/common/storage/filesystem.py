@@ -44,7 +44,7 @@ import os
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +64,12 @@ from workers.common.storage.filesystem_sync import (
     choose_sync_method,
     syncfs,
 )
+from workers.common.storage.filesystem_walk import (
+    describe_os_error,
+    key_of,
+    walk_entries,
+    walk_files,
+)
 from workers.common.storage.synced_file import write_new_file
 
 logger = logging.getLogger(__name__)
@@ -78,15 +84,6 @@ DEFAULT_SYNC_THREADS: Final = 8
 FILESYSTEM_SYNC_MIN_OBJECTS: Final = 4
 #: Directories synced on the calling thread rather than in the pool (see `_sync_directories`).
 INLINE_DIRECTORY_SYNCS: Final = 4
-
-
-def describe_os_error(error: OSError) -> str:
-    """`No space left on device (ENOSPC)`: the reason without the file name."""
-    if error.errno is None:
-        return str(error)
-    text = os.strerror(error.errno)
-    name = errno.errorcode.get(error.errno)
-    return f"{text} ({name})" if name else text
 
 
 class FilesystemBlobStorage(BlobStorage):
@@ -287,10 +284,10 @@ class FilesystemBlobStorage(BlobStorage):
                 try:
                     _fsync_directory(directory)
                 except OSError as failure:
-                    return self._key_of(directory), failure
+                    return key_of(self._root, directory), failure
             return None
         syncs = {
-            self._key_of(directory): self._sync_pool.submit(_fsync_directory, directory)
+            key_of(self._root, directory): self._sync_pool.submit(_fsync_directory, directory)
             for directory in sorted(directories)
         }
         wait(syncs.values())
@@ -352,7 +349,7 @@ class FilesystemBlobStorage(BlobStorage):
             raise StorageError("delete_many", first_path, detail) from first_error
 
     def _do_iter_objects(self, prefix: str) -> Iterator[StoredObject]:
-        for key, status in self._walk(prefix):
+        for key, status in walk_files(self._root, prefix):
             if key.startswith(prefix) and is_blob_path(key):
                 yield StoredObject(
                     path=key,
@@ -381,7 +378,7 @@ class FilesystemBlobStorage(BlobStorage):
         self._check_open()
         cutoff = (now or datetime.now(UTC)) - older_than
         removed = 0
-        for directory, entry in self._walk_entries(""):
+        for directory, entry in walk_entries(self._root, ""):
             if not entry.name.startswith(TEMPORARY_PREFIX):
                 continue
             try:
@@ -395,7 +392,9 @@ class FilesystemBlobStorage(BlobStorage):
                 continue
             except OSError as error:
                 raise StorageError(
-                    "remove_temporary_files", self._key_of(directory), describe_os_error(error)
+                    "remove_temporary_files",
+                    key_of(self._root, directory),
+                    describe_os_error(error),
                 ) from error
             removed += 1
         if removed:
@@ -438,61 +437,6 @@ class FilesystemBlobStorage(BlobStorage):
             to_sync.add(current.parent)
             created.add(current)
         return to_sync
-
-    def _walk_entries(
-        self, start_key: str, descend: Callable[[str], bool] = lambda key: True
-    ) -> Iterator[tuple[Path, os.DirEntry[str]]]:
-        """Every entry below `<root>/<start_key>`, depth first, symlinks not followed.
-
-        A subdirectory is entered only when `descend(its key + "/")` is true.
-        """
-        stack = [self._root / start_key if start_key else self._root]
-        while stack:
-            directory = stack.pop()
-            try:
-                with os.scandir(directory) as scan:
-                    entries = sorted(scan, key=lambda entry: entry.name, reverse=True)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            except OSError as error:
-                raise StorageError(
-                    "iter_objects", self._key_of(directory), describe_os_error(error)
-                ) from error
-            for entry in entries:
-                yield directory, entry
-                try:
-                    if (
-                        not entry.name.startswith(".")
-                        and entry.is_dir(follow_symlinks=False)
-                        and descend(self._key_of(Path(entry.path)) + "/")
-                    ):
-                        stack.append(Path(entry.path))
-                except OSError:
-                    continue
-
-    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
-        """`(key, stat)` of every regular file below the deepest directory `prefix` names."""
-        start_key = prefix.rpartition("/")[0]
-
-        def descend(directory_key: str) -> bool:
-            return directory_key.startswith(prefix) or prefix.startswith(directory_key)
-
-        for directory, entry in self._walk_entries(start_key, descend):
-            if entry.name.startswith("."):
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                status = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            except OSError as error:
-                key = self._key_of(directory)
-                raise StorageError("iter_objects", key, describe_os_error(error)) from error
-            yield self._key_of(Path(entry.path)), status
-
-    def _key_of(self, path: Path) -> str:
-        return path.relative_to(self._root).as_posix() if path != self._root else ""
 
     def _remove_quietly(self, paths: Iterable[Path | str]) -> None:
         for path in paths:
