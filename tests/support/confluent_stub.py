@@ -18,13 +18,16 @@ FetchingConsumerT = TypeVar("FetchingConsumerT", bound=FetchingConsumer[Any])
 
 
 class StubMessage:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
+    def __init__(
+        self, topic: str, partition: int, offset: int, error: KafkaError | None = None
+    ) -> None:
         self.__topic = topic
         self.__partition = partition
         self.__offset = offset
+        self.__error = error
 
-    def error(self) -> None:
-        return None
+    def error(self) -> KafkaError | None:
+        return self.__error
 
     def headers(self) -> list[tuple[str, bytes]]:
         return []
@@ -45,7 +48,7 @@ class StubMessage:
         return self.__offset
 
     def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000)
+        return (1, 1_700_000_000_000 + self.__offset)
 
 
 class StubConfluent:

@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.confluent_stub import StubMessage
 from workers.common.message_runs import (
     DEFAULT_MAX_FETCH_MESSAGES,
     MessageRun,
@@ -20,32 +21,10 @@ from workers.common.message_runs import (
 )
 
 
-class FakeMessage:
-    def __init__(
-        self, partition: int, offset: int, error: KafkaError | None = None, topic: str = "t"
-    ) -> None:
-        self.__partition = partition
-        self.__offset = offset
-        self.__error = error
-        self.__topic = topic
-
-    def error(self) -> KafkaError | None:
-        return self.__error
-
-    def topic(self) -> str:
-        return self.__topic
-
-    def partition(self) -> int:
-        return self.__partition
-
-    def offset(self) -> int:
-        return self.__offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_700_000_000_000 + self.__offset)
-
-    def value(self) -> bytes:
-        return b"%d" % self.__offset
+def fake_message(
+    partition: int, offset: int, error: KafkaError | None = None, topic: str = "t"
+) -> StubMessage:
+    return StubMessage(topic, partition, offset, error)
 
 
 def _offsets(item: BrokerValue[MessageRun] | Exception) -> tuple[int, list[int | None]] | str:
@@ -60,7 +39,7 @@ ONE_TOPIC_OR_ANY = pytest.mark.parametrize("topic", [None, "t"], ids=["any-topic
 
 @ONE_TOPIC_OR_ANY
 def test_one_run_per_partition_in_fetch_order(topic: str | None) -> None:
-    fetched = [FakeMessage(0, 5), FakeMessage(1, 9), FakeMessage(0, 6), FakeMessage(1, 10)]
+    fetched = [fake_message(0, 5), fake_message(1, 9), fake_message(0, 6), fake_message(1, 10)]
     items = runs_of(fetched, {}, topic=topic)
     assert [_offsets(item) for item in items] == [(0, [5, 6]), (1, [9, 10])]
     first = items[0]
@@ -73,13 +52,13 @@ def test_one_run_per_partition_in_fetch_order(topic: str | None) -> None:
 def test_messages_after_an_error_are_kept_behind_it(topic: str | None) -> None:
     # librdkafka has moved past all of them: dropping those after the error loses them.
     fetched: list[Any] = [
-        FakeMessage(3, 14),
-        FakeMessage(0, 2),
-        FakeMessage(3, 15, error=KafkaError(KafkaError._TRANSPORT)),
-        FakeMessage(3, 16),
-        FakeMessage(0, 3),
-        FakeMessage(3, 17),
-        FakeMessage(3, 18, error=KafkaError(KafkaError.UNKNOWN)),
+        fake_message(3, 14),
+        fake_message(0, 2),
+        fake_message(3, 15, error=KafkaError(KafkaError._TRANSPORT)),
+        fake_message(3, 16),
+        fake_message(0, 3),
+        fake_message(3, 17),
+        fake_message(3, 18, error=KafkaError(KafkaError.UNKNOWN)),
     ]
     items = runs_of(fetched, {}, topic=topic)
     assert [_offsets(item) for item in items] == [
@@ -105,7 +84,7 @@ def test_messages_after_an_error_are_kept_behind_it(topic: str | None) -> None:
 def test_one_topic_path_gives_the_same_runs_as_the_general_one(
     fetch: list[tuple[int, KafkaError | None]],
 ) -> None:
-    fetched = [FakeMessage(index, offset, error) for offset, (index, error) in enumerate(fetch)]
+    fetched = [fake_message(index, offset, error) for offset, (index, error) in enumerate(fetch)]
     general = runs_of(fetched, {})
     one_topic = runs_of(fetched, {}, topic="t")
     assert [_offsets(item) for item in one_topic] == [_offsets(item) for item in general]
@@ -116,8 +95,8 @@ def test_one_topic_path_gives_the_same_runs_as_the_general_one(
 
 def test_partitions_are_interned() -> None:
     partitions: dict[tuple[str, int], Partition] = {}
-    first = runs_of([FakeMessage(2, 1)], partitions)[0]
-    second = runs_of([FakeMessage(2, 2)], partitions)[0]
+    first = runs_of([fake_message(2, 1)], partitions)[0]
+    second = runs_of([fake_message(2, 2)], partitions)[0]
     assert isinstance(first, BrokerValue)
     assert isinstance(second, BrokerValue)
     assert first.partition is second.partition
