@@ -124,6 +124,25 @@ def test_bad_headers_have_specific_reasons(
     assert error.value.code == code
 
 
+def test_header_order_and_other_headers_even_repeated_do_not_matter() -> None:
+    expected = parse_headers(good_headers())
+    headers: list[tuple[str, bytes | None]] = [
+        ("trace", b"1"),
+        *reversed(good_headers()),
+        ("trace", b"2"),
+        ("empty", None),
+    ]
+    assert parse_headers(headers) == expected
+
+
+@pytest.mark.parametrize("name", ["organization-id", "sha1", "content-encoding", "uploaded-at"])
+def test_a_repeated_header_is_refused_even_with_the_same_value(name: str) -> None:
+    value = dict(good_headers())[name]
+    with pytest.raises(ChunkEventError, match=f"'{name}' appears 3 times") as error:
+        parse_headers([*good_headers(), (name, value), (name, value)])
+    assert error.value.code == "invalid_header"
+
+
 def test_batch_weight_fills_on_count_or_bytes() -> None:
     from arroyo.types import Value
 

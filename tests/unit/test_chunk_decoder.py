@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -196,3 +197,35 @@ def test_the_callers_room_is_a_request_limit_apart_from_the_chunk_limit() -> Non
     with pytest.raises(ChunkEventError) as error:
         ChunkDecoder("identity", limit=10).feed(b"x" * 11, room=50)
     assert error.value.code == "chunk_too_large"
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "max_wire", "claimed", "code"),
+    [
+        (b"x" * 100, 100, 100, sha1(b"x" * 100), None),
+        (b"x" * 101, 100, 200, sha1(b"x" * 101), "chunk_too_large"),
+        (b"x" * 101, 200, 100, sha1(b"x" * 101), "value_too_large"),
+        (b"x" * 100, 100, 100, sha1(b"y" * 100), "checksum_mismatch"),
+        (b"", 100, 100, sha1(b""), "empty_chunk"),
+        (b"x" * 5000, MIB, MIB, sha1(b"x" * 5000), None),
+    ],
+)
+def test_identity_values_get_the_decoders_verdict_at_its_limits(
+    value: bytes, limit: int, max_wire: int, claimed: str, code: str | None
+) -> None:
+    # `decode_chunk` checks a raw value without a decoder; the verdict must not change.
+    def verdict(decode: Callable[[], bytes]) -> tuple[str, str] | bytes:
+        try:
+            return decode()
+        except ChunkEventError as error:
+            return error.code, error.reason
+
+    def through_the_decoder() -> bytes:
+        decoder = ChunkDecoder("identity", limit, max_wire, keep=True)
+        decoder.feed(value)
+        decoder.finish(claimed)
+        return decoder.data
+
+    expected = verdict(through_the_decoder)
+    assert verdict(lambda: decode_chunk("identity", value, claimed, limit, max_wire)) == expected
+    assert expected == value if code is None else expected[0] == code

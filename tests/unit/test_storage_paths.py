@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import uuid
 
 import pytest
 from hypothesis import given
@@ -120,3 +122,21 @@ def test_random_blob_paths_share_one_random_directory_and_have_unique_names() ->
     assert all(re.fullmatch(r"[0-9a-f]{2}/[0-9a-f]{4}/[0-9a-f]{26}", path) for path in paths)
     assert random_blob_paths(3)[0].rsplit("/", 1)[0] != paths[0].rsplit("/", 1)[0]
     assert random_blob_paths(0) == []
+    # Each key is a uuid4's hex split 2/4/26 (its version and variant digits are the name's).
+    assert all(uuid.UUID(hex=path.replace("/", "")).version == 4 for path in paths)
+
+
+def test_random_blob_paths_draw_their_randomness_in_one_system_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One call per key (as `uuid.uuid4()` makes) hands the GIL over a thousand times a batch.
+    sizes: list[int] = []
+    urandom = os.urandom
+
+    def counting_urandom(size: int) -> bytes:
+        sizes.append(size)
+        return urandom(size)
+
+    monkeypatch.setattr(os, "urandom", counting_urandom)
+    assert len(random_blob_paths(1000)) == 1000
+    assert sizes == [16 * 1001]

@@ -72,7 +72,12 @@ def encode_headers(
     ]
 
 
-def _single(headers: Sequence[tuple[str, bytes | None]], name: str) -> bytes:
+def _single(
+    headers: Sequence[tuple[str, bytes | None]], by_name: dict[str, bytes | None], name: str
+) -> bytes:
+    value = by_name.get(name)
+    if value is not None and len(by_name) == len(headers):
+        return value  # present, and no name is repeated
     values = [value for key, value in headers if key == name]
     if not values or values[0] is None:
         raise ChunkEventError("missing_header", f"header {name!r} is missing")
@@ -91,17 +96,18 @@ def _decimal(raw: bytes, name: str, maximum: int) -> int:
 
 
 def parse_headers(headers: Sequence[tuple[str, bytes | None]]) -> ChunkHeaders:
+    by_name = dict(headers)
     organization_id = _decimal(
-        _single(headers, ORGANIZATION_HEADER), ORGANIZATION_HEADER, _MAX_ORGANIZATION_ID
+        _single(headers, by_name, ORGANIZATION_HEADER), ORGANIZATION_HEADER, _MAX_ORGANIZATION_ID
     )
     if organization_id == 0:
         raise ChunkEventError("invalid_header", f"header {ORGANIZATION_HEADER!r} must be > 0")
-    checksum = _single(headers, CHECKSUM_HEADER)
+    checksum = _single(headers, by_name, CHECKSUM_HEADER)
     if _CHECKSUM.fullmatch(checksum) is None:
         raise ChunkEventError(
             "invalid_checksum", "claimed sha1 must be 40 lowercase hexadecimal characters"
         )
-    encoding = _single(headers, ENCODING_HEADER)
+    encoding = _single(headers, by_name, ENCODING_HEADER)
     if encoding == b"identity":
         parsed_encoding: Encoding = "identity"
     elif encoding == b"gzip":
@@ -111,6 +117,6 @@ def parse_headers(headers: Sequence[tuple[str, bytes | None]]) -> ChunkHeaders:
     else:
         raise ChunkEventError("unknown_encoding", "content-encoding must be identity, gzip or zstd")
     uploaded_at = _decimal(
-        _single(headers, UPLOADED_AT_HEADER), UPLOADED_AT_HEADER, _MAX_ORGANIZATION_ID
+        _single(headers, by_name, UPLOADED_AT_HEADER), UPLOADED_AT_HEADER, _MAX_ORGANIZATION_ID
     )
     return ChunkHeaders(organization_id, checksum.decode(), parsed_encoding, uploaded_at)

@@ -141,8 +141,9 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
                     logger.warning("consumer error, polling on", extra={"error": str(item)})
                 raise item
             # A rebalance inside `consume()` may have taken the partition away.
-            if item.partition in offsets:
-                self.__last_handed_out = (item.partition, offsets[item.partition])
+            position = offsets.get(item.partition)
+            if position is not None:
+                self.__last_handed_out = (item.partition, position)
                 offsets[item.partition] = item.offset + 1
                 return item
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid
@@ -68,9 +69,19 @@ def random_blob_path() -> str:
 def random_blob_paths(count: int) -> list[str]:
     """`count` fresh random keys in the same format that share one random directory
     `ab/cdef/`: a batch written together then costs one directory sync, not one per object.
-    Names stay random (never derived from content)."""
-    directory = uuid.uuid4().hex
-    return [f"{directory[:2]}/{directory[2:6]}/{uuid.uuid4().hex[6:]}" for _ in range(count)]
+    Names stay random (never derived from content).
+
+    The uuid4s come from one `os.urandom` call: `uuid.uuid4()` makes one each, and every
+    system call gives up the GIL, which a busy process (the consumer thread, eight storage
+    threads) takes milliseconds to hand back: a thousand took up to 0.3 s of a batch's store
+    (docs/benchmarks.md, Blob ingest)."""
+    randomness = os.urandom(16 * (count + 1))
+    uuids = [
+        uuid.UUID(bytes=randomness[start : start + 16], version=4).hex
+        for start in range(0, len(randomness), 16)
+    ]
+    directory = uuids[0]
+    return [f"{directory[:2]}/{directory[2:6]}/{name[6:]}" for name in uuids[1:]]
 
 
 def validate_blob_path(path: str) -> str:
