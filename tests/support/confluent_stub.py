@@ -54,7 +54,10 @@ class StubMessage:
 class StubConfluent:
     """`messages[p]` messages in each partition `p`; the first `consume()` assigns
     `initial`. `schedule_assign` / `schedule_revoke` queue a rebalance for the next
-    `consume()`; `close()` revokes what is left, in `close_steps` steps if given."""
+    `consume()`; `close()` revokes what is left, in `close_steps` steps if given, after
+    handing over `close_assigns` first if given (partitions librdkafka assigned while the
+    application was not polling). `committed()` inside `close()` fails: librdkafka, closing,
+    never answers it."""
 
     def __init__(self, topic: str, messages: dict[int, int], initial: list[int]) -> None:
         self.topic = topic
@@ -67,6 +70,7 @@ class StubConfluent:
         self.committed_offsets: dict[int, int] = {}
         self.commits: list[list[tuple[int, int]]] = []
         self.close_steps: list[list[int]] | None = None
+        self.close_assigns: list[int] = []
         self.before_close: Callable[[], None] = lambda: None
         self.__closing = False
 
@@ -87,6 +91,8 @@ class StubConfluent:
         self.__on_assign, self.__on_revoke = on_assign, on_revoke
 
     def committed(self, partitions: list[TopicPartition], timeout: float = 0) -> list[Any]:
+        if self.__closing:
+            raise AssertionError("committed() inside close(): librdkafka never answers it")
         return [
             TopicPartition(p.topic, p.partition, self.committed_offsets.get(p.partition, 0))
             for p in partitions
@@ -142,7 +148,13 @@ class StubConfluent:
     def close(self) -> None:
         self.__closing = True
         self.before_close()
+        assert self.__on_assign is not None
         assert self.__on_revoke is not None
+        if self.close_assigns:
+            self.__on_assign(self, self.__tps(self.close_assigns))
+            # confluent-kafka assigns by itself when the callback did not.
+            for partition in self.close_assigns:
+                self.position.setdefault(partition, 0)
         for step in self.close_steps or [sorted(self.position)]:
             self.__on_revoke(self, self.__tps(step))
 
@@ -159,8 +171,8 @@ def configuration() -> dict[str, Any]:
 
 def with_stub(consumer: FetchingConsumerT, stub: StubConfluent) -> FetchingConsumerT:
     """`consumer` with `stub` in place of librdkafka's consumer (in Arroyo's and in ours)."""
-    inner = consumer._FetchingConsumer__inner  # type: ignore[attr-defined]
-    inner._KafkaConsumer__consumer.close()
-    inner._KafkaConsumer__consumer = stub
+    gate = consumer._FetchingConsumer__inner._KafkaConsumer__consumer  # type: ignore[attr-defined]
+    gate.wrapped.close()
+    gate.wrapped = stub
     consumer._FetchingConsumer__confluent = stub  # type: ignore[attr-defined]
     return consumer

@@ -121,3 +121,40 @@ def test_tell_is_refused_from_the_moment_close_begins(
     assert [type(answer) for answer in told] == [InvalidState]
     with pytest.raises(InvalidState):
         consumer.tell()
+
+
+@pytest.mark.parametrize("consumer_class", [FetchingKafkaConsumer, RunConsumer])
+def test_partitions_assigned_inside_close_are_not_read_and_close_returns(
+    consumer_class: Callable[[dict[str, Any]], FetchingConsumer[Any]],
+) -> None:
+    # Arroyo's assignment callback reads committed offsets, which librdkafka never answers
+    # once closing: close() hung for good.
+    stub = StubConfluent(TOPIC, {0: 0, 1: 0, 2: 0}, initial=[0])
+    stub.close_assigns = [1, 2]
+    consumer = with_stub(consumer_class(configuration()), stub)
+    assigned: list[set[int]] = []
+    revoked: list[set[int]] = []
+    consumer.subscribe(
+        [Topic(TOPIC)],
+        on_assign=lambda partitions: assigned.append({p.index for p in partitions}),
+        on_revoke=lambda partitions: revoked.append({p.index for p in partitions}),
+    )
+    consumer.poll(0)
+    consumer.close()
+    assert consumer.closed
+    # Arroyo saw neither the late assignment nor its revocation, only its own partition go.
+    assert assigned == [{0}]
+    assert revoked == [{0}]
+
+
+def test_a_graceful_shutdown_with_partitions_assigned_inside_close_ends() -> None:
+    stub = StubConfluent(TOPIC, {0: 1, 1: 0}, initial=[0])
+    stub.close_assigns = [1]
+    factory = CountingFactory()
+    worker = processor(stepped_consumer(stub), factory)
+    for _ in range(2):
+        worker._run_once()
+    worker.signal_shutdown()
+    worker.run()
+    assert factory.created == [{0}]
+    assert stub.commits == [[(0, 1)]]

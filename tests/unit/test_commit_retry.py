@@ -31,7 +31,9 @@ def kafka_error(code: int) -> KafkaException:
         (kafka_error(KafkaError.COORDINATOR_NOT_AVAILABLE), True),
         (kafka_error(KafkaError.NOT_COORDINATOR), True),
         (kafka_error(KafkaError.UNKNOWN_MEMBER_ID), False),
-        (kafka_error(KafkaError.STALE_MEMBER_EPOCH), False),
+        # The broker says: retry with the epoch the heartbeat brings (consumer protocol).
+        (kafka_error(KafkaError.STALE_MEMBER_EPOCH), True),
+        (kafka_error(KafkaError.FENCED_MEMBER_EPOCH), False),
         (kafka_error(KafkaError.ILLEGAL_GENERATION), False),
         (RuntimeError("not Kafka"), False),
     ],

@@ -6,7 +6,13 @@ coordinator dies or stops answering, librdkafka's own `_TIMED_OUT` (or a transpo
 `COORDINATOR_NOT_AVAILABLE` while the coordinator moves) ended the worker instead. Committing
 the same offsets again is harmless, so these are retried with backoff for up to
 `DEFAULT_COMMIT_OUTAGE_SECONDS`, long enough for KRaft to move leadership and the coordinator
-to a live broker. Errors that say this member lost its partitions are never retried.
+to a live broker.
+
+`STALE_MEMBER_EPOCH` is retried too: under the consumer group protocol a commit sent just
+as the broker gave this member more partitions carries the epoch before the change, and the
+broker asks the member to retry with the epoch its heartbeat brings (librdkafka takes it
+without the application polling). A member that lost its partitions is told otherwise
+(`UNKNOWN_MEMBER_ID`, `FENCED_MEMBER_EPOCH`, `ILLEGAL_GENERATION`): never retried.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ RETRIED_COMMIT_ERRORS: Final = frozenset(
         KafkaError.COORDINATOR_NOT_AVAILABLE,
         KafkaError.NOT_COORDINATOR,
         KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.STALE_MEMBER_EPOCH,
     }
 )
 

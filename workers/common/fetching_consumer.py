@@ -95,15 +95,8 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
         self.__commit_window = (
             commit_window if commit_window is not None else commit_failover_window()
         )
-        # Arroyo keeps its confluent-kafka consumer private; `consume()` is the one call it
-        # does not expose. Checked here so an Arroyo upgrade fails loudly, not subtly.
-        confluent = getattr(self.__inner, "_KafkaConsumer__consumer", None)
-        if not isinstance(confluent, ConfluentConsumer):
-            raise RuntimeError(
-                "this sentry-arroyo version does not keep its confluent-kafka consumer in "
-                "KafkaConsumer.__consumer; FetchingConsumer needs updating"
-            )
-        self.__confluent: ConfluentConsumer = confluent
+        # `consume()` is the one call Arroyo's consumer does not expose.
+        self.__confluent: ConfluentConsumer = self.__inner.confluent
         self.__max_fetch = max_fetch_messages
         self.__max_wait = max_wait_seconds
         self.__ready: deque[BrokerValue[TPayload] | Exception] = deque()
