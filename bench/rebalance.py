@@ -86,12 +86,14 @@ class Arrivals:
     produced: list[list[float]] = field(default_factory=lambda: [[] for _ in range(PARTITIONS)])
     visible: list[list[float]] = field(default_factory=lambda: [[] for _ in range(PARTITIONS)])
     billed: dict[int, int] = field(default_factory=dict)
+    latest_produced: list[float] = field(default_factory=lambda: [0.0] * PARTITIONS)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, project_id: int, produced_at: float, visible_at: float) -> None:
         partition = project_id % PARTITIONS
         with self.lock:
             self.produced[partition].append(produced_at)
+            self.latest_produced[partition] = max(self.latest_produced[partition], produced_at)
             self.visible[partition].append(visible_at)
             self.billed[project_id] = self.billed.get(project_id, 0) + 1
 
@@ -102,8 +104,12 @@ class Arrivals:
             return _longest_gaps(produced, start, end), _longest_gaps(self.visible, start, end)
 
     def all_flowing_since(self, moment: float) -> bool:
+        """Whether every partition has outcomes *produced* after `moment`. (Outcomes that
+        only became visible after it do not count: a dead member's last transaction holds
+        back what others wrote before it, and those arrive late with older times; counting
+        them ended the kill -9 phase 3 s in, before the dead member's partitions resumed.)"""
         with self.lock:
-            return all(times and times[-1] > moment for times in self.visible)
+            return all(latest > moment for latest in self.latest_produced)
 
 
 class Stream(threading.Thread):
