@@ -72,6 +72,8 @@ class StubConfluent:
         self.close_steps: list[list[int]] | None = None
         self.close_assigns: list[int] = []
         self.before_close: Callable[[], None] = lambda: None
+        #: The partitions of each `offsets_for_times` call (the fetcher wake-ups).
+        self.offset_requests: list[list[int]] = []
         self.__closing = False
 
     # -- what the test drives --------------------------------------------------------------
@@ -115,6 +117,15 @@ class StubConfluent:
 
     def memberid(self) -> str:
         return "member"
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float
+    ) -> list[TopicPartition]:
+        self.offset_requests.append(sorted(tp.partition for tp in partitions))
+        return [
+            TopicPartition(tp.topic, tp.partition, self.__messages[tp.partition])
+            for tp in partitions
+        ]
 
     def consume(self, count: int, timeout: float) -> list[StubMessage]:
         while self.__pending:

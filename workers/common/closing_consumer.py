@@ -43,6 +43,10 @@ class AssignmentGate:
         #: The consumer everything is forwarded to (tests put a stand-in here).
         self.wrapped = wrapped
         self.__closing = closing
+        #: How many rebalance callbacks librdkafka has served, empty ones included (Arroyo
+        #: skips an empty assignment; librdkafka paused and resumed fetching for it all the
+        #: same, docs/rebalancing.md, Kept partitions).
+        self.rebalances = 0
 
     def subscribe(
         self,
@@ -54,6 +58,7 @@ class AssignmentGate:
         withheld: set[tuple[str, int]] = set()
 
         def assigned(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self.rebalances += 1
             if self.__closing():
                 withheld.update((tp.topic, tp.partition) for tp in partitions)
                 logger.info(
@@ -65,6 +70,7 @@ class AssignmentGate:
                 on_assign(consumer, partitions)
 
         def revoked(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self.rebalances += 1
             known = [tp for tp in partitions if (tp.topic, tp.partition) not in withheld]
             withheld.difference_update((tp.topic, tp.partition) for tp in partitions)
             if on_revoke is not None and (known or not partitions):
@@ -97,6 +103,11 @@ class ClosingKafkaConsumer(KafkaConsumer):
     def confluent(self) -> Any:
         """librdkafka's consumer itself (for the calls Arroyo does not expose)."""
         return self.__gate.wrapped
+
+    @property
+    def rebalances(self) -> int:
+        """How many rebalance callbacks librdkafka has served (empty ones included)."""
+        return self.__gate.rebalances
 
     def tell(self) -> Mapping[Partition, int]:
         if self.__closing:

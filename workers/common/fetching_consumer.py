@@ -25,6 +25,8 @@ pause/resume, seek, staged offsets, commits) is Arroyo's `KafkaConsumer`, which 
   poll that rebalanced returns nothing (its items are handed out by the next), and after a
   rebalance while paused the partition of the held message is read again from that message
   and the partitions kept are resumed.
+- After a rebalance and after `resume()` the fetchers of the partitions are woken
+  (`fetcher_wakeup.py`): librdkafka would leave them asleep for up to a second.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from confluent_kafka import KafkaError
 
 from workers.common.closing_consumer import ClosingKafkaConsumer
 from workers.common.commit_retry import commit_failover_window
+from workers.common.fetcher_wakeup import wake_fetchers
 from workers.common.retry_window import RetryWindow
 
 logger = logging.getLogger(__name__)
@@ -149,12 +152,17 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
         # its 20 ms, serving delivery reports, releasing offsets). Waiting the full second
         # would hold the last messages before a pause in traffic for up to two of them.
         confluent = self.__confluent
+        rebalances = self.__inner.rebalances
         messages: list[Any] = confluent.consume(self.__max_fetch, 0)
         if not messages and timeout != 0:
             wait = self.__max_wait if timeout is None else min(timeout, self.__max_wait)
             messages = confluent.consume(1, wait)
             if messages and self.__max_fetch > 1:
                 messages.extend(confluent.consume(self.__max_fetch - 1, 0))
+        if self.__inner.rebalances != rebalances and not self.__closing:
+            # librdkafka paused every partition for the callbacks and has resumed the kept
+            # ones without waking their fetchers (`fetcher_wakeup.py`).
+            wake_fetchers(confluent, self.__inner.tell())
         if messages:
             self.__ready.extend(self.pack(messages))
 
@@ -253,6 +261,8 @@ class FetchingConsumer(Consumer[TPayload], Generic[TPayload]):
 
     def resume(self, partitions: Sequence[Partition]) -> None:
         self.__inner.resume(partitions)
+        if not self.__closing:
+            wake_fetchers(self.__confluent, partitions)
 
     def paused(self) -> Sequence[Partition]:
         return self.__inner.paused()
