@@ -55,6 +55,9 @@ is compared with: on this shared VM the disk's rate moves by 2x and more within 
 The ceiling's files are removed with the storage dirs at the end, not right away: ext4 checks
 the inodes of files deleted in the last minute again on every file it creates, so deleting
 5,000 files made the batched run that followed pay several times the CPU per file.
+Around the batched 1 MiB run the disk's own 1 MiB ratio is measured the same way
+(`--disk-ceiling-files-1m`, `bench/disk_ceiling.py`): files batched as the worker batches
+against files written and synced one at a time.
 
 Prints a table, writes a bar chart (`bench/results/blob_ingest.png`, prints its path) and,
 as the last line, one JSON object with the figures. Afterwards the temporary storage dirs,
@@ -85,7 +88,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -102,6 +105,13 @@ from prometheus_client import CollectorRegistry
 
 from bench import report
 from bench._blob_reference import PerChunkBlobWriter
+from bench.disk_ceiling import (
+    CEILING_DESCRIPTIONS,
+    DiskCeiling,
+    measure_disk_ceiling,
+    measure_large_file_ratio,
+    pooled_ceiling,
+)
 from harness.kafka import unique_name
 from workers.blob_ingest.decode import VerifiedChunk
 from workers.blob_ingest.definition import (
@@ -134,13 +144,11 @@ from workers.common.projects import create_organization
 from workers.common.settings import Settings
 from workers.common.snowflake import LeasedSnowflakeGenerator, WorkerIdLeases, lease_redis_client
 from workers.common.storage import BlobStorage, StoredObject, open_blob_storage
-from workers.common.storage.filesystem import DEFAULT_SYNC_THREADS
 from workers.common.storage.filesystem_sync import (
     SYNC_METHODS,
     SyncMethod,
     choose_sync_method,
     parse_sync_setting,
-    syncfs,
 )
 from workers.common.topics import DEFAULT_TOPIC_CONFIG, TopicSpec, create_topics
 
@@ -538,80 +546,6 @@ def delete_topics(settings: Settings, topics: Sequence[str]) -> None:
             future.result()
 
 
-# -- the disk's own ceiling ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DiskCeiling:
-    files: int
-    seconds: float
-
-    @property
-    def files_per_second(self) -> float:
-        return self.files / self.seconds
-
-
-def pooled_ceiling(ceilings: Sequence[DiskCeiling]) -> DiskCeiling:
-    """The mean of the measured rates, as one `DiskCeiling`: the disk's average capacity
-    around the run. (Pooling files over seconds would weigh the slower measurement more,
-    and so flatter the run when the disk swings between the two.)"""
-    rate = sum(c.files_per_second for c in ceilings) / len(ceilings)
-    files = sum(c.files for c in ceilings)
-    return DiskCeiling(files, files / rate)
-
-
-def measure_disk_ceiling(
-    scratch: Path, size: int, files: int, method: SyncMethod, batch: int
-) -> DiskCeiling:
-    """Durable small files with nothing else: what the storage step can do at best here.
-
-    `files` random `size`-byte files, each created and written by the filesystem backend's
-    own pool size of threads, made durable as the backend does with `method`: `file` fsyncs
-    each file and then the directory; `filesystem` writes `batch` files at a time (the
-    worker's batch size) and syncs each batch with one `syncfs`, the descriptor opened before
-    the batch's first write. The worker's backend adds a batch's fresh directory, the lookup
-    and the bookkeeping.
-    """
-    directory = scratch / f"disk-ceiling-{method}-{uuid.uuid4().hex[:8]}"
-    directory.mkdir()
-    payloads = [os.urandom(size) for _ in range(files)]
-    fsync_each = method == "file"
-
-    def write(index: int) -> None:
-        descriptor = os.open(directory / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(descriptor, payloads[index])
-            if fsync_each:
-                os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-    os.sync()
-    started = time.perf_counter()
-    step = files if fsync_each else batch
-    with ThreadPoolExecutor(DEFAULT_SYNC_THREADS) as pool:
-        for first in range(0, files, step):
-            descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                list(pool.map(write, range(first, min(files, first + step))))
-                if fsync_each:
-                    os.fsync(descriptor)
-                else:
-                    syncfs(descriptor)
-            finally:
-                os.close(descriptor)
-    # The files stay until the bench ends: ext4 skips the inodes of files deleted within the
-    # last minute when it allocates new ones, which made every file created after a delete
-    # cost several times the CPU (docs/benchmarks.md, Blob ingest).
-    return DiskCeiling(files, time.perf_counter() - started)
-
-
-CEILING_DESCRIPTIONS: Final[Mapping[SyncMethod, str]] = {
-    "file": f"4 KiB files written and fsynced one by one by {DEFAULT_SYNC_THREADS} threads",
-    "filesystem": f"4 KiB files written by {DEFAULT_SYNC_THREADS} threads, one syncfs a batch",
-}
-
-
 # -- reporting ----------------------------------------------------------------------------------
 
 
@@ -696,6 +630,7 @@ def figures(
     chart: Path,
     sync_method: SyncMethod,
     ceilings: Mapping[SyncMethod, Sequence[DiskCeiling]],
+    large_ceilings: Sequence[tuple[DiskCeiling, DiskCeiling]] = (),
 ) -> dict[str, Any]:
     ratio = ratios(results)
     measured = ceilings.get(sync_method, ())
@@ -750,6 +685,7 @@ def figures(
             if ceiling is not None and batched_4k is not None
             else None
         ),
+        "disk_ceiling_1MiB_mb_per_s": large_figures(large_ceilings),
         "chart": str(chart),
     }
 
@@ -795,6 +731,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=5_000,
         help="4 KiB files for the disk-ceiling measurement (0: skip it)",
     )
+    parser.add_argument(
+        "--disk-ceiling-files-1m",
+        type=int,
+        default=300,
+        help="1 MiB files for the batched 1 MiB disk ceiling, a third as many one at a time "
+        "(0: skip it)",
+    )
     args = parser.parse_args(argv)
     for name in ("chunks_4k", "per_chunk_4k", "chunks_1m", "per_chunk_1m"):
         if getattr(args, name) < 0:
@@ -833,6 +776,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         *(m for m in SYNC_METHODS if m != sync_method),
     )
     ceilings: dict[SyncMethod, list[DiskCeiling]] = {m: [] for m in sync_methods}
+
+    large_ceilings: list[tuple[DiskCeiling, DiskCeiling]] = []
+
+    def measure_large_ceilings() -> None:
+        batch = max(1, min(args.max_batch_size, args.max_batch_bytes // MIB))
+        large_ceilings.append(
+            measure_large_file_ratio(scratch, MIB, args.disk_ceiling_files_1m, sync_method, batch)
+        )
 
     def measure_ceilings() -> None:
         for method in sync_methods:
@@ -879,12 +830,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             owners_before = owner_rows(settings, organization.id)
             beside = args.disk_ceiling_files and (mode, size) == ("batched", 4 * KIB)
+            beside_1m = args.disk_ceiling_files_1m and (mode, size) == ("batched", MIB)
             if beside:
                 measure_ceilings()
+            if beside_1m:
+                measure_large_ceilings()
             os.sync()
             result = run_in_fresh_process(spec)
             if beside:
                 measure_ceilings()
+            if beside_1m:
+                measure_large_ceilings()
             owners_added = owner_rows(settings, organization.id) - owners_before
             objects = stored_objects(root)
             persisted = result.persisted
@@ -926,9 +882,41 @@ def main(argv: Sequence[str] | None = None) -> None:
             + " and ".join(f"{c.files_per_second:,.0f}" for c in ceilings[method])
             + (" before and after the batched 4 KiB run)" if len(ceilings[method]) == 2 else ")")
         )
+    if large_ceilings:
+        batched, one_by_one = large_ceiling_pair(large_ceilings)
+        print(
+            f"disk ceiling, 1 MiB files ({sync_method} sync): {batched.mb_per_second:,.0f} MB/s "
+            f"batched as the worker batches, {one_by_one.mb_per_second:,.0f} MB/s one at a "
+            f"time by one thread: the disk's own ratio "
+            f"{batched.files_per_second / one_by_one.files_per_second:.1f}x (means of the "
+            "measurements before and after the batched 1 MiB run)"
+        )
     write_chart(results, args.chart)
     print(f"chart: {args.chart}")
-    report.print_figures(figures(results, args.chart, sync_method, ceilings))
+    report.print_figures(figures(results, args.chart, sync_method, ceilings, large_ceilings))
+
+
+def large_figures(
+    measured: Sequence[tuple[DiskCeiling, DiskCeiling]],
+) -> dict[str, float] | None:
+    if not measured:
+        return None
+    batched, one_by_one = large_ceiling_pair(measured)
+    return {
+        "batched": round(batched.mb_per_second, 1),
+        "one_at_a_time": round(one_by_one.mb_per_second, 1),
+        "ratio": round(batched.files_per_second / one_by_one.files_per_second, 2),
+    }
+
+
+def large_ceiling_pair(
+    measured: Sequence[tuple[DiskCeiling, DiskCeiling]],
+) -> tuple[DiskCeiling, DiskCeiling]:
+    """The 1 MiB batched and one-at-a-time ceilings, each pooled over its measurements."""
+    return (
+        pooled_ceiling([batched for batched, _ in measured]),
+        pooled_ceiling([one for _, one in measured]),
+    )
 
 
 if __name__ == "__main__":
