@@ -24,17 +24,19 @@ def member(stub: StubConfluent) -> FetchingKafkaConsumer:
     return consumer
 
 
-def drain(consumer: FetchingKafkaConsumer) -> None:
+def settled_member(initial: list[int]) -> tuple[StubConfluent, FetchingKafkaConsumer]:
+    """A member that has its assignment and has handed out every message; no request yet."""
+    stub = StubConfluent(TOPIC, MESSAGES, initial=initial)
+    consumer = member(stub)
+    consumer.poll(0)  # the assignment: a poll that rebalanced hands out nothing
     while consumer.poll(0) is not None:
         pass
+    stub.offset_requests.clear()
+    return stub, consumer
 
 
 def test_after_a_revocation_the_kept_partitions_fetchers_are_woken() -> None:
-    stub = StubConfluent(TOPIC, MESSAGES, initial=[0, 1, 2])
-    consumer = member(stub)
-    consumer.poll(0)  # the assignment
-    drain(consumer)
-    stub.offset_requests.clear()
+    stub, consumer = settled_member([0, 1, 2])
     stub.schedule_revoke([2])
     consumer.poll(0)
     assert stub.offset_requests == [[0, 1]]
@@ -43,22 +45,15 @@ def test_after_a_revocation_the_kept_partitions_fetchers_are_woken() -> None:
 def test_an_empty_assignment_arroyo_skips_still_wakes_the_fetchers() -> None:
     # librdkafka follows a revocation with an assignment of nothing, pausing and resuming
     # every partition for it; Arroyo's callback returns at once for it.
-    stub = StubConfluent(TOPIC, MESSAGES, initial=[0, 1])
-    consumer = member(stub)
-    consumer.poll(0)
-    drain(consumer)
-    stub.offset_requests.clear()
+    stub, consumer = settled_member([0, 1])
     stub.schedule_assign([])
     consumer.poll(0)
     assert stub.offset_requests == [[0, 1]]
 
 
 def test_polls_without_a_rebalance_send_no_request() -> None:
-    stub = StubConfluent(TOPIC, MESSAGES, initial=[0, 1])
-    consumer = member(stub)
+    stub, consumer = settled_member([0, 1])
     consumer.poll(0)
-    stub.offset_requests.clear()
-    drain(consumer)
     consumer.poll(0)
     assert stub.offset_requests == []
 
