@@ -111,6 +111,7 @@ from bench.disk_ceiling import (
     measure_disk_ceiling,
     measure_large_file_ratio,
     pooled_ceiling,
+    pooled_ratio,
 )
 from harness.kafka import unique_name
 from workers.blob_ingest.decode import VerifiedChunk
@@ -793,6 +794,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
             )
 
+    # The ceilings measured right before and right after a run, to be read against it.
+    ceilings_beside: dict[tuple[Mode, int], Callable[[], None]] = {}
+    if args.disk_ceiling_files:
+        ceilings_beside[("batched", 4 * KIB)] = measure_ceilings
+    if args.disk_ceiling_files_1m:
+        ceilings_beside[("batched", MIB)] = measure_large_ceilings
+
     try:
         started = time.perf_counter()
         paddings = {
@@ -829,18 +837,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 profile_path=str(profile) if profile else None,
             )
             owners_before = owner_rows(settings, organization.id)
-            beside = args.disk_ceiling_files and (mode, size) == ("batched", 4 * KIB)
-            beside_1m = args.disk_ceiling_files_1m and (mode, size) == ("batched", MIB)
-            if beside:
-                measure_ceilings()
-            if beside_1m:
-                measure_large_ceilings()
+            measure_beside = ceilings_beside.get((mode, size))
+            if measure_beside is not None:
+                measure_beside()
             os.sync()
             result = run_in_fresh_process(spec)
-            if beside:
-                measure_ceilings()
-            if beside_1m:
-                measure_large_ceilings()
+            if measure_beside is not None:
+                measure_beside()
             owners_added = owner_rows(settings, organization.id) - owners_before
             objects = stored_objects(root)
             persisted = result.persisted
@@ -883,12 +886,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             + (" before and after the batched 4 KiB run)" if len(ceilings[method]) == 2 else ")")
         )
     if large_ceilings:
-        batched, one_by_one = large_ceiling_pair(large_ceilings)
+        batched, one_by_one, ratio = pooled_ratio(large_ceilings)
         print(
             f"disk ceiling, 1 MiB files ({sync_method} sync): {batched.mb_per_second:,.0f} MB/s "
             f"batched as the worker batches, {one_by_one.mb_per_second:,.0f} MB/s one at a "
-            f"time by one thread: the disk's own ratio "
-            f"{batched.files_per_second / one_by_one.files_per_second:.1f}x (means of the "
+            f"time by one thread: the disk's own ratio {ratio:.1f}x (means of the "
             "measurements before and after the batched 1 MiB run)"
         )
     write_chart(results, args.chart)
@@ -901,22 +903,12 @@ def large_figures(
 ) -> dict[str, float] | None:
     if not measured:
         return None
-    batched, one_by_one = large_ceiling_pair(measured)
+    batched, one_by_one, ratio = pooled_ratio(measured)
     return {
         "batched": round(batched.mb_per_second, 1),
         "one_at_a_time": round(one_by_one.mb_per_second, 1),
-        "ratio": round(batched.files_per_second / one_by_one.files_per_second, 2),
+        "ratio": round(ratio, 2),
     }
-
-
-def large_ceiling_pair(
-    measured: Sequence[tuple[DiskCeiling, DiskCeiling]],
-) -> tuple[DiskCeiling, DiskCeiling]:
-    """The 1 MiB batched and one-at-a-time ceilings, each pooled over its measurements."""
-    return (
-        pooled_ceiling([batched for batched, _ in measured]),
-        pooled_ceiling([one for _, one in measured]),
-    )
 
 
 if __name__ == "__main__":

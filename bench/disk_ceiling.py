@@ -111,6 +111,16 @@ def measure_large_file_ratio(
     return batched, one_by_one
 
 
+def pooled_ratio(
+    measured: Sequence[tuple[DiskCeiling, DiskCeiling]],
+) -> tuple[DiskCeiling, DiskCeiling, float]:
+    """`measure_large_file_ratio`'s pairs pooled: the batched ceiling, the one-at-a-time
+    ceiling and the ratio of their rates."""
+    batched = pooled_ceiling([pair[0] for pair in measured])
+    one_by_one = pooled_ceiling([pair[1] for pair in measured])
+    return batched, one_by_one, batched.files_per_second / one_by_one.files_per_second
+
+
 CEILING_DESCRIPTIONS: Final[dict[SyncMethod, str]] = {
     "file": f"4 KiB files written and fsynced one by one by {DEFAULT_SYNC_THREADS} threads",
     "filesystem": f"4 KiB files written by {DEFAULT_SYNC_THREADS} threads, one syncfs a batch",

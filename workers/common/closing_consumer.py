@@ -37,7 +37,8 @@ RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
 
 class AssignmentGate:
     """librdkafka's consumer, as Arroyo's `KafkaConsumer` holds it, except that assignments
-    are not passed to Arroyo's callback once `closing()` is true."""
+    are not passed to Arroyo's callback once `closing()` is true. It sees every rebalance
+    callback, so it also counts them (`rebalances`)."""
 
     def __init__(self, wrapped: Any, closing: Callable[[], bool]) -> None:
         #: The consumer everything is forwarded to (tests put a stand-in here).
