@@ -11,24 +11,25 @@ chunks:
 Each run is `BlobIngestStrategyFactory` (`ChunkValidator` → `BatchStep` → `BatchPersister`
 around the chosen writer → `CommitOffsets`) wired as `workers.blob_ingest.definition` wires it
 (pool from `create_pool`, storage from `open_blob_storage`, ids from a leased snowflake
-generator, the worker's default batch limits), driven by an in-process `StreamProcessor` on the
-worker's `FetchingKafkaConsumer` built from `consumer_configuration`. Every mode/size gets its
-own fresh topic and consumer group. All events are produced before any timing starts (confluent
-`Producer`, `message.max.bytes` 16 MiB): the same generator, organization, sizes and headers
-for both modes, with random bytes per chunk so that nothing deduplicates, not even against the
-other mode's run (the checksum is globally unique, so identical events would turn the second
-run into owner-only inserts). The clock runs from the first message the validator sees to the
-return of the batch that brings the persisted count to the target; then the processor is told
-to stop (as in `bench.consumer_throughput`). Each topic holds one batch's worth of padding
-events after the counted ones: Arroyo polls with a 1 s timeout and checks the batch time only
-between polls, so a last partial batch on an input that has gone idle would wait up to ~1 s,
-which would be measured as ingest time (a third of a 3 s run); with padding the batch holding
-the target-th chunk closes full, as in a steady stream. The rate is the chunks persisted by
-then (the target, rounded up to that batch) over the elapsed time; batches that reach the
-persister after the target (the padding, flushed when the processor shuts down) are passed on
-without being persisted. Before each run the page cache is flushed (`os.sync()`), so the
-producer's Kafka writes are not written back inside a timed window; the storage dirs are all
-removed at the end, so no run pays for the previous one's deletes.
+generator, the worker's default batch limits, fed in runs by `UnrolledRuns`), driven by an
+in-process `StreamProcessor` on the worker's `RunConsumer` built from `consumer_configuration`.
+Every mode/size gets its own fresh topic and consumer group. All events are produced before any
+timing starts (confluent `Producer`, `message.max.bytes` 16 MiB): the same generator,
+organization, sizes and headers for both modes, with random bytes per chunk so that nothing
+deduplicates, not even against the other mode's run (the checksum is globally unique, so
+identical events would turn the second run into owner-only inserts). The clock runs from the
+first message the validator sees to the return of the batch that brings the persisted count to
+the target; then the processor is told to stop (as in `bench.consumer_throughput`). Each topic
+holds one batch's worth of padding events after the counted ones: Arroyo polls with a 1 s
+timeout and checks the batch time only between polls, so a last partial batch on an input that
+has gone idle would wait up to ~1 s, which would be measured as ingest time (a third of a 3 s
+run); with padding the batch holding the target-th chunk closes full, as in a steady stream.
+The rate is the chunks persisted by then (the target, rounded up to that batch) over the
+elapsed time; batches that reach the persister after the target (the padding, flushed when the
+processor shuts down) are passed on without being persisted. Before each run the page cache is
+flushed (`os.sync()`), so the producer's Kafka writes are not written back inside a timed
+window; the storage dirs are all removed at the end, so no run pays for the previous one's
+deletes.
 
 Peak RSS: each run happens in a fresh interpreter started with `multiprocessing`'s *spawn*
 method and reports `VmHWM` from `/proc/self/status`: the high-water mark of that process's
@@ -132,7 +133,6 @@ from workers.blob_ingest.strategy import (
 )
 from workers.common.chunk_uploads import encode_headers
 from workers.common.database import create_pool
-from workers.common.fetching_consumer import FetchingKafkaConsumer
 from workers.common.kafka_config import (
     DEFAULT_COMMIT_INTERVAL_MS,
     MAX_MESSAGE_BYTES,
@@ -140,8 +140,10 @@ from workers.common.kafka_config import (
     admin_configuration,
     consumer_configuration,
 )
+from workers.common.message_runs import MessageRun, RunConsumer
 from workers.common.metrics import FleetMetrics
 from workers.common.projects import create_organization
+from workers.common.run_dead_letters import RunDeadLetters
 from workers.common.settings import Settings
 from workers.common.snowflake import LeasedSnowflakeGenerator, WorkerIdLeases, lease_redis_client
 from workers.common.storage import BlobStorage, StoredObject, open_blob_storage
@@ -151,6 +153,7 @@ from workers.common.storage.filesystem_sync import (
     choose_sync_method,
     parse_sync_setting,
 )
+from workers.common.strategies.unroll_runs import UnrolledRuns
 from workers.common.topics import DEFAULT_TOPIC_CONFIG, TopicSpec, create_topics
 
 Mode = Literal["batched", "per-chunk"]
@@ -385,7 +388,7 @@ def measure(spec: RunSpec) -> RunResult:
             if spec.mode == "batched"
             else PerChunkBlobWriter(pool, storage, ids.generate)
         )
-        holder: list[StreamProcessor[KafkaPayload]] = []
+        holder: list[StreamProcessor[MessageRun]] = []
         clock = RunClock(spec.chunks, lambda: holder[0].signal_shutdown())
         factory = BlobIngestStrategyFactory(
             validator=TimedValidator(clock, KnownOrganizations(pool).exists, metrics, blob_metrics),
@@ -397,11 +400,12 @@ def measure(spec: RunSpec) -> RunResult:
             batches_in_flight=spec.batches_in_flight,
         )
         group = unique_name(f"bench-blob-{spec.mode}-{spec.chunk_size}")
-        consumer = FetchingKafkaConsumer(consumer_configuration(settings, ConsumerOptions(group)))
+        consumer = RunConsumer(consumer_configuration(settings, ConsumerOptions(group)))
         processor = StreamProcessor(
             consumer,
             Topic(spec.topic),
-            factory,
+            # Every event is valid: no DLQ topic.
+            UnrolledRuns(factory, RunDeadLetters(None, None, WORKER, metrics)),
             commit_policy=CommitPolicy(DEFAULT_COMMIT_INTERVAL_MS / 1000, None),
         )
         holder.append(processor)

@@ -131,19 +131,34 @@ def run(values: Sequence[bytes], first_offset: int, partition: int = 0) -> Messa
     )
 
 
-class OneMessageRuns(Consumer[MessageRun]):
-    """A consumer (e.g. a `LocalBroker`'s) whose every message is handed out as a run of one."""
+class LocalRuns(Consumer[MessageRun]):
+    """A consumer (e.g. a `LocalBroker`'s) whose messages are handed out as runs of up to
+    `run_length` consecutive messages of one partition (what `RunConsumer` does with a fetch)."""
 
-    def __init__(self, inner: Consumer[KafkaPayload]) -> None:
+    def __init__(self, inner: Consumer[KafkaPayload], run_length: int = 1) -> None:
         self.__inner = inner
+        self.__run_length = run_length
+        self.__held: BrokerValue[KafkaPayload] | None = None  # the next run's first message
 
     def poll(self, timeout: float | None = None) -> BrokerValue[MessageRun] | None:
-        value = self.__inner.poll(timeout)
-        if value is None:
+        first, self.__held = self.__held or self.__inner.poll(timeout), None
+        if first is None:
             return None
-        payload = value.payload
-        raw = RawMessage(payload.value, value.offset, list(payload.headers), payload.key)
-        return BrokerValue(MessageRun((raw,)), value.partition, value.offset, value.timestamp)
+        values = [first]
+        while len(values) < self.__run_length:
+            value = self.__inner.poll(0)
+            if value is None:
+                break
+            if value.partition != first.partition:
+                self.__held = value
+                break
+            values.append(value)
+        raws = [
+            RawMessage(v.payload.value, v.offset, list(v.payload.headers), v.payload.key)
+            for v in values
+        ]
+        last = values[-1]
+        return BrokerValue(MessageRun(raws), first.partition, last.offset, last.timestamp)
 
     def subscribe(
         self,
@@ -169,6 +184,7 @@ class OneMessageRuns(Consumer[MessageRun]):
         return self.__inner.tell()
 
     def seek(self, offsets: Mapping[Partition, int]) -> None:
+        self.__held = None
         self.__inner.seek(offsets)
 
     def stage_offsets(self, offsets: Mapping[Partition, int]) -> None:

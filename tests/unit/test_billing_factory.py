@@ -21,7 +21,7 @@ from tests.support.billing_fakes import (
     OUTPUT,
     CommitLog,
     FakeProducer,
-    OneMessageRuns,
+    LocalRuns,
     bucket,
     dlq_messages,
     expected_outcome,
@@ -111,7 +111,7 @@ def test_stream_processor_end_to_end_with_dlq(
         max_batch_messages=50,
         dlq_topic=DLQ.name,
     )
-    consumer = OneMessageRuns(broker.get_consumer(GROUP))
+    consumer = LocalRuns(broker.get_consumer(GROUP))
     processor = StreamProcessor(consumer, INPUT, factory, commit_policy=IMMEDIATE)
 
     def consumed() -> bool:
@@ -153,7 +153,7 @@ def test_stream_processor_crashes_on_a_refused_outcome_without_committing_past_i
 
     producer = RefusingProducer(broker)
     factory = make_factory(producer, registry)
-    consumer = OneMessageRuns(broker.get_consumer(GROUP))
+    consumer = LocalRuns(broker.get_consumer(GROUP))
     processor = StreamProcessor(consumer, INPUT, factory, commit_policy=IMMEDIATE)
     safety = threading.Timer(10.0, processor.signal_shutdown)  # only if it never crashes
     safety.start()

@@ -1,5 +1,7 @@
 """The blob-ingest chain on Arroyo's LocalBroker with the writer faked: which offsets are
-committed, and when, against which batches are stored and committed; what is dead-lettered."""
+committed, and when, against which batches are stored and committed; what is dead-lettered.
+Each test runs the chain both ways it can be fed: one message at a time (Arroyo's DLQ policy)
+and in runs through `UnrolledRuns`, as the worker runs it (its own dead letters)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import pytest
+from arroyo.backends.abstract import Consumer
 from arroyo.backends.kafka import KafkaPayload
 from arroyo.backends.local.backend import LocalBroker, LocalConsumer
 from arroyo.backends.local.storages.memory import MemoryMessageStorage
+from arroyo.dlq import DlqPolicy
 from arroyo.processing import StreamProcessor
+from arroyo.processing.strategies.abstract import ProcessingStrategyFactory
 from arroyo.types import Partition, Topic
+from confluent_kafka import KafkaError, Producer
 from prometheus_client import CollectorRegistry
 
+from tests.support.billing_fakes import LocalRuns
+from tests.support.local_dlq_producer import LocalDlqProducer
 from tests.support.run_options import default_run_options
 from workers.blob_ingest.decode import VerifiedChunk
 from workers.blob_ingest.definition import BLOB_INGEST_CONSUMER
@@ -31,8 +40,10 @@ from workers.blob_ingest.strategy import (
 from workers.common.chunk_uploads import encode_headers
 from workers.common.dlq import build_dlq_policy
 from workers.common.metrics import FleetMetrics
+from workers.common.run_dead_letters import DeadLetterDeliveryError, RunDeadLetters
 from workers.common.runner import build_processor
 from workers.common.settings import Settings
+from workers.common.strategies.unroll_runs import UnrolledRuns
 
 INPUT = Topic("chunk-uploads")
 DLQ = Topic("chunk-uploads-dlq")
@@ -98,13 +109,18 @@ class FakeWriter:
             self.discarded.extend(number_of(chunk) for chunk in stored.chunks)
 
 
+#: How each test feeds the chain: `None` one message at a time, a number: runs of that many.
+FEEDS = pytest.mark.parametrize("run_length", [None, 3], ids=["per message", "in runs"])
+
+
 @dataclass
 class Chain:
     broker: LocalBroker[KafkaPayload]
-    processor: StreamProcessor[KafkaPayload]
+    processor: StreamProcessor[Any]
     writer: FakeWriter
     log: list[tuple[str, int]]
     lock: threading.Lock
+    dlq_producer: LocalDlqProducer | None
 
     def run_until(self, done: Callable[[], bool], timeout: float = DEADLINE) -> None:
         deadline = time.monotonic() + timeout
@@ -139,7 +155,11 @@ class Chain:
 
 
 def make_chain(
-    values: Sequence[tuple[bytes, str]], max_batch_size: int = 4, batches_in_flight: int = 2
+    values: Sequence[tuple[bytes, str]],
+    max_batch_size: int = 4,
+    batches_in_flight: int = 2,
+    run_length: int | None = None,
+    dlq_timeout: float = DEADLINE,
 ) -> Chain:
     broker: LocalBroker[KafkaPayload] = LocalBroker(MemoryMessageStorage())
     broker.create_topic(INPUT, partitions=1)
@@ -154,21 +174,18 @@ def make_chain(
     registry = CollectorRegistry()
     metrics = FleetMetrics(registry, WORKER)
     blob_metrics = BlobIngestMetrics(registry, WORKER)
-    definition = replace(
-        BLOB_INGEST_CONSUMER,
-        build_strategy_factory=lambda context: BlobIngestStrategyFactory(
-            ChunkValidator(lambda org: org == ORG, context.metrics, blob_metrics),
-            BatchPersister(writer, context.metrics, blob_metrics),
-            max_batch_size=max_batch_size,
-            max_batch_time_seconds=60.0,
-            max_batch_bytes=64 * 1024 * 1024,
-            decode_threads=2,
-            batches_in_flight=batches_in_flight,
-        ),
+    chunk_factory = BlobIngestStrategyFactory(
+        ChunkValidator(lambda org: org == ORG, metrics, blob_metrics),
+        BatchPersister(writer, metrics, blob_metrics),
+        max_batch_size=max_batch_size,
+        max_batch_time_seconds=60.0,
+        max_batch_bytes=64 * 1024 * 1024,
+        decode_threads=2,
+        batches_in_flight=batches_in_flight,
     )
-    consumer = broker.get_consumer(definition.consumer_group)
-    assert isinstance(consumer, LocalConsumer)
-    real_commit = consumer.commit_offsets
+    inner = broker.get_consumer(BLOB_INGEST_CONSUMER.consumer_group)
+    assert isinstance(inner, LocalConsumer)
+    real_commit = inner.commit_offsets
 
     def commit_offsets() -> Mapping[Partition, int] | None:
         offsets = real_commit()
@@ -176,16 +193,40 @@ def make_chain(
             log.extend(("offsets", offset) for offset in (offsets or {}).values())
         return offsets
 
-    consumer.commit_offsets = commit_offsets  # type: ignore[method-assign]
+    inner.commit_offsets = commit_offsets  # type: ignore[method-assign]
+
+    def delivered(offset: int) -> None:
+        with lock:
+            log.append(("dlq", offset))
+
+    consumer: Consumer[Any] = inner
+    factory: ProcessingStrategyFactory[Any] = chunk_factory
+    dlq_policy: DlqPolicy[KafkaPayload] | None = build_dlq_policy(
+        broker.get_producer(), DLQ.name, WORKER, metrics
+    )
+    dlq_producer = None
+    if run_length is not None:
+        consumer = LocalRuns(inner, run_length)
+        dlq_producer = LocalDlqProducer(broker, delivered)
+        dead_letters = RunDeadLetters(
+            cast(Producer, dlq_producer),
+            DLQ.name,
+            WORKER,
+            metrics,
+            delivery_timeout_seconds=dlq_timeout,
+        )
+        factory = UnrolledRuns(chunk_factory, dead_letters)
+        dlq_policy = None
+    definition = replace(BLOB_INGEST_CONSUMER, build_strategy_factory=lambda _: factory)
     processor = build_processor(
         consumer,
         definition,
         replace(default_run_options(definition), commit_interval_ms=0),
         Settings.from_env({}),
         metrics,
-        build_dlq_policy(broker.get_producer(), DLQ.name, WORKER, metrics),
+        dlq_policy,
     )
-    return Chain(broker, processor, writer, log, lock)
+    return Chain(broker, processor, writer, log, lock, dlq_producer)
 
 
 def valid(number: int, large: bool = False) -> tuple[bytes, str]:
@@ -197,8 +238,11 @@ def corrupt(number: int, large: bool = False) -> tuple[bytes, str]:
     return chunk_bytes(number, large), "0" * 40
 
 
-def test_offsets_are_committed_in_order_after_each_batch_is_committed() -> None:
-    chain = make_chain([valid(n, large=n % 3 == 0) for n in range(12)])
+@FEEDS
+def test_offsets_are_committed_in_order_after_each_batch_is_committed(
+    run_length: int | None,
+) -> None:
+    chain = make_chain([valid(n, large=n % 3 == 0) for n in range(12)], run_length=run_length)
     chain.run_until(lambda: chain.offset_commits()[-1:] == [12])
     assert sorted(chain.writer.rows) == list(range(12))
     commits = chain.offset_commits()
@@ -206,12 +250,13 @@ def test_offsets_are_committed_in_order_after_each_batch_is_committed() -> None:
     chain.check_no_commit_past_unpersisted_data(invalid=set())
 
 
+@FEEDS
 @pytest.mark.parametrize("large", [True, False], ids=["decoded in the pool", "inline"])
 def test_an_invalid_chunk_goes_to_the_dlq_and_its_offset_waits_for_the_batch_before_it(
-    large: bool,
+    large: bool, run_length: int | None
 ) -> None:
     values = [valid(0), valid(1), corrupt(2, large), valid(3), valid(4), valid(5), valid(6)]
-    chain = make_chain(values)
+    chain = make_chain(values, run_length=run_length)
     chain.run_until(lambda: chain.offset_commits()[-1:] == [5])
     assert chain.dead_letters() == [
         (2, "checksum_mismatch: sha1 of the chunk is "
@@ -226,8 +271,11 @@ def test_an_invalid_chunk_goes_to_the_dlq_and_its_offset_waits_for_the_batch_bef
     chain.check_no_commit_past_unpersisted_data(invalid={2})
 
 
-def test_a_failed_transaction_commits_neither_its_offsets_nor_the_next_batch() -> None:
-    chain = make_chain([valid(n) for n in range(16)])
+@FEEDS
+def test_a_failed_transaction_commits_neither_its_offsets_nor_the_next_batch(
+    run_length: int | None,
+) -> None:
+    chain = make_chain([valid(n) for n in range(16)], run_length=run_length)
     chain.writer.fail_holding = 5  # the second batch: 4..7
     with pytest.raises(RuntimeError, match="transaction failed"):
         chain.run_until(lambda: False)
@@ -240,9 +288,15 @@ def test_a_failed_transaction_commits_neither_its_offsets_nor_the_next_batch() -
     chain.check_no_commit_past_unpersisted_data(invalid=set())
 
 
+@FEEDS
 @pytest.mark.parametrize("in_flight", [1, 2, 3])
-def test_no_more_batches_than_allowed_are_in_flight(in_flight: int) -> None:
-    chain = make_chain([valid(n) for n in range(40)], max_batch_size=2, batches_in_flight=in_flight)
+def test_no_more_batches_than_allowed_are_in_flight(in_flight: int, run_length: int | None) -> None:
+    chain = make_chain(
+        [valid(n) for n in range(40)],
+        max_batch_size=2,
+        batches_in_flight=in_flight,
+        run_length=run_length,
+    )
     gate = threading.Event()
     chain.writer.commit_gate = gate
     chain.run_until(lambda: chain.writer.most_in_flight == in_flight)
@@ -255,3 +309,49 @@ def test_no_more_batches_than_allowed_are_in_flight(in_flight: int) -> None:
     assert chain.writer.most_in_flight == in_flight
     assert sorted(chain.writer.rows) == list(range(40))
     chain.check_no_commit_past_unpersisted_data(invalid=set())
+
+
+def test_in_runs_an_offset_past_a_dead_letter_is_committed_only_once_kafka_has_it() -> None:
+    values = [valid(0), corrupt(1), valid(2), valid(3), valid(4), valid(5), valid(6), valid(7)]
+    chain = make_chain(values, run_length=3)
+    producer = chain.dlq_producer
+    assert producer is not None
+    producer.hold = True
+
+    def acknowledge_after_the_first_batch() -> None:
+        # Kafka acknowledges the DLQ copy of 1 only once the batch 0, 2, 3, 4 has its rows.
+        deadline = time.monotonic() + DEADLINE
+        while not {0, 2, 3, 4} <= set(chain.writer.rows) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        producer.hold = False
+
+    acknowledging = threading.Thread(target=acknowledge_after_the_first_batch)
+    acknowledging.start()
+    chain.run_until(lambda: chain.offset_commits()[-1:] == [5])
+    acknowledging.join()
+    with chain.lock:
+        log = list(chain.log)
+    assert log.index(("committed", 4)) < log.index(("dlq", 1)) < log.index(("offsets", 5))
+    assert [offset for offset, _ in chain.dead_letters()] == [1]
+    chain.check_no_commit_past_unpersisted_data(invalid={1})
+
+
+def test_in_runs_a_dead_letter_kafka_refuses_stops_the_worker_before_its_offset() -> None:
+    values = [valid(0), corrupt(1), valid(2), valid(3), valid(4), valid(5)]
+    chain = make_chain(values, run_length=3, dlq_timeout=0.2)
+    assert chain.dlq_producer is not None
+    chain.dlq_producer.fail_with = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    with pytest.raises(DeadLetterDeliveryError, match=r"offset 1: "):
+        chain.run_until(lambda: False)
+    assert all(offset <= 1 for offset in chain.offset_commits())
+    assert chain.dead_letters() == []
+
+
+def test_in_runs_a_dead_letter_never_acknowledged_stops_the_worker_at_the_timeout() -> None:
+    values = [valid(0), corrupt(1), valid(2), valid(3), valid(4), valid(5)]
+    chain = make_chain(values, run_length=3, dlq_timeout=0.2)
+    assert chain.dlq_producer is not None
+    chain.dlq_producer.hold = True
+    with pytest.raises(DeadLetterDeliveryError, match=r"offset 1 not acknowledged within 0.2 s"):
+        chain.run_until(lambda: False)
+    assert all(offset <= 1 for offset in chain.offset_commits())

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from arroyo.backends.kafka import KafkaPayload
-from arroyo.dlq import InvalidMessage
 from arroyo.processing.strategies import CommitOffsets
 from arroyo.processing.strategies.abstract import ProcessingStrategy, ProcessingStrategyFactory
 from arroyo.processing.strategies.batching import ValuesBatch
@@ -34,6 +33,7 @@ from workers.blob_ingest.decode import VerifiedChunk, verify_chunk
 from workers.blob_ingest.metrics import BlobIngestMetrics
 from workers.blob_ingest.persist import ChunkWriter, PersistResult, StoredBatch
 from workers.common.chunk_uploads import ChunkEventError, parse_headers
+from workers.common.dlq import InvalidPayload
 from workers.common.metrics import FleetMetrics
 from workers.common.strategies import OrderedBatchStep, RunTaskInPool, TwoStagePipeline
 
@@ -88,7 +88,7 @@ class ChunkValidator:
             self.__step.invalid(code)
             value = message.value
             assert isinstance(value, BrokerValue)
-            raise InvalidMessage(value.partition, value.offset, reason=reason, log_exception=False)
+            raise InvalidPayload(payload, value.partition, value.offset, reason)
         self.__step.message_out()
         self.__blob_metrics.decompressed_bytes.inc(len(chunk.data))
         return chunk

@@ -16,7 +16,14 @@ from collections.abc import Mapping, Sequence
 
 from arroyo.backends.abstract import Producer, ProducerFuture
 from arroyo.backends.kafka import KafkaPayload
-from arroyo.dlq import DlqLimit, DlqLimitState, DlqPolicy, DlqProducer, KafkaDlqProducer
+from arroyo.dlq import (
+    DlqLimit,
+    DlqLimitState,
+    DlqPolicy,
+    DlqProducer,
+    InvalidMessage,
+    KafkaDlqProducer,
+)
 from arroyo.types import BrokerValue, Partition, Topic
 
 from workers.common.metrics import FleetMetrics
@@ -69,6 +76,33 @@ def dlq_origin(headers: Sequence[tuple[str, bytes]]) -> tuple[str, int, int] | N
 DLQ_HEADER_NAMES = ("original_topic", "original_partition", "original_offset", "reason", "worker")
 
 
+class InvalidPayload(InvalidMessage):
+    """An `InvalidMessage` that carries the message's payload, for a chain that dead-letters
+    without Arroyo's buffer of raw messages (`workers/common/run_dead_letters.py`)."""
+
+    def __init__(
+        self, payload: KafkaPayload, partition: Partition, offset: int, reason: str
+    ) -> None:
+        super().__init__(partition, offset, reason=reason, log_exception=False)
+        self.payload = payload
+
+
+def note_dead_letter(
+    metrics: FleetMetrics, dlq_topic: str, partition: Partition, offset: int, reason: str
+) -> None:
+    """Count and log one message on its way to the DLQ (never its bytes)."""
+    metrics.dlq_message(reason_code(reason))
+    logger.warning(
+        "message sent to DLQ",
+        extra={
+            "dlq_topic": dlq_topic,
+            "partition": partition.index,
+            "offset": offset,
+            "reason": reason[:MAX_REASON_HEADER_BYTES],
+        },
+    )
+
+
 class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
     def __init__(
         self, producer: Producer[KafkaPayload], topic: Topic, worker: str, metrics: FleetMetrics
@@ -85,16 +119,7 @@ class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
         headers = dlq_headers(
             value.payload.headers, value.partition, value.offset, text, self.__worker
         )
-        self.__metrics.dlq_message(reason_code(reason))
-        logger.warning(
-            "message sent to DLQ",
-            extra={
-                "dlq_topic": self.__topic.name,
-                "partition": value.partition.index,
-                "offset": value.offset,
-                "reason": text[:MAX_REASON_HEADER_BYTES],
-            },
-        )
+        note_dead_letter(self.__metrics, self.__topic.name, value.partition, value.offset, text)
         payload = KafkaPayload(value.payload.key, value.payload.value, headers)
         return self.__producer.produce(self.__topic, payload)
 
