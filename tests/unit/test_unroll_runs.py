@@ -22,7 +22,7 @@ from workers.common.dlq import InvalidPayload
 from workers.common.dlq_limit import DlqLimiter, DlqLimitExceeded
 from workers.common.message_runs import MessageRun
 from workers.common.metrics import FleetMetrics
-from workers.common.run_dead_letters import RunDeadLetters
+from workers.common.run_dead_letters import DeadLetterDeliveryError, RunDeadLetters
 from workers.common.strategies.unroll_runs import UnrollRuns
 
 INPUT = Topic("in")
@@ -188,3 +188,23 @@ def test_a_dlq_topic_without_a_producer_is_refused() -> None:
         RunDeadLetters(None, DLQ.name, WORKER, metrics)
     with pytest.raises(ValueError, match="a DLQ topic needs a producer"):
         RunDeadLetters(cast(Any, object()), None, WORKER, metrics)
+
+
+def test_a_dlq_producer_queue_that_stays_full_stops_the_worker_at_the_timeout() -> None:
+    class FullProducer(LocalDlqProducer):
+        def produce(self, *args: Any, **kwargs: Any) -> None:
+            raise BufferError("queue full")
+
+    broker: LocalBroker[KafkaPayload] = LocalBroker(MemoryMessageStorage())
+    metrics = FleetMetrics(CollectorRegistry(), WORKER)
+    letters = RunDeadLetters(
+        cast(Producer, FullProducer(broker, lambda offset: None)),
+        DLQ.name,
+        WORKER,
+        metrics,
+        delivery_timeout_seconds=0.2,
+    )
+    invalid = InvalidPayload(KafkaPayload(None, b"bad", []), PARTITION, 7, "bad: no")
+    with pytest.raises(DeadLetterDeliveryError, match=r"DLQ producer queue full for 0\.2 s"):
+        letters.dead_letter(invalid)
+    letters.flush(0)  # the copy that was never queued is not waited for at shutdown

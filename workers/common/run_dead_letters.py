@@ -9,9 +9,10 @@ its chain raises to `RunDeadLetters` instead.
   before it commits a partition's offset it waits until every dead letter of that partition
   below the offset is acknowledged by Kafka (producer `acks=all`). So a crash never commits
   past a message that is neither processed nor in the DLQ.
-- A dead letter Kafka refuses for good (librdkafka retries inside `message.timeout.ms`)
-  raises `DeadLetterDeliveryError` from the next `poll` or commit: the worker stops without
-  committing past it and its successor reads the message again.
+- A dead letter Kafka refuses for good (librdkafka retries inside `message.timeout.ms`), or
+  does not acknowledge within `delivery_timeout_seconds`, raises `DeadLetterDeliveryError`
+  from the next `poll` or commit: the worker stops without committing past it and its
+  successor reads the message again.
 - Without a DLQ topic (`--no-dlq`), an invalid message is logged by position and reason and
   skipped, as Arroyo does without a DLQ policy.
 """
@@ -34,8 +35,9 @@ from workers.common.metrics import FleetMetrics
 
 logger = logging.getLogger(__name__)
 
-#: How long a commit (or the close) waits for the dead letters below its offsets: above
-#: librdkafka's own retries for one message would never end, so this is the bound on top.
+#: How long a commit, a full producer queue or the shutdown waits for dead letters. librdkafka
+#: retries a delivery for up to `message.timeout.ms` (5 minutes); the consumer thread must
+#: not block that long, so the worker stops after this instead.
 DEFAULT_DELIVERY_TIMEOUT_SECONDS: Final = 30.0
 #: Pause between producer polls while the producer's queue is full.
 QUEUE_FULL_PAUSE_SECONDS: Final = 0.1
@@ -108,6 +110,7 @@ class RunDeadLetters:
                 return
             pending.remove(offset)
 
+        deadline = time.monotonic() + self.__timeout
         while True:
             try:
                 producer.produce(
@@ -115,6 +118,11 @@ class RunDeadLetters:
                 )
                 break
             except BufferError:
+                if time.monotonic() >= deadline:
+                    pending.pop()
+                    raise DeadLetterDeliveryError(
+                        f"DLQ producer queue full for {self.__timeout:g} s"
+                    ) from None
                 producer.poll(QUEUE_FULL_PAUSE_SECONDS)
         note_dead_letter(self.__metrics, topic, partition, offset, reason)
 
