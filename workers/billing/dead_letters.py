@@ -8,21 +8,14 @@ from typing import Any
 
 from workers.billing.batch import DeadLetter
 from workers.billing.outcome_producer import OutcomeProducer
-from workers.common.dlq import dlq_headers, reason_code
+from workers.common.dlq import dlq_headers, log_skipped_dead_letter
 
 logger = logging.getLogger(__name__)
 
 
 def skip_dead_letter(letter: DeadLetter) -> None:
     """No DLQ topic: the message is skipped, logged by position and reason (never its bytes)."""
-    logger.warning(
-        "invalid message skipped (no DLQ topic)",
-        extra={
-            "partition": letter.partition.index,
-            "offset": letter.message.offset(),
-            "reason": reason_code(letter.reason),
-        },
-    )
+    log_skipped_dead_letter(letter.partition, letter.message.offset(), letter.reason)
 
 
 def produce_dead_letter(

@@ -103,6 +103,15 @@ def note_dead_letter(
     )
 
 
+def log_skipped_dead_letter(partition: Partition, offset: int | None, reason: str | None) -> None:
+    """No DLQ topic: an invalid message is skipped, logged by position and reason code (never
+    its bytes)."""
+    logger.warning(
+        "invalid message skipped (no DLQ topic)",
+        extra={"partition": partition.index, "offset": offset, "reason": reason_code(reason)},
+    )
+
+
 class ReasonRecordingDlqProducer(DlqProducer[KafkaPayload]):
     def __init__(
         self, producer: Producer[KafkaPayload], topic: Topic, worker: str, metrics: FleetMetrics

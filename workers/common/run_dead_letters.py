@@ -19,7 +19,6 @@ its chain raises to `RunDeadLetters` instead.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -29,11 +28,14 @@ from arroyo.dlq import InvalidMessage
 from arroyo.types import Commit, Partition
 from confluent_kafka import KafkaError, Producer
 
-from workers.common.dlq import InvalidPayload, dlq_headers, note_dead_letter, reason_code
+from workers.common.dlq import (
+    InvalidPayload,
+    dlq_headers,
+    log_skipped_dead_letter,
+    note_dead_letter,
+)
 from workers.common.dlq_limit import DlqLimiter
 from workers.common.metrics import FleetMetrics
-
-logger = logging.getLogger(__name__)
 
 #: How long a commit, a full producer queue or the shutdown waits for dead letters. librdkafka
 #: retries a delivery for up to `message.timeout.ms` (5 minutes); the consumer thread must
@@ -85,14 +87,7 @@ class RunDeadLetters:
             self.__limiter.record(partition, offset, reason)
         producer, topic = self.__producer, self.__topic
         if producer is None or topic is None:
-            logger.warning(
-                "invalid message skipped (no DLQ topic)",
-                extra={
-                    "partition": partition.index,
-                    "offset": offset,
-                    "reason": reason_code(reason),
-                },
-            )
+            log_skipped_dead_letter(partition, offset, reason)
             return
         payload = invalid.payload
         headers: list[tuple[str, str | bytes | None]] = [

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from arroyo.backends.kafka import KafkaPayload
@@ -73,27 +73,26 @@ class UnrollRuns(ProcessingStrategy[MessageRun]):
                 self.__dead_letters.dead_letter(invalid)
 
     def poll(self) -> None:
-        while True:
-            try:
-                self.__next_step.poll()
-            except InvalidMessage as invalid:
-                self.__dead_letters.dead_letter(invalid)
-                continue
-            break
+        self.__dead_lettering(self.__next_step.poll)
         self.__dead_letters.poll()
 
     def join(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        self.__dead_lettering(lambda: self.__next_step.join(left()))
+        self.__dead_letters.flush(left())
+
+    def __dead_lettering(self, call: Callable[[], None]) -> None:
+        """`call`, again after each `InvalidMessage` it raises (each is one message done with),
+        until it returns."""
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                self.__next_step.join(left)
+                return call()
             except InvalidMessage as invalid:
                 self.__dead_letters.dead_letter(invalid)
-                continue
-            break
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        self.__dead_letters.flush(left)
 
     def close(self) -> None:
         self.__next_step.close()
