@@ -60,15 +60,27 @@ Around the batched 1 MiB run the disk's own 1 MiB ratio is measured the same way
 (`--disk-ceiling-files-1m`, `bench/disk_ceiling.py`): files batched as the worker batches
 against files written and synced one at a time.
 
+`--repeat N` runs everything N times in turns (each mode and size on a topic of its own per
+turn, the ceilings measured beside each turn's batched runs). Issue 16's ratio targets are
+then judged as `bench.billing` and `bench.gateway` judge theirs: `value` is the ratio of the
+medians, `paired` the median of each turn's own ratio, and both must reach the target
+(`bench/repeated_ratio.py`). The chart shows each run's median turn. Before anything is
+produced the bench checks that the disk has room for what it will write (`bench/disk_space.py`:
+the events in the broker's log, the stored chunks and the ceilings' files, plus 2 GB), and
+refuses to start otherwise: a full disk stops the broker.
+
 Prints a table, writes a bar chart (`bench/results/blob_ingest.png`, prints its path) and,
-as the last line, one JSON object with the figures. Afterwards the temporary storage dirs,
-the topics and the rows and organization the bench created are removed (`--keep-rows` keeps
-the rows; `--keep-files` keeps the files, for runs back to back: ext4 makes new files dearer
-for one to six minutes after many were deleted, so a run right after another that deleted
-its 30,000 files pays for them). `--profile DIR` runs every child under cProfile, prints
-where the time goes and keeps the `.prof` files in DIR (outside the repository, e.g. /tmp).
+as the last line, one JSON object with the figures (per run also its CPU seconds and minor
+page faults: fresh pages the kernel had to zero, which is where its system time swings).
+Afterwards the temporary storage dirs, the topics and the rows and organization the bench
+created are removed (`--keep-rows` keeps the rows; `--keep-files` keeps the files, for runs
+back to back: ext4 makes new files dearer for one to six minutes after many were deleted, so
+a run right after another that deleted its 30,000 files pays for them). `--profile DIR` runs
+every child under cProfile, prints where the time goes and keeps the `.prof` files in DIR
+(outside the repository, e.g. /tmp).
 Usage: `python -m bench.blob_ingest [--chunks-4k N] [--per-chunk-4k N] [--chunks-1m N]
-[--per-chunk-1m N] [--profile DIR]` (needs `workers stack up` and `workers migrate`).
+[--per-chunk-1m N] [--repeat N] [--keep-files] [--profile DIR]` (needs `workers stack up`
+and `workers migrate`).
 """
 
 from __future__ import annotations
@@ -83,6 +95,7 @@ import os
 import pstats
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -114,6 +127,8 @@ from bench.disk_ceiling import (
     pooled_ceiling,
     pooled_ratio,
 )
+from bench.disk_space import NotEnoughDiskSpace, check_free_space
+from bench.repeated_ratio import RepeatedRatio, repeated_ratio
 from harness.kafka import unique_name
 from workers.blob_ingest.decode import VerifiedChunk
 from workers.blob_ingest.definition import (
@@ -210,6 +225,8 @@ class RunResult:
     start_rss_bytes: int
     #: CPU seconds (user, system) of the consuming process while `processor.run()` ran.
     cpu_seconds: tuple[float, float]
+    #: Minor page faults of the consuming process while `processor.run()` ran.
+    page_faults: int
     peak_rss_bytes: int
     profile_top: str | None = None
 
@@ -359,6 +376,11 @@ def _cpu_seconds() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
+def _page_faults() -> int:
+    """Minor page faults of this process so far: each is a fresh page the kernel zeroed."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _rss_bytes(field_name: str) -> int:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
@@ -416,6 +438,7 @@ def measure(spec: RunSpec) -> RunResult:
 
         start_rss = _rss_bytes("VmRSS")
         cpu_before = _cpu_seconds()
+        faults_before = _page_faults()
         profiler = cProfile.Profile() if spec.profile_path else None
         if profiler is not None:
             profiler.enable()
@@ -424,6 +447,7 @@ def measure(spec: RunSpec) -> RunResult:
             profiler.disable()
         peak_rss = _rss_bytes("VmHWM")
         cpu_after = _cpu_seconds()
+        page_faults = _page_faults() - faults_before
         cpu_seconds = (cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1])
 
     if clock.first_seen is None or clock.finished is None:
@@ -453,9 +477,26 @@ def measure(spec: RunSpec) -> RunResult:
         storage_seconds=storage.put_seconds,
         start_rss_bytes=start_rss,
         cpu_seconds=cpu_seconds,
+        page_faults=page_faults,
         peak_rss_bytes=peak_rss,
         profile_top=profile_top,
     )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One repeat: every mode and size once, each on its own topic, with the disk ceilings
+    measured beside its batched runs."""
+
+    results: list[RunResult]
+    ceilings: dict[SyncMethod, list[DiskCeiling]]
+    large_ceilings: list[tuple[DiskCeiling, DiskCeiling]]
+
+    def rate(self, mode: Mode, size: int) -> float | None:
+        for result in self.results:
+            if (result.spec.mode, result.spec.chunk_size) == (mode, size):
+                return result.chunks_per_second
+        return None
 
 
 def padding_for(chunk_size: int, max_batch_size: int, max_batch_bytes: int) -> int:
@@ -570,12 +611,90 @@ def ratios(results: Sequence[RunResult]) -> dict[int, float]:
     }
 
 
-def print_table(results: Sequence[RunResult]) -> None:
-    ratio = ratios(results)
+RATIO_TARGETS: Final[tuple[tuple[str, int, float], ...]] = (
+    ("ratio_4KiB_at_least_10", 4 * KIB, TARGET_RATIO_4K),
+    ("ratio_1MiB_at_least_3", MIB, TARGET_RATIO_1M),
+)
+SHARE_TARGET: Final = "batched_4KiB_at_least_0.9_of_disk_ceiling"
+
+
+def turn_ceiling(turn: Turn, sync_method: SyncMethod) -> DiskCeiling | None:
+    """The 4 KiB ceiling of one turn: the mean of its measurements before and after."""
+    measured = turn.ceilings.get(sync_method, ())
+    return pooled_ceiling(measured) if measured else None
+
+
+def target_ratios(turns: Sequence[Turn], sync_method: SyncMethod) -> dict[str, RepeatedRatio]:
+    """Issue 16's targets that are ratios, over the turns: batched over per-chunk at each
+    size, and batched 4 KiB over the disk's ceiling measured beside it."""
+    found: dict[str, RepeatedRatio] = {}
+    for name, size, target in RATIO_TARGETS:
+        pairs = [(t.rate("batched", size), t.rate("per-chunk", size)) for t in turns]
+        if all(top is not None and bottom is not None for top, bottom in pairs):
+            found[name] = repeated_ratio(
+                f"batched / per-chunk, {size_label(size)}",
+                [top for top, _ in pairs if top is not None],
+                [bottom for _, bottom in pairs if bottom is not None],
+                target,
+            )
+    shares = [(t.rate("batched", 4 * KIB), turn_ceiling(t, sync_method)) for t in turns]
+    if all(rate is not None and ceiling is not None for rate, ceiling in shares):
+        found[SHARE_TARGET] = repeated_ratio(
+            "batched 4 KiB / disk ceiling",
+            [rate for rate, _ in shares if rate is not None],
+            [ceiling.files_per_second for _, ceiling in shares if ceiling is not None],
+            TARGET_CEILING_SHARE,
+        )
+    return found
+
+
+def print_target_ratios(found: Mapping[str, RepeatedRatio], repeats: int) -> None:
+    """`value` is the ratio of the medians, `paired` the median of the per-turn ratios
+    (with several repeats); both must reach the target."""
+    print(
+        "\nissue 16's targets that are ratios"
+        + (
+            f" (value: ratio of the medians of {repeats} turns; paired: median of the turns' own)"
+            if repeats > 1
+            else ""
+        )
+    )
     report.print_table(
-        TABLE_COLUMNS,
+        ("ratio", "value", "paired", "target", "verdict"),
         [
             [
+                r.label,
+                f"{r.ratio:.2f}",
+                "-" if r.paired is None else f"{r.paired:.2f}",
+                "-" if r.target is None else f">= {r.target:.2f}",
+                r.verdict,
+            ]
+            for r in found.values()
+        ],
+        indent="  ",
+    )
+
+
+def median_runs(turns: Sequence[Turn]) -> list[RunResult]:
+    """Per mode and size, the run of median rate (the lower middle one for an even count)."""
+    keys = [(r.spec.mode, r.spec.chunk_size) for r in turns[0].results]
+    chosen = []
+    for key in keys:
+        runs = sorted(
+            (r for t in turns for r in t.results if (r.spec.mode, r.spec.chunk_size) == key),
+            key=lambda r: r.chunks_per_second,
+        )
+        chosen.append(runs[(len(runs) - 1) // 2])
+    return chosen
+
+
+def print_table(turns: Sequence[Turn]) -> None:
+    rows = []
+    for number, turn in enumerate(turns, start=1):
+        ratio = ratios(turn.results)
+        rows += [
+            [
+                *([str(number)] if len(turns) > 1 else []),
                 r.spec.mode,
                 size_label(r.spec.chunk_size),
                 f"{r.persisted:,}",
@@ -587,9 +706,9 @@ def print_table(results: Sequence[RunResult]) -> None:
                 if r.spec.mode == "batched" and r.spec.chunk_size in ratio
                 else "",
             ]
-            for r in results
-        ],
-    )
+            for r in turn.results
+        ]
+    report.print_table((*(["turn"] if len(turns) > 1 else []), *TABLE_COLUMNS), rows)
 
 
 def write_chart(results: Sequence[RunResult], path: Path) -> None:
@@ -630,51 +749,55 @@ def write_chart(results: Sequence[RunResult], path: Path) -> None:
         )
 
 
-def figures(
-    results: Sequence[RunResult],
-    chart: Path,
-    sync_method: SyncMethod,
-    ceilings: Mapping[SyncMethod, Sequence[DiskCeiling]],
-    large_ceilings: Sequence[tuple[DiskCeiling, DiskCeiling]] = (),
-) -> dict[str, Any]:
-    ratio = ratios(results)
-    measured = ceilings.get(sync_method, ())
-    ceiling = pooled_ceiling(measured) if measured else None
-    by_key = {(r.spec.mode, r.spec.chunk_size): r for r in results}
-    batched_4k = by_key.get(("batched", 4 * KIB))
-    runs = []
-    for r in results:
-        runs.append(
-            {
-                "mode": r.spec.mode,
-                "chunk_bytes": r.spec.chunk_size,
-                "chunks": r.persisted,
-                "batches": r.batches,
-                "seconds": round(r.seconds, 3),
-                "chunks_per_s": round(r.chunks_per_second, 1),
-                "mb_per_s": round(r.mb_per_second, 2),
-                "peak_rss_mib": round(r.peak_rss_bytes / MIB, 1),
-                "start_rss_mib": round(r.start_rss_bytes / MIB, 1),
-                "cpu_user_s": round(r.cpu_seconds[0], 2),
-                "cpu_system_s": round(r.cpu_seconds[1], 2),
-                "validate_s": round(r.validate_seconds, 3),
-                "store_s": round(r.store_seconds, 3),
-                "persist_s": round(r.persist_seconds, 3),
-                "storage_put_s": round(r.storage_seconds, 3),
-            }
-        )
+def run_figures(r: RunResult, turn: int) -> dict[str, Any]:
     return {
-        "runs": runs,
-        "ratio_batched_per_chunk": {size_label(s): round(v, 2) for s, v in ratio.items()},
-        "targets": {
-            "ratio_4KiB_at_least_10": (ratio.get(4 * KIB, 0.0) >= TARGET_RATIO_4K),
-            "ratio_1MiB_at_least_3": (ratio.get(MIB, 0.0) >= TARGET_RATIO_1M),
-            "batched_4KiB_at_least_0.9_of_disk_ceiling": ceiling is not None
-            and batched_4k is not None
-            and batched_4k.chunks_per_second >= TARGET_CEILING_SHARE * ceiling.files_per_second,
-            "batched_4KiB_at_least_5000_chunks_per_s": batched_4k is not None
-            and batched_4k.chunks_per_second >= TARGET_CHUNKS_PER_S_4K,
+        "turn": turn,
+        "mode": r.spec.mode,
+        "chunk_bytes": r.spec.chunk_size,
+        "chunks": r.persisted,
+        "batches": r.batches,
+        "seconds": round(r.seconds, 3),
+        "chunks_per_s": round(r.chunks_per_second, 1),
+        "mb_per_s": round(r.mb_per_second, 2),
+        "peak_rss_mib": round(r.peak_rss_bytes / MIB, 1),
+        "start_rss_mib": round(r.start_rss_bytes / MIB, 1),
+        "cpu_user_s": round(r.cpu_seconds[0], 2),
+        "cpu_system_s": round(r.cpu_seconds[1], 2),
+        "page_faults": r.page_faults,
+        "validate_s": round(r.validate_seconds, 3),
+        "store_s": round(r.store_seconds, 3),
+        "persist_s": round(r.persist_seconds, 3),
+        "storage_put_s": round(r.storage_seconds, 3),
+    }
+
+
+def figures(turns: Sequence[Turn], chart: Path, sync_method: SyncMethod) -> dict[str, Any]:
+    found = target_ratios(turns, sync_method)
+    measured = [c for t in turns for c in t.ceilings.get(sync_method, ())]
+    ceiling = pooled_ceiling(measured) if measured else None
+    batched_4k = [rate for t in turns if (rate := t.rate("batched", 4 * KIB)) is not None]
+    share = found.get(SHARE_TARGET)
+    targets = {
+        name: name in found and found[name].verdict == "ok"
+        for name, _, _ in (*RATIO_TARGETS, (SHARE_TARGET, 0, 0.0))
+    }
+    targets["batched_4KiB_at_least_5000_chunks_per_s"] = bool(batched_4k) and (
+        statistics.median(batched_4k) >= TARGET_CHUNKS_PER_S_4K
+    )
+    return {
+        "turns": len(turns),
+        "runs": [run_figures(r, n) for n, t in enumerate(turns, start=1) for r in t.results],
+        "ratio_batched_per_chunk": {
+            size_label(size): round(found[name].ratio, 2)
+            for name, size, _ in RATIO_TARGETS
+            if name in found
         },
+        "ratio_batched_per_chunk_paired": {
+            size_label(size): round(paired, 2)
+            for name, size, _ in RATIO_TARGETS
+            if name in found and (paired := found[name].paired) is not None
+        },
+        "targets": targets,
         "storage_sync": sync_method,
         "disk_ceiling_4KiB_files_per_s": (
             round(ceiling.files_per_second, 1) if ceiling is not None else None
@@ -682,15 +805,16 @@ def figures(
         "disk_ceiling_4KiB_measurements": [round(c.files_per_second, 1) for c in measured],
         "disk_ceiling_4KiB_by_sync": {
             method: round(pooled_ceiling(values).files_per_second, 1)
-            for method, values in ceilings.items()
-            if values
+            for method in SYNC_METHODS
+            if (values := [c for t in turns for c in t.ceilings.get(method, ())])
         },
-        "batched_4KiB_vs_disk_ceiling": (
-            round(batched_4k.chunks_per_second / ceiling.files_per_second, 2)
-            if ceiling is not None and batched_4k is not None
-            else None
+        "batched_4KiB_vs_disk_ceiling": round(share.ratio, 2) if share is not None else None,
+        "batched_4KiB_vs_disk_ceiling_paired": (
+            round(share.paired, 2) if share is not None and share.paired is not None else None
         ),
-        "disk_ceiling_1MiB_mb_per_s": large_figures(large_ceilings),
+        "disk_ceiling_1MiB_mb_per_s": large_figures(
+            [pair for t in turns for pair in t.large_ceilings]
+        ),
         "chart": str(chart),
     }
 
@@ -724,6 +848,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="cProfile every run, .prof files into DIR"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="turns of every run, each with its own ceilings (medians and paired ratios kept)",
+    )
     parser.add_argument("--keep-rows", action="store_true", help="keep the rows afterwards")
     parser.add_argument(
         "--keep-files",
@@ -747,6 +877,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("chunks_4k", "per_chunk_4k", "chunks_1m", "per_chunk_1m"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
     return args
 
 
@@ -762,17 +894,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         for mode, count in zip(MODES, counts, strict=True)
         if count > 0
     ]
+    paddings = {
+        size: padding_for(size, args.max_batch_size, args.max_batch_bytes) for _, size, _ in plan
+    }
+    try:
+        check_free_space(planned_bytes(args, plan, paddings, settings.state_dir))
+    except NotEnoughDiskSpace as error:
+        raise SystemExit(f"bench.blob_ingest: {error}") from None
     with psycopg.connect(settings.database_url, autocommit=True) as connection:
         organization = create_organization(
             connection, f"bench-blob-{uuid.uuid4().hex[:10]}", "blob ingest bench"
         )
-    topics = {(mode, size): unique_name(f"bench-blob-{mode}-{size}") for mode, size, _ in plan}
+    turns = range(1, args.repeat + 1)
+    topics = {
+        (turn, mode, size): unique_name(f"bench-blob-{mode}-{size}-{turn}")
+        for turn in turns
+        for mode, size, _ in plan
+    }
     create_topics(
         settings,
         [TopicSpec(topic, PARTITIONS, DEFAULT_TOPIC_CONFIG) for topic in topics.values()],
     )
     scratch = Path(tempfile.mkdtemp(prefix="bench-blob-ingest-", dir=args.scratch_dir))
-    results: list[RunResult] = []
+    done: list[Turn] = []
     # The backend's way of syncing decides which ceiling the batched run is held to; the
     # other is measured beside it for comparison.
     sync_method = choose_sync_method(scratch, parse_sync_setting(settings.blob_storage_sync))
@@ -780,26 +924,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         sync_method,
         *(m for m in SYNC_METHODS if m != sync_method),
     )
-    ceilings: dict[SyncMethod, list[DiskCeiling]] = {m: [] for m in sync_methods}
 
-    large_ceilings: list[tuple[DiskCeiling, DiskCeiling]] = []
-
-    def measure_large_ceilings() -> None:
+    def measure_large_ceilings(turn: Turn) -> None:
         batch = max(1, min(args.max_batch_size, args.max_batch_bytes // MIB))
-        large_ceilings.append(
+        turn.large_ceilings.append(
             measure_large_file_ratio(scratch, MIB, args.disk_ceiling_files_1m, sync_method, batch)
         )
 
-    def measure_ceilings() -> None:
+    def measure_ceilings(turn: Turn) -> None:
         for method in sync_methods:
-            ceilings[method].append(
+            turn.ceilings.setdefault(method, []).append(
                 measure_disk_ceiling(
                     scratch, 4 * KIB, args.disk_ceiling_files, method, args.max_batch_size
                 )
             )
 
     # The ceilings measured right before and right after a run, to be read against it.
-    ceilings_beside: dict[tuple[Mode, int], Callable[[], None]] = {}
+    ceilings_beside: dict[tuple[Mode, int], Callable[[Turn], None]] = {}
     if args.disk_ceiling_files:
         ceilings_beside[("batched", 4 * KIB)] = measure_ceilings
     if args.disk_ceiling_files_1m:
@@ -807,67 +948,50 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         started = time.perf_counter()
-        paddings = {
-            size: padding_for(size, args.max_batch_size, args.max_batch_bytes)
-            for _, size, _ in plan
-        }
-        for mode, size, count in plan:
-            produce(settings, topics[(mode, size)], organization.id, size, count + paddings[size])
+        for (_, mode, size), topic in topics.items():
+            count = next(c for m, s, c in plan if (m, s) == (mode, size))
+            produce(settings, topic, organization.id, size, count + paddings[size])
         print(
-            f"produced {sum(c + paddings[s] for _, s, c in plan):,} events "
-            f"(padding included) to {len(plan)} topics "
+            f"produced {args.repeat * sum(c + paddings[s] for _, s, c in plan):,} events "
+            f"(padding included) to {len(topics)} topics "
             f"in {time.perf_counter() - started:.1f} s",
             file=sys.stderr,
         )
-        for mode, size, count in plan:
-            root = scratch / f"{mode}-{size}"
-            profile = args.profile / f"blob_ingest_{mode}_{size}.prof" if args.profile else None
-            if profile is not None:
-                profile.parent.mkdir(parents=True, exist_ok=True)
-            spec = RunSpec(
-                mode=mode,
-                chunk_size=size,
-                chunks=count,
-                padding=paddings[size],
-                topic=topics[(mode, size)],
-                organization_id=organization.id,
-                storage_root=str(root),
-                max_batch_size=args.max_batch_size,
-                max_batch_time_ms=args.max_batch_time_ms,
-                max_batch_bytes=args.max_batch_bytes,
-                decode_threads=args.decode_threads,
-                batches_in_flight=args.batches_in_flight,
-                timeout_seconds=args.timeout,
-                profile_path=str(profile) if profile else None,
-            )
-            owners_before = owner_rows(settings, organization.id)
-            measure_beside = ceilings_beside.get((mode, size))
-            if measure_beside is not None:
-                measure_beside()
-            os.sync()
-            result = run_in_fresh_process(spec)
-            if measure_beside is not None:
-                measure_beside()
-            owners_added = owner_rows(settings, organization.id) - owners_before
-            objects = stored_objects(root)
-            persisted = result.persisted
-            if not (persisted == result.new_blobs == owners_added == objects >= count):
-                raise RuntimeError(
-                    f"{mode} {size_label(size)}: expected {count}+ new blobs, got persisted="
-                    f"{result.persisted} new_blobs={result.new_blobs} owners={owners_added} "
-                    f"objects={objects}"
+        for number in turns:
+            turn = Turn([], {}, [])
+            for mode, size, count in plan:
+                turn.results.append(
+                    run_once(
+                        args,
+                        settings,
+                        RunSpec(
+                            mode=mode,
+                            chunk_size=size,
+                            chunks=count,
+                            padding=paddings[size],
+                            topic=topics[(number, mode, size)],
+                            organization_id=organization.id,
+                            storage_root=str(scratch / f"{mode}-{size}-{number}"),
+                            max_batch_size=args.max_batch_size,
+                            max_batch_time_ms=args.max_batch_time_ms,
+                            max_batch_bytes=args.max_batch_bytes,
+                            decode_threads=args.decode_threads,
+                            batches_in_flight=args.batches_in_flight,
+                            timeout_seconds=args.timeout,
+                            profile_path=(
+                                str(args.profile / f"blob_ingest_{mode}_{size}_{number}.prof")
+                                if args.profile
+                                else None
+                            ),
+                        ),
+                        number,
+                        ceilings_beside.get((mode, size)),
+                        turn,
+                    )
                 )
-            print(
-                f"{mode:<9} {size_label(size):>7}: {result.chunks_per_second:,.0f} chunks/s "
-                f"({result.seconds:.2f} s)",
-                file=sys.stderr,
-            )
-            if result.profile_top:
-                print(f"--- profile {mode} {size_label(size)} ({profile}) ---", file=sys.stderr)
-                print(result.profile_top, file=sys.stderr)
-            results.append(result)
-        if args.disk_ceiling_files and not ceilings[sync_method]:
-            measure_ceilings()
+            done.append(turn)
+        if args.disk_ceiling_files and not done[-1].ceilings:
+            measure_ceilings(done[-1])
     finally:
         if args.keep_files:
             print(f"kept the files in {scratch}", file=sys.stderr)
@@ -877,29 +1001,93 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not args.keep_rows:
             remove_rows(settings, organization.id)
 
-    print_table(results)
+    print_table(done)
     for method in sync_methods:
-        if not ceilings[method]:
+        measured = [c for t in done for c in t.ceilings.get(method, ())]
+        if not measured:
             continue
-        pooled = pooled_ceiling(ceilings[method])
+        pooled = pooled_ceiling(measured)
         print(
             f"disk ceiling, {CEILING_DESCRIPTIONS[method]} "
             f"({'the backend here' if method == sync_method else 'for comparison'}): "
             f"{pooled.files_per_second:,.0f} files/s in {args.scratch_dir} ("
-            + " and ".join(f"{c.files_per_second:,.0f}" for c in ceilings[method])
-            + (" before and after the batched 4 KiB run)" if len(ceilings[method]) == 2 else ")")
+            + " and ".join(f"{c.files_per_second:,.0f}" for c in measured)
+            + (" before and after each batched 4 KiB run)" if len(measured) >= 2 else ")")
         )
+    large_ceilings = [pair for t in done for pair in t.large_ceilings]
     if large_ceilings:
         batched, one_by_one, ratio = pooled_ratio(large_ceilings)
         print(
             f"disk ceiling, 1 MiB files ({sync_method} sync): {batched.mb_per_second:,.0f} MB/s "
             f"batched as the worker batches, {one_by_one.mb_per_second:,.0f} MB/s one at a "
             f"time by one thread: the disk's own ratio {ratio:.1f}x (means of the "
-            "measurements before and after the batched 1 MiB run)"
+            "measurements before and after each batched 1 MiB run)"
         )
-    write_chart(results, args.chart)
+    print_target_ratios(target_ratios(done, sync_method), args.repeat)
+    write_chart(median_runs(done), args.chart)
     print(f"chart: {args.chart}")
-    report.print_figures(figures(results, args.chart, sync_method, ceilings, large_ceilings))
+    report.print_figures(figures(done, args.chart, sync_method))
+
+
+def run_once(
+    args: argparse.Namespace,
+    settings: Settings,
+    spec: RunSpec,
+    number: int,
+    measure_beside: Callable[[Turn], None] | None,
+    turn: Turn,
+) -> RunResult:
+    """One mode at one size in a fresh process, the ceilings beside it measured right before
+    and right after, and its rows and files checked against what it reports."""
+    mode, size = spec.mode, spec.chunk_size
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    owners_before = owner_rows(settings, spec.organization_id)
+    if measure_beside is not None:
+        measure_beside(turn)
+    os.sync()
+    result = run_in_fresh_process(spec)
+    if measure_beside is not None:
+        measure_beside(turn)
+    owners_added = owner_rows(settings, spec.organization_id) - owners_before
+    objects = stored_objects(Path(spec.storage_root))
+    if not (result.persisted == result.new_blobs == owners_added == objects >= spec.chunks):
+        raise RuntimeError(
+            f"{mode} {size_label(size)}: expected {spec.chunks}+ new blobs, got persisted="
+            f"{result.persisted} new_blobs={result.new_blobs} owners={owners_added} "
+            f"objects={objects}"
+        )
+    print(
+        f"{mode:<9} {size_label(size):>7} #{number}: {result.chunks_per_second:,.0f} chunks/s "
+        f"({result.seconds:.2f} s)",
+        file=sys.stderr,
+    )
+    if result.profile_top:
+        print(f"--- profile {mode} {size_label(size)} ({spec.profile_path}) ---", file=sys.stderr)
+        print(result.profile_top, file=sys.stderr)
+    return result
+
+
+def planned_bytes(
+    args: argparse.Namespace,
+    plan: Sequence[tuple[Mode, int, int]],
+    paddings: Mapping[int, int],
+    state_dir: Path,
+) -> dict[Path, int]:
+    """What the run writes, by directory: its events to the broker's log (under the stack's
+    state directory), and the same chunks stored plus the disk ceilings' files to the
+    scratch directory."""
+    events = args.repeat * sum((count + paddings[size]) * size for _, size, count in plan)
+    # Each ceiling is measured before and after its run; the 4 KiB one for both sync methods.
+    ceilings = (
+        2
+        * args.repeat
+        * (
+            args.disk_ceiling_files * 4 * KIB * len(SYNC_METHODS)
+            + (args.disk_ceiling_files_1m + args.disk_ceiling_files_1m // 3) * MIB
+        )
+    )
+    return {Path(args.scratch_dir): events + ceilings, state_dir: events}
 
 
 def large_figures(

@@ -20,9 +20,9 @@ from bench.gateway.summary import (
     print_ceiling_table,
     print_gateway_table,
     print_ratios,
-    shape_ratio,
     target_for,
 )
+from bench.repeated_ratio import repeated_ratio
 from workers.common.settings import Settings
 
 #: The names `--shapes` takes, in the order the shapes run.
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     gateways = [median_run(gateway_runs[shape.label]) for shape in shapes]
     ceilings = [median_run(ceiling_runs[shape.label]) for shape in shapes]
     ratios = [
-        shape_ratio(
+        repeated_ratio(
             shape.label,
             [r.mb_per_second for r in gateway_runs[shape.label]],
             [r.mb_per_second for r in ceiling_runs[shape.label]],

@@ -5,15 +5,14 @@ Pure except for printing: the ratios and verdicts are computed from the rates al
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 from bench import report
 from bench.gateway.ceiling import CeilingResult
 from bench.gateway.shapes import MIB, Shape
 from bench.gateway.upload import Result
+from bench.repeated_ratio import RepeatedRatio
 
 #: Issue 14's target: the gateway at least half the ceiling's rate for 1 MiB chunks.
 TARGET_RATIO: Final = 0.5
@@ -25,53 +24,6 @@ def target_for(shape: Shape) -> float | None:
     compare those); gzip shapes are reported without one (decompression is the gateway's
     work, the ceiling never pays it)."""
     return TARGET_RATIO if shape.chunk_size == TARGET_CHUNK_SIZE and not shape.gzip else None
-
-
-@dataclass(frozen=True)
-class ShapeRatio:
-    """The gateway's rate over the ceiling's for one shape, over one or more repeats."""
-
-    label: str
-    #: Medians over the repeats (any unit, the same for both).
-    gateway: float
-    ceiling: float
-    #: The median of the per-repeat ratios (each gateway run over the ceiling run next to
-    #: it); None with a single repeat, where it is `ratio` itself.
-    paired: float | None
-    target: float | None
-
-    @property
-    def ratio(self) -> float:
-        return self.gateway / self.ceiling
-
-    @property
-    def worst(self) -> float:
-        return self.ratio if self.paired is None else min(self.ratio, self.paired)
-
-    @property
-    def verdict(self) -> str:
-        if self.target is None:
-            return "-"
-        return "ok" if self.worst >= self.target else "below target"
-
-
-def shape_ratio(
-    label: str,
-    gateway_rates: Sequence[float],
-    ceiling_rates: Sequence[float],
-    target: float | None,
-) -> ShapeRatio:
-    """`gateway_rates[i]` and `ceiling_rates[i]` ran side by side (repeat i)."""
-    if not gateway_rates or len(gateway_rates) != len(ceiling_rates):
-        raise ValueError("one ceiling rate per gateway rate, at least one each")
-    pairs = [top / bottom for top, bottom in zip(gateway_rates, ceiling_rates, strict=True)]
-    return ShapeRatio(
-        label,
-        statistics.median(gateway_rates),
-        statistics.median(ceiling_rates),
-        statistics.median(pairs) if len(pairs) > 1 else None,
-        target,
-    )
 
 
 class _Timed(Protocol):
@@ -134,7 +86,7 @@ def print_ceiling_table(results: Sequence[CeilingResult]) -> None:
     )
 
 
-def print_ratios(ratios: Sequence[ShapeRatio]) -> None:
+def print_ratios(ratios: Sequence[RepeatedRatio]) -> None:
     """`value` is the ratio of the medians, `paired` the median of the per-repeat ratios
     (shown with several repeats); both must reach the target."""
     print(f"\ngateway / ceiling (issue 14 target: >= {TARGET_RATIO:.2f} for 1 MiB chunks)")
@@ -143,8 +95,8 @@ def print_ratios(ratios: Sequence[ShapeRatio]) -> None:
         [
             [
                 r.label,
-                f"{r.gateway:.1f}",
-                f"{r.ceiling:.1f}",
+                f"{r.numerator:.1f}",
+                f"{r.denominator:.1f}",
                 f"{r.ratio:.2f}",
                 "-" if r.paired is None else f"{r.paired:.2f}",
                 "-" if r.target is None else f">= {r.target:.2f}",

@@ -8,44 +8,10 @@ import pytest
 
 from bench.gateway import ceiling
 from bench.gateway.shapes import KIB, MIB, Shape, build
-from bench.gateway.summary import TARGET_RATIO, median_run, shape_ratio, target_for
+from bench.gateway.summary import TARGET_RATIO, median_run, target_for
 from workers.gateway import services
 from workers.gateway.multipart import ChunkReader, boundary_of
 from workers.gateway.options import UploadLimits
-
-
-def test_one_repeat_has_no_paired_ratio() -> None:
-    ratio = shape_ratio("1 MiB", [129.4], [444.7], 0.5)
-    assert ratio.ratio == pytest.approx(0.291, abs=0.001)
-    assert ratio.paired is None
-    assert ratio.worst == ratio.ratio
-    assert ratio.verdict == "below target"
-
-
-def test_paired_ratio_is_the_median_of_per_repeat_ratios() -> None:
-    ratio = shape_ratio("1 MiB", [100.0, 60.0, 90.0], [200.0, 100.0, 300.0], 0.5)
-    assert ratio.gateway == 90.0
-    assert ratio.ceiling == 200.0
-    assert ratio.ratio == pytest.approx(0.45)
-    assert ratio.paired == pytest.approx(0.5)  # median of 0.5, 0.6, 0.3
-    assert ratio.worst == pytest.approx(0.45)
-    assert ratio.verdict == "below target"
-
-
-def test_both_ratios_must_reach_the_target() -> None:
-    assert shape_ratio("1 MiB", [60.0, 50.0], [100.0, 100.0], 0.5).verdict == "ok"
-    assert shape_ratio("1 MiB", [50.0, 50.0], [100.0, 100.0], 0.5).verdict == "ok"
-    assert shape_ratio("1 MiB", [49.0, 60.0], [100.0, 200.0], 0.5).verdict == "below target"
-
-
-def test_a_shape_without_target_has_no_verdict() -> None:
-    assert shape_ratio("64 KiB", [1.0], [10.0], None).verdict == "-"
-
-
-@pytest.mark.parametrize(("gateway", "ceiling_rates"), [([1.0], []), ([], []), ([1.0], [1.0, 2.0])])
-def test_rates_must_pair_up(gateway: list[float], ceiling_rates: list[float]) -> None:
-    with pytest.raises(ValueError, match="one ceiling rate per gateway rate"):
-        shape_ratio("x", gateway, ceiling_rates, None)
 
 
 def test_the_target_is_for_raw_1_mib_chunks() -> None:
