@@ -3,7 +3,7 @@
 Runs ONLY in the Quix virtualenv (`bench/quix_env.py` makes it; Quix pins confluent-kafka
 < 2.13, the fleet needs 2.16), from the repository root:
 
-    bench/.venv-quix/bin/python -m bench.quix_billing_app --broker 127.0.0.1:39092 \
+    bench/.venv-quix/bin/python -m bench.quix_billing_app --broker 127.0.0.1:19092 \
         --input-topic IN --output-topic OUT --group G --messages 200000 \
         [--processing-guarantee at-least-once|exactly-once]
 

@@ -2,7 +2,7 @@
 
 The cluster is this module's own: its own state dir (tmp) and ports (a free block below
 the ephemeral range), PostgreSQL and Redis external (the shared stack's, health-checked
-only). The shared stack on 39092 is never touched. Every JVM started here is stopped at
+only). The shared stack on 19092 is never touched. Every JVM started here is stopped at
 the end, killed if `workers stack down` fails.
 """
 
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._metadata import ClusterMetadata
 
 from harness.kafka import make_topics, unique_name
+from harness.ports import free_port_block
 from harness.waiting import wait_for
 from workers.cli import make_cli
 from workers.common.kafka_config import admin_configuration, producer_configuration
@@ -47,28 +46,12 @@ FAILOVER_DEADLINE = 60.0
 MESSAGES = 200
 
 
-def _free_port_block(count: int) -> int:
-    """A base port with `count` free ports from it, below the ephemeral range (32768-)."""
-    candidates = list(range(21000, 32000, 10))
-    random.shuffle(candidates)
-    for base in candidates:
-        with contextlib.ExitStack() as bound:
-            try:
-                for port in range(base, base + count):
-                    probe = bound.enter_context(socket.socket())
-                    probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return base
-    raise AssertionError("no block of free ports below 32000")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Three brokers of `workers stack up --brokers 3` in a state dir of their own."""
     shared = Settings.from_env()
     settings = Settings(
-        kafka_bootstrap_servers=local_bootstrap_servers(_free_port_block(PORTS_PER_CLUSTER), 3),
+        kafka_bootstrap_servers=local_bootstrap_servers(free_port_block(PORTS_PER_CLUSTER), 3),
         database_url=shared.database_url,
         redis_url=shared.redis_url,
         state_dir=tmp_path_factory.mktemp("kafka-cluster"),

@@ -43,7 +43,7 @@ def test_a_member_is_named_by_its_client_id_unless_the_environment_names_it() ->
 
 @pytest.mark.parametrize("brokers", [1, 3])
 def test_the_local_brokers_detect_a_dead_member_in_6_seconds(tmp_path: Any, brokers: int) -> None:
-    layout = kafka_layout(StackPaths.under(tmp_path), 39092, brokers)
+    layout = kafka_layout(StackPaths.under(tmp_path), 19092, brokers)
     properties = server_properties(layout, layout.node(1), partitions=4).splitlines()
     assert "group.consumer.session.timeout.ms=6000" in properties
     assert "group.consumer.heartbeat.interval.ms=500" in properties

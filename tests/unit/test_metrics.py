@@ -61,7 +61,7 @@ class Call:
 
 MP = "arroyo.strategies.run_task_with_multiprocessing"
 RDK = "arroyo.producer.librdkafka"
-BROKER = {"broker_id": "127.0.0.1:39092/1", "producer_name": "billing-outcomes"}
+BROKER = {"broker_id": "127.0.0.1:19092/1", "producer_name": "billing-outcomes"}
 PRODUCER = {"producer_name": "billing-outcomes"}
 
 ARROYO_CALLS: dict[str, list[Call]] = {
@@ -291,7 +291,7 @@ def test_real_arroyo_code_paths_feed_the_backend(
         "msg_max": 100000,
         "msg_size_max": 1073741824,
         "brokers": {
-            "127.0.0.1:39092/1": {
+            "127.0.0.1:19092/1": {
                 "int_latency": {"p99": 2500},
                 "outbuf_latency": {"p99": 500},
                 "rtt": {"p99": 1200},
@@ -308,7 +308,7 @@ def test_real_arroyo_code_paths_feed_the_backend(
     assert value("arroyo_consumer_processing_seconds_total") == 0.125
     assert value("arroyo_consumer_run_total") == 5
     assert value("arroyo_consumer_librdkafka_total_queue_size") == 9
-    broker = {"broker_id": "127.0.0.1:39092/1", "producer_name": "billing-outcomes"}
+    broker = {"broker_id": "127.0.0.1:19092/1", "producer_name": "billing-outcomes"}
     assert value("arroyo_producer_librdkafka_p99_int_latency_seconds", **broker) == 0.0025
     assert value("arroyo_producer_librdkafka_p99_rtt_seconds", **broker) == 0.0012
     assert value("arroyo_producer_librdkafka_broker_tx_errors_total", **broker) == 2
@@ -513,10 +513,10 @@ def consumer_stats(partitions: Mapping[int, dict[str, Any]], replyq: int = 0) ->
         "simple_cnt": 0,
         "metadata_cache_cnt": 1,
         "brokers": {
-            "127.0.0.1:39092/1": {
-                "name": "127.0.0.1:39092/1",
+            "127.0.0.1:19092/1": {
+                "name": "127.0.0.1:19092/1",
                 "nodeid": 1,
-                "nodename": "127.0.0.1:39092",
+                "nodename": "127.0.0.1:19092",
                 "source": "configured",
                 "state": "UP",
                 "stateage": 11903245,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -14,7 +15,12 @@ from workers.common.local_kafka import (
     recorded_brokers,
 )
 from workers.common.replication import Replication, replication_for
-from workers.common.settings import Settings
+from workers.common.settings import (
+    DEFAULT_DATABASE_URL,
+    DEFAULT_KAFKA_PORT,
+    DEFAULT_REDIS_URL,
+    Settings,
+)
 from workers.stack.errors import StackError
 from workers.stack.kafka_layout import (
     CLUSTER_NODE_JVM_OPTIONS,
@@ -26,14 +32,15 @@ from workers.stack.kafka_layout import (
 )
 from workers.stack.paths import StackPaths
 
-# What `workers stack up` wrote for its single broker before clusters existed: unchanged.
+# What `workers stack up` writes for its single broker: what it wrote before clusters existed,
+# on the ports of stop 30 (docs/operations.md, Local stack).
 SINGLE_NODE_PROPERTIES = """\
 # Written by `workers stack up`; edits are overwritten on the next run.
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@127.0.0.1:39093
-listeners=PLAINTEXT://127.0.0.1:39092,CONTROLLER://127.0.0.1:39093
-advertised.listeners=PLAINTEXT://127.0.0.1:39092
+controller.quorum.voters=1@127.0.0.1:19093
+listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093
+advertised.listeners=PLAINTEXT://127.0.0.1:19092
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -65,34 +72,34 @@ def _properties(layout: KafkaLayout, node_id: int) -> dict[str, str]:
 
 
 def test_one_broker_is_the_single_node_of_old(tmp_path: Path) -> None:
-    layout = kafka_layout(StackPaths.under(tmp_path), 39092, 1)
+    layout = kafka_layout(StackPaths.under(tmp_path), 19092, 1)
     [node] = layout.nodes
-    assert (node.name, node.node_id, node.port, node.controller_port) == ("kafka", 1, 39092, 39093)
+    assert (node.name, node.node_id, node.port, node.controller_port) == ("kafka", 1, 19092, 19093)
     assert node.config == tmp_path / "kafka" / "server.properties"
     assert node.pid_file == tmp_path / "run" / "kafka.pid"
     assert node.log_file == tmp_path / "logs" / "kafka.log"
     assert layout.cluster_id_file == tmp_path / "kafka" / "cluster.id"
     assert layout.jvm_options == SINGLE_NODE_JVM_OPTIONS
     assert "-Xmx1g" in layout.jvm_options
-    assert layout.bootstrap_servers == "127.0.0.1:39092"
+    assert layout.bootstrap_servers == "127.0.0.1:19092"
     text = server_properties(layout, node, partitions=4)
     assert text == SINGLE_NODE_PROPERTIES.format(state=tmp_path)
 
 
 def test_three_brokers_are_three_voters_with_their_own_ports_and_files(tmp_path: Path) -> None:
-    layout = kafka_layout(StackPaths.under(tmp_path), 39092, 3)
+    layout = kafka_layout(StackPaths.under(tmp_path), 19092, 3)
     assert [node.name for node in layout.nodes] == ["kafka-1", "kafka-2", "kafka-3"]
     assert [(node.port, node.controller_port) for node in layout.nodes] == [
-        (39092, 39093),
-        (39094, 39095),
-        (39096, 39097),
+        (19092, 19093),
+        (19094, 19095),
+        (19096, 19097),
     ]
-    assert layout.bootstrap_servers == "127.0.0.1:39092,127.0.0.1:39094,127.0.0.1:39096"
+    assert layout.bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
     assert layout.jvm_options == CLUSTER_NODE_JVM_OPTIONS
     assert "-Xmx512m" in layout.jvm_options
     cluster = tmp_path / "kafka" / "cluster-3"
     assert layout.cluster_id_file == cluster / "cluster.id"
-    voters = "1@127.0.0.1:39093,2@127.0.0.1:39095,3@127.0.0.1:39097"
+    voters = "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097"
     for node in layout.nodes:
         properties = _properties(layout, node.node_id)
         assert properties["node.id"] == str(node.node_id)
@@ -109,7 +116,7 @@ def test_three_brokers_are_three_voters_with_their_own_ports_and_files(tmp_path:
 
 
 def test_three_brokers_replicate_every_internal_topic_three_times(tmp_path: Path) -> None:
-    layout = kafka_layout(StackPaths.under(tmp_path), 39092, 3)
+    layout = kafka_layout(StackPaths.under(tmp_path), 19092, 3)
     properties = _properties(layout, 2)
     for key in (
         "offsets.topic.replication.factor",
@@ -143,7 +150,7 @@ def test_ports_follow_the_first_bootstrap_address(tmp_path: Path) -> None:
 
 def test_only_one_or_three_brokers(tmp_path: Path) -> None:
     with pytest.raises(StackError, match="1 or 3 Kafka brokers, not 2"):
-        kafka_layout(StackPaths.under(tmp_path), 39092, 2)
+        kafka_layout(StackPaths.under(tmp_path), 19092, 2)
     with pytest.raises(LayoutError):
         record_brokers(tmp_path, 5)
     assert not brokers_file(tmp_path).exists()
@@ -162,10 +169,10 @@ def test_the_broker_count_is_recorded_in_the_state_dir(tmp_path: Path) -> None:
 
 def test_settings_default_to_every_broker_of_the_recorded_layout(tmp_path: Path) -> None:
     env = {"WORKERS_STATE_DIR": str(tmp_path)}
-    assert Settings.from_env(env).kafka_bootstrap_servers == "127.0.0.1:39092"
+    assert Settings.from_env(env).kafka_bootstrap_servers == "127.0.0.1:19092"
     record_brokers(tmp_path, 3)
     settings = Settings.from_env(env)
-    assert settings.kafka_bootstrap_servers == ("127.0.0.1:39092,127.0.0.1:39094,127.0.0.1:39096")
+    assert settings.kafka_bootstrap_servers == ("127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096")
     assert settings.external_services == frozenset()
     explicit = Settings.from_env({**env, "KAFKA_BOOTSTRAP_SERVERS": "k:9092"})
     assert explicit.kafka_bootstrap_servers == "k:9092"
@@ -189,3 +196,28 @@ def test_replication_follows_the_cluster_size_unless_given(
     brokers: int, factor: int | None, expected: Replication
 ) -> None:
     assert replication_for(brokers, factor) == expected
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """This machine's range for outgoing connections' ports, Linux's default without procfs."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except OSError:
+        return 32768, 60999
+    return int(low), int(high)
+
+
+def test_default_ports_are_outside_the_ephemeral_range(tmp_path: Path) -> None:
+    # An outgoing connection may take any port in that range, so a server restarting on one
+    # can find it taken (docs/operations.md, Local stack).
+    layout = kafka_layout(StackPaths.under(tmp_path), DEFAULT_KAFKA_PORT, 3)
+    ports = {
+        *(node.port for node in layout.nodes),
+        *(node.controller_port for node in layout.nodes),
+        urlsplit(DEFAULT_DATABASE_URL).port,
+        urlsplit(DEFAULT_REDIS_URL).port,
+    }
+    assert len(ports) == 8
+    for low, high in {_ephemeral_range(), (32768, 60999)}:
+        inside = sorted(p for p in ports if p is not None and low <= p <= high)
+        assert inside == [], f"ports {inside} lie in the ephemeral range {low}-{high}"

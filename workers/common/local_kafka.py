@@ -6,8 +6,8 @@ of the local stack) and `workers stack`, which starts them (docs/operations.md, 
 `workers stack up --brokers N` records N in `<state dir>/kafka/brokers`; without the file
 the stack runs one broker, as it always did. Node `i` (1-based) listens on
 `base + 2 (i - 1)` for clients and on the port after it for its controller: with the
-default base 39092 that is 39092/39093 for the single broker and node 1, 39094/39095 and
-39096/39097 for nodes 2 and 3 (PostgreSQL 35432 and Redis 36379 are far away).
+default base 19092 that is 19092/19093 for the single broker and node 1, 19094/19095 and
+19096/19097 for nodes 2 and 3 (PostgreSQL 15432 and Redis 16379 are far away).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def controller_port(base_port: int, node_id: int) -> int:
 
 
 def local_bootstrap_servers(base_port: int, brokers: int) -> str:
-    """`127.0.0.1:39092,127.0.0.1:39094,...`: every broker of a local layout."""
+    """`127.0.0.1:19092,127.0.0.1:19094,...`: every broker of a local layout."""
     return ",".join(
         f"{_HOST}:{broker_port(base_port, node_id)}" for node_id in range(1, brokers + 1)
     )

@@ -23,9 +23,12 @@ from workers.common.local_kafka import LayoutError, local_bootstrap_servers, rec
 
 LogFormat = Literal["auto", "json", "console"]
 
-DEFAULT_KAFKA_PORT = 39092
-DEFAULT_POSTGRES_PORT = 35432
-DEFAULT_REDIS_PORT = 36379
+# Below Linux's ephemeral range (32768-60999): a port in it can be taken by any outgoing
+# connection, a readiness probe's included, while its server is down or restarting, and
+# then the server cannot bind it (docs/operations.md, Local stack).
+DEFAULT_KAFKA_PORT = 19092
+DEFAULT_POSTGRES_PORT = 15432
+DEFAULT_REDIS_PORT = 16379
 
 DEFAULT_KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
 DEFAULT_DATABASE_URL = f"postgresql://workers@127.0.0.1:{DEFAULT_POSTGRES_PORT}/workers"

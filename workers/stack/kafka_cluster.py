@@ -6,7 +6,7 @@ the stack of any state dir: `KafkaCluster(settings)` finds the brokers the way
 `KAFKA_BOOTSTRAP_SERVERS`). Every call waits until the fault has taken effect:
 
     cluster = KafkaCluster(settings)
-    victim = cluster.brokers()[1]          # Broker(node_id=2, port=39094, pid=..., ...)
+    victim = cluster.brokers()[1]          # Broker(node_id=2, port=19094, pid=..., ...)
     cluster.kill_broker(victim.node_id)    # SIGKILL; returns once the process is gone
     cluster.start_broker(victim.node_id)   # returns once it answers and is registered
     cluster.wait_fully_replicated(60.0)    # every replica back in sync

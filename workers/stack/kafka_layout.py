@@ -2,7 +2,7 @@
 
 One broker (the default) is a single KRaft node, broker and controller in one JVM, with its
 files straight under `<state dir>/kafka` (`server.properties`, `data/`, `cluster.id`),
-listening on 39092 (clients) and 39093 (controller): what the stack always ran.
+listening on 19092 (clients) and 19093 (controller).
 
 Three brokers (`workers stack up --brokers 3`) are three combined broker+controller nodes,
 node ids 1-3, whose controllers form the KRaft quorum (three voters, a static
