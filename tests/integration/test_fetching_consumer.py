@@ -167,14 +167,26 @@ def test_a_rebalance_hands_every_message_to_exactly_one_member(
         [Topic(topic)], on_assign=second_assignment.assigned, on_revoke=second_assignment.revoke
     )
 
+    members = (("first", first), ("second", second))
+
+    def take(name: str, consumer: FetchingConsumer[Any], timeout: float) -> bool:
+        run = consumer.poll(timeout)
+        if run is None:
+            return False
+        seen[name].extend(values_of(run))
+        # Commit as we go: a partition moving later starts where its owner stopped.
+        consumer.stage_offsets({run.partition: run.next_offset})
+        consumer.commit_offsets()
+        return True
+
     def take_and_commit() -> None:
-        for name, consumer in (("first", first), ("second", second)):
-            run = consumer.poll(0.1)
-            if run is not None:
-                seen[name].extend(values_of(run))
-                # Commit as we go: a partition moving later starts where its owner stopped.
-                consumer.stage_offsets({run.partition: run.next_offset})
-                consumer.commit_offsets()
+        # Wait for a fetch only when neither member has anything queued: a member whose
+        # partitions are drained would otherwise add its wait to every item the other hands
+        # out (one message per poll: hundreds of waits, beyond the deadline on a busy machine).
+        took = [take(name, consumer, 0) for name, consumer in members]  # every member, each time
+        if not any(took):
+            for name, consumer in members:
+                take(name, consumer, 0.02)
 
     def both_assigned() -> bool:
         take_and_commit()
