@@ -25,6 +25,8 @@ pause/resume, seek, staged offsets, commits) is Arroyo's `KafkaConsumer`, which 
   poll that rebalanced returns nothing (its items are handed out by the next), and after a
   rebalance while paused the partition of the held message is read again from that message
   and the partitions kept are resumed.
+- librdkafka runs rebalance callbacks inside a fetch, so a member serves a change once it has
+  handed out what it fetched before (docs/rebalancing.md, When a member hears of a change).
 - After a rebalance and after `resume()` the fetchers of the partitions are woken
   (`fetcher_wakeup.py`): librdkafka would leave them asleep for up to a second.
 """
