@@ -2,7 +2,8 @@
 (`workers/common/chunk_decoder.py`): the gateway refuses what this would dead-letter.
 
 Decoding never produces more than `MAX_CHUNK_SIZE + 1` bytes, whatever the stream claims, so
-a decompression bomb costs at most 8 MiB of memory before it is refused.
+a decompression bomb is refused after 8 MiB of output (16 MiB of memory at the peak: zlib
+builds its output in blocks and then copies them into one bytes object).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ Encodings, as the chunk was sent:
 Bounds: the decoded size never goes past `limit`: at most `limit + 1` bytes are kept (gzip
 produces no more; zstd, whose streaming decoder has no output cap, at most two 128 KiB blocks
 more before they are cut), whatever the stream claims, so a decompression bomb costs about
-one limit of memory and CPU. The bytes as sent never go past `max_wire_bytes`, so nothing
+one limit of CPU and two of memory at the peak (zlib copies its output blocks into one bytes
+object before returning it). The bytes as sent never go past `max_wire_bytes`, so nothing
 too large for a Kafka message is produced. A caller with a wider budget (the gateway's
 request total) passes `room` to `feed`.
 """
